@@ -1,0 +1,5 @@
+import sys
+
+from llmnas_transfer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,36 @@
+"""Shared fixtures: CPU only, fixed seeds, strict promotion for simulator tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import contextlib  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 2)
+
+
+@pytest.fixture
+def key():
+    """A fresh key per test, derived with fold_in from a fixed root."""
+    return jax.random.fold_in(jax.random.key(20261126), 1)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261126)
+
+
+@pytest.fixture
+def strict_jax():
+    """Strict dtype and rank promotion; for simulator tests only (NUTS fails under it)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(jax.numpy_dtype_promotion("strict"))
+        stack.enter_context(jax.numpy_rank_promotion("raise"))
+        yield
