@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any
 
 import jax
 
-PRNGKey: TypeAlias = jax.Array
-Array: TypeAlias = jax.Array
-Scalar: TypeAlias = float | jax.Array
-ArrayLike: TypeAlias = Any
+type PRNGKey = jax.Array
+type Array = jax.Array
+type Scalar = float | jax.Array
+type ArrayLike = Any

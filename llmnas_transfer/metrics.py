@@ -227,7 +227,8 @@ def gaps_table(
     accb = np.take_along_axis(acc[None], idx, -1)
     ngb = np.take_along_axis(ngen[None], idx, -1)
     Vb, Ab = stats(nvb, accb, ngb)
-    gb = gap_components(Vb, Ab, Vb[:, i_ref, k_ref][:, None, None], Ab[:, i_ref, k_ref][:, None, None])
+    gb = gap_components(Vb, Ab, Vb[:, i_ref, k_ref][:, None, None],
+                        Ab[:, i_ref, k_ref][:, None, None])
     rows = []
     for i, d in enumerate(dnames):
         for k, t in enumerate(tnames):

@@ -278,8 +278,14 @@ def _progress(progress, total: int) -> Callable[[int | None, int], None]:
         return lambda done, tot: None if done is None else progress(done, tot)
     if not progress or total <= 1:
         return lambda done, tot: None
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
