@@ -92,6 +92,19 @@ def _lemur_by_arch() -> pd.DataFrame:
         return pd.read_csv(p)
 
 
+def lemur_accuracy_priors() -> dict:
+    """The fitted LEMUR accuracy levels shipped in ``data/lemur_accuracy_priors.json``.
+
+    Written by :mod:`llmnas_transfer.lemur` (``llmnas-transfer lemur``); empty if absent.
+    """
+    import json
+
+    ref = resources.files("llmnas_transfer.data").joinpath("lemur_accuracy_priors.json")
+    if not ref.is_file():
+        return {}
+    return json.loads(ref.read_text()).get("datasets", {})
+
+
 def lemur_anchors() -> dict:
     """Accuracy anchors read from the bundled LEMUR per-architecture table.
 
@@ -142,6 +155,17 @@ def load_targets(path: str | Path | None = None) -> pd.DataFrame:
         r = r.to_dict()
         if r["kind"] in ("lemur_range", "lemur_mean"):
             anchors = anchors or lemur_anchors()
+        if r["kind"] == "lemur_priors":
+            for d, pr in sorted(lemur_accuracy_priors().items()):
+                if d not in registry.BUILTIN_DATASET_NAMES or d == "cifar-10":
+                    continue  # CIFAR-10 has its own, tighter anchor (anchor_accuracy_cifar-10)
+                row = {**r, "target": f"{r['target']}_{d}", "dataset": d}
+                if pr.get("relation") == "same":
+                    rows.append({**row, "kind": "equal", "value": pr["mean_accuracy_mean"]})
+                else:  # stand-ins that are easier than the study dataset bound it above
+                    rows.append({**row, "kind": "interval", "lower": np.nan,
+                                 "upper": pr["mean_accuracy_mean"]})
+            continue
         if r["kind"] == "lemur_range":
             for d in registry.BUILTIN_DATASET_NAMES:
                 lo, hi = anchors["ranges"][d]
@@ -161,6 +185,11 @@ def load_targets(path: str | Path | None = None) -> pd.DataFrame:
             raise UserInputError(f"targets: unknown kind {r['kind']!r} in row {r['target']}")
     out = pd.DataFrame(rows)
     out["weight"] = out["weight"].astype(float)
+    if "scale" not in out:
+        out["scale"] = np.nan
+    out["scale"] = out["scale"].astype(float).fillna(SCALE)
+    if "role" not in out:
+        out["role"] = np.where(out["weight"] > 0, "target", "claim")
     return out.reset_index(drop=True)
 
 
@@ -334,8 +363,9 @@ def _penalty(values: jax.Array, targets: pd.DataFrame) -> jax.Array:
     val = jnp.asarray(targets["value"].fillna(0).to_numpy(float), jnp.float32)
     lo = jnp.asarray(targets["lower"].fillna(-1e6).to_numpy(float), jnp.float32)
     hi = jnp.asarray(targets["upper"].fillna(1e6).to_numpy(float), jnp.float32)
-    miss_eq = (values - val) / SCALE
-    miss_iv = (jax.nn.relu(lo + MARGIN - values) + jax.nn.relu(values - hi + MARGIN)) / SCALE
+    scale = jnp.asarray(targets["scale"].to_numpy(float), jnp.float32)
+    miss_eq = (values - val) / scale
+    miss_iv = (jax.nn.relu(lo + MARGIN - values) + jax.nn.relu(values - hi + MARGIN)) / scale
     return jnp.sum(w * jnp.where(eq, miss_eq**2, miss_iv**2))
 
 
@@ -468,6 +498,7 @@ def _report(targets: pd.DataFrame, vals, ses) -> pd.DataFrame:
         out["simulated_se"] = np.asarray(ses, float)
     out["met"] = target_met(vals, targets)
     out["fitted"] = targets["weight"].to_numpy() > 0
+    out["role"] = targets["role"].to_numpy()
     out["source"] = targets["source"]
     return out
 

@@ -55,7 +55,7 @@ def test_lemur_anchors_come_from_the_bundled_data():
 
 def test_shipped_defaults_meet_every_fitted_target_in_expectation():
     rep = expected_report(load_defaults())
-    bad = rep[rep.fitted & ~rep.met]
+    bad = rep[(rep.role == "target") & ~rep.met]
     assert bad.empty, bad
 
 
@@ -63,7 +63,7 @@ def test_shipped_defaults_meet_every_target_at_a_large_trial_count():
     """Monte Carlo at 3000 trials per cell; each target also within 1.5 points + 4 SE."""
     r = simulate(2026, num_trials=3000, num_iterations=10, num_candidates=20, bins=0)
     rep = simulated_report(r, n_boot=100)
-    fitted = rep[rep.fitted]
+    fitted = rep[rep.role == "target"]
     assert fitted["met"].all(), fitted[~fitted["met"]]
     assert (fitted["simulated_se"] < 0.006).all()  # the check is not swamped by noise
     t = load_targets().set_index("target")
@@ -82,7 +82,7 @@ def test_calibration_rederives_the_shipped_parameters():
               "task_complexity"):
         for name, v in want[k].items():
             assert got[k][name] == pytest.approx(v, abs=2e-3), (k, name)
-    assert res.report[res.report.fitted]["met"].all()
+    assert res.report[res.report.role == "target"]["met"].all()
     losses = res.losses[~np.isnan(res.losses)]
     assert losses[-1] < 0.01 * losses[0]
 
