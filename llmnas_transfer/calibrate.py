@@ -544,7 +544,12 @@ def simulated_report(results, targets: pd.DataFrame | None = None, n_boot: int =
     idx = np.broadcast_to(idx, (n_boot,) + nv.shape)
     Vb, Ab = va(np.take_along_axis(nv[None], idx, 3), np.take_along_axis(acc[None], idx, 3))
     boot = target_values(Vb, Ab, targets)
-    ses = np.nanstd(boot, axis=0, ddof=1)
+    finite = np.isfinite(boot)
+    cnt = finite.sum(0)
+    b0 = np.where(finite, boot, 0.0)
+    mean = b0.sum(0) / np.maximum(cnt, 1)
+    ses = np.where(cnt > 1, np.sqrt(((np.where(finite, boot - mean, 0.0)) ** 2).sum(0)
+                                    / np.maximum(cnt - 1, 1)), np.nan)
     return _report(targets, vals, ses)
 
 

@@ -236,11 +236,18 @@ def gaps_table(
             for name in ("validity_gap", "accuracy_gap", "combined_gap", "validity_component",
                          "accuracy_component"):
                 row[name] = float(g[name][i, k])
-                se = np.nanstd(gb[name][:, i, k], ddof=1) if (i, k) != (i_ref, k_ref) else 0.0
+                se = _nan_sd(gb[name][:, i, k]) if (i, k) != (i_ref, k_ref) else 0.0
                 row[f"{name}_se"] = float(se)
             row["regime"] = classify_regime(row["combined_gap"], thresholds)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _nan_sd(x: np.ndarray) -> float:
+    """Sample sd of the finite entries; NaN when fewer than two are finite."""
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    return float(np.std(x, ddof=1)) if x.size > 1 else float("nan")
 
 
 def novelty_table(ds: xr.Dataset, iteration: int | None = None) -> pd.DataFrame:

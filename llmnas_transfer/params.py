@@ -221,8 +221,12 @@ class ModelDefaults:
         """Write the parameters as JSON (atomically)."""
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise UserInputError(f"{path}: cannot write parameters ({exc.strerror})") from None
 
 
 def load_defaults(path: str | Path | None = None) -> ModelDefaults:

@@ -85,3 +85,22 @@ def test_gaps_table(results):
         gaps_table(results, reference=("imagenet", "classification"))
     with pytest.raises(UserInputError, match="iteration 9"):
         gaps_table(results, iteration=9)
+
+
+def test_gaps_table_survives_cells_without_valid_candidates():
+    from llmnas_transfer.params import load_defaults
+
+    d = load_defaults()
+    # an impossible setting: validity probability ~ 0
+    from llmnas_transfer import registry
+
+    registry.register_dataset("impossible", modality="audio", resolution=64, num_classes=10,
+                              difficulty=40.0, replace=True)
+    try:
+        r = simulate(0, datasets="cifar-10,impossible", tasks="classification", num_trials=3,
+                     num_iterations=2, num_candidates=4, defaults=d)
+        g = gaps_table(r, n_boot=20)
+        row = g[g.dataset == "impossible"].iloc[0]
+        assert row.validity == 0 and np.isnan(row.accuracy)
+    finally:
+        registry.unregister_dataset("impossible")
