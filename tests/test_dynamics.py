@@ -80,3 +80,20 @@ def test_emissions_monotone_in_state(setup):
     s = jnp.linspace(-1, 2, 11)
     assert np.all(np.diff(np.asarray(dynamics.validity_logit(s, p, e.validity_offset))) > 0)
     assert np.all(np.diff(np.asarray(dynamics.accuracy_logit(s, p, e.accuracy_offset))) >= 0)
+
+
+def test_candidate_noise_marginals_and_independence(key):
+    from scipy import stats
+
+    u, z = dynamics.candidate_noise(key, 100_001)  # odd length exercises the split halves
+    u, z = np.asarray(u), np.asarray(z)
+    assert u.dtype == np.float32 and np.all((u >= 0) & (u < 1))
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
+    assert stats.kstest(z[0], "norm").pvalue > 1e-3
+    assert stats.kstest(z[1], "norm").pvalue > 1e-3
+    # streams are uncorrelated: |r| < 5 / sqrt(n)
+    r = np.corrcoef(np.vstack([u, z]))
+    assert np.all(np.abs(r[np.triu_indices(3, 1)]) < 5 / np.sqrt(u.size))
+    # different keys give different noise
+    u2, _ = dynamics.candidate_noise(jax.random.fold_in(key, 1), 16)
+    assert not np.array_equal(u[:16], np.asarray(u2))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llmnas_transfer import registry
+from llmnas_transfer import dynamics, registry
 from llmnas_transfer.errors import UnknownSettingError, UserInputError
 from llmnas_transfer.params import load_defaults
 from llmnas_transfer.simulate import as_key, simulate, simulate_chunk
@@ -40,9 +40,7 @@ def _reference_trial(key, p, vo, ao, no, T, N):
     for t in range(1, T + 1):
         k = jax.random.fold_in(key, t)
         k_cand, k_state = jax.random.split(k)
-        k_u, k_z = jax.random.split(k_cand)
-        u = np.asarray(jax.random.uniform(k_u, (N,), jnp.float32))
-        z = np.asarray(jax.random.normal(k_z, (2, N), jnp.float32))
+        u, z = (np.asarray(x) for x in dynamics.candidate_noise(k_cand, N))
         pv = sig(float(p.validity_intercept) + float(p.validity_slope) * s - vo)
         n_valid, acc_sum, nov_sum = 0, 0.0, 0.0
         for j in range(N):
