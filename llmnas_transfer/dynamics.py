@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from llmnas_transfer._types import Array, PRNGKey
 from llmnas_transfer.params import DynamicsParams, SettingEffects
@@ -84,19 +85,166 @@ def novelty_logit(s: Array, params: DynamicsParams, novelty_offset: Array) -> Ar
     return params.novelty_intercept + novelty_offset + params.novelty_slope * s
 
 
+# ----------------------------------------------------------------------------- random bits
+# Per-candidate randomness is drawn from a key as whole threefry2x32 blocks: word ``j`` of
+# stream ``h`` comes from the block at counter ``(hi=h, lo=j // 2)`` (first output word for
+# the first half of the stream, second output word for the second half; see
+# :func:`stream_bits`). Each block yields two 32-bit words, half the cost of
+# ``jax.random.bits``, which in JAX's default "partitionable" mode spends one block per word.
+
+_THREEFRY = "threefry2x32"
+_SQRT2 = np.float32(np.sqrt(2.0))
+_NORMAL_LO = np.nextafter(np.float32(-1.0), np.float32(0.0))
+
+
+def key_words(key: PRNGKey) -> tuple[Array, Array]:
+    """The two uint32 words of a threefry key (leading key axes kept).
+
+    Keys of another implementation are first turned into threefry key words with
+    ``jax.random.bits(key, (2,))``, so every key type works.
+
+    Example
+    -------
+    >>> k0, k1 = key_words(jax.random.key(0))
+    >>> k0.dtype
+    dtype('uint32')
+    """
+    impl = jax.random.key_impl(key)
+    if getattr(impl, "name", str(impl)) == _THREEFRY or str(impl) == _THREEFRY:
+        data = jax.random.key_data(key)
+    else:
+        data = jax.random.bits(key, (2,), jnp.uint32) if key.ndim == 0 else jax.vmap(
+            lambda k: jax.random.bits(k, (2,), jnp.uint32))(key.reshape(-1)).reshape(
+            key.shape + (2,))
+    return data[..., 0], data[..., 1]
+
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _rotl(x: Array, d: int) -> Array:
+    return (x << np.uint32(d)) | (x >> np.uint32(32 - d))
+
+
+def threefry_block(k0: Array, k1: Array, hi: Array, lo: Array) -> tuple[Array, Array]:
+    """Threefry-2x32 (20 rounds) of the counter ``(hi, lo)`` under the key ``(k0, k1)``.
+
+    The same hash as ``jax.extend.random.threefry2x32_p`` (tested bit for bit), written
+    with plain ``jax.numpy`` operations so that XLA fuses it with what consumes its output
+    and so that arguments broadcast against each other without being materialised.
+    """
+    k0, k1, hi, lo = (jnp.asarray(a, jnp.uint32) for a in (k0, k1, hi, lo))
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = hi + ks[0], lo + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = _rotl(x1, r) ^ x0
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
+
+
+def stream_bits(k0: Array, k1: Array, stream, n: int) -> Array:
+    """``n`` uint32 words of stream(s) ``stream`` for each key.
+
+    Word ``j`` of stream ``h`` is the first output word of block ``(hi=h, lo=j)`` for
+    ``j < m`` and the second output word of block ``(h, j - m)`` otherwise, where
+    ``m = ceil(n / 2)``. ``stream`` is an int (result shape ``k0.shape + (n,)``) or a
+    1-d sequence of ints (result shape ``k0.shape + (len(stream), n)``).
+
+    Example
+    -------
+    >>> k0, k1 = key_words(jax.random.key(0))
+    >>> stream_bits(k0, k1, 0, 5).shape
+    (5,)
+    >>> stream_bits(k0, k1, [1, 2], 5).shape
+    (2, 5)
+    """
+    m = (n + 1) // 2
+    lo = jnp.arange(m, dtype=jnp.uint32)
+    hi = jnp.asarray(stream, jnp.uint32)
+    if hi.ndim:
+        hi, lo = hi[:, None], lo[None, :]
+    kx = (Ellipsis,) + (None,) * lo.ndim
+    b1, b2 = threefry_block(jnp.asarray(k0)[kx], jnp.asarray(k1)[kx], hi, lo)
+    return jnp.concatenate([b1, b2], axis=-1)[..., :n]
+
+
+def bits_to_uniform(bits: Array) -> Array:
+    """float32 uniform on [0, 1) from uint32 words (the transform of ``jax.random.uniform``)."""
+    f = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
+    return f - jnp.float32(1.0)
+
+
+def bits_to_normal(bits: Array) -> Array:
+    """float32 standard normal from uint32 words (the transform of ``jax.random.normal``)."""
+    u = bits_to_uniform(bits) * (jnp.float32(1.0) - _NORMAL_LO) + _NORMAL_LO
+    return _SQRT2 * jax.lax.erf_inv(jnp.maximum(_NORMAL_LO, u))
+
+
+def candidate_noise(key: PRNGKey, num_candidates: int) -> tuple[Array, Array]:
+    """The raw noise of one iteration's candidates: ``u`` (N,) uniform, ``z`` (2, N) normal.
+
+    ``u`` is stream 0 of the key, ``z[0]`` (accuracy) stream 1 and ``z[1]`` (novelty)
+    stream 2 (:func:`stream_bits`). A candidate is valid if ``u < P(valid)``.
+
+    Example
+    -------
+    >>> u, z = candidate_noise(jax.random.key(0), 3)
+    >>> u.shape, z.shape
+    ((3,), (2, 3))
+    """
+    k0, k1 = key_words(key)
+    w = stream_bits(k0, k1, (0, 1, 2), num_candidates)
+    return bits_to_uniform(w[..., 0, :]), bits_to_normal(w[..., 1:, :])
+
+
 def draw_candidates(
     key: PRNGKey, s: Array, params: DynamicsParams, effects: SettingEffects, num_candidates: int
 ) -> Candidates:
-    """Draw ``num_candidates`` candidates at state ``s`` (one uniform, two normals each)."""
-    k_u, k_z = jax.random.split(key)
-    u = jax.random.uniform(k_u, (num_candidates,), jnp.float32)
-    z = jax.random.normal(k_z, (2, num_candidates), jnp.float32)
+    """Draw ``num_candidates`` candidates at state ``s`` (one uniform, two normals each).
+
+    The noise comes from :func:`candidate_noise`.
+    """
+    u, z = candidate_noise(key, num_candidates)
     p = jax.nn.sigmoid(validity_logit(s, params, effects.validity_offset))
     valid = u < p
     acc = jax.nn.sigmoid(accuracy_logit(s, params, effects.accuracy_offset)
                          + params.accuracy_noise * z[0])
     nov = jax.nn.sigmoid(novelty_logit(s, params, effects.novelty_offset)
                          + params.novelty_noise * z[1])
+    nan = jnp.float32(jnp.nan)
+    return Candidates(valid, jnp.where(valid, acc, nan), jnp.where(valid, nov, nan), p, s)
+
+
+def draw_candidates_many(
+    keys: PRNGKey, s: Array, params: DynamicsParams, effects: SettingEffects,
+    num_candidates: int,
+) -> Candidates:
+    """:func:`draw_candidates` for a batch of lanes at once, candidate axis first.
+
+    ``keys`` and ``s`` have shape ``(L,)`` (one candidate key and state per lane; the
+    ``effects`` fields are scalars or ``(L,)``). Returns :class:`Candidates` whose
+    ``valid``, ``accuracy`` and ``novelty`` have shape ``(num_candidates, L)`` and equal
+    ``jax.vmap(draw_candidates)`` transposed. Lanes on the minor axis let XLA vectorise
+    the sums over candidates.
+    """
+    k0, k1 = key_words(keys)
+    m = (num_candidates + 1) // 2
+    lo = jnp.arange(m, dtype=jnp.uint32)[:, None]
+
+    def words(h):
+        b1, b2 = threefry_block(k0[None], k1[None], jnp.uint32(h), lo)
+        return jnp.concatenate([b1, b2], axis=0)[:num_candidates]
+
+    u = bits_to_uniform(words(0))
+    p = jax.nn.sigmoid(validity_logit(s, params, effects.validity_offset))
+    valid = u < p[None]
+    acc = jax.nn.sigmoid(accuracy_logit(s, params, effects.accuracy_offset)[None]
+                         + params.accuracy_noise * bits_to_normal(words(1)))
+    nov = jax.nn.sigmoid(novelty_logit(s, params, effects.novelty_offset)[None]
+                         + params.novelty_noise * bits_to_normal(words(2)))
     nan = jnp.float32(jnp.nan)
     return Candidates(valid, jnp.where(valid, acc, nan), jnp.where(valid, nov, nan), p, s)
 

@@ -29,7 +29,14 @@ import xarray as xr
 
 from llmnas_transfer import registry
 from llmnas_transfer._types import Array, PRNGKey
-from llmnas_transfer.dynamics import Candidates, SimState, init_state, step
+from llmnas_transfer.dynamics import (
+    Candidates,
+    SimState,
+    draw_candidates_many,
+    init_state,
+    step,
+    transition,
+)
 from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.params import DynamicsParams, ModelDefaults, SettingEffects, load_defaults
 
@@ -55,8 +62,11 @@ class IterationSummary(NamedTuple):
 
 
 def _hist(x: Array, valid: Array, bins: int) -> Array:
-    idx = jnp.clip(jnp.floor(jnp.nan_to_num(x) * bins).astype(jnp.int32), 0, bins - 1)
-    return jnp.zeros((bins,), jnp.int32).at[idx].add(valid.astype(jnp.int32))
+    # one-hot counts (a compare per bin) vectorise better on CPU than a scatter-add
+    idx = jnp.clip(jnp.floor(jnp.where(valid, x, 0.0) * bins).astype(jnp.int32), 0, bins - 1)
+    idx = jnp.where(valid, idx, bins)
+    onehot = idx[..., None, :] == jnp.arange(bins, dtype=jnp.int32)[:, None]
+    return jnp.sum(onehot, axis=-1, dtype=jnp.int32)
 
 
 def summarize_candidates(c: Candidates, bins: int) -> IterationSummary:
@@ -69,6 +79,43 @@ def summarize_candidates(c: Candidates, bins: int) -> IterationSummary:
         c.state, c.p_valid,
         _hist(c.accuracy, c.valid, bins) if bins else jnp.zeros((0,), jnp.int32),
         _hist(c.novelty, c.valid, bins) if bins else jnp.zeros((0,), jnp.int32),
+    )
+
+
+_UNROLL_HIST = 64  # candidates per iteration up to which the histogram loop is unrolled
+
+
+def _hist_many(x: Array, valid: Array, bins: int) -> Array:
+    """Histogram counts per lane of ``x`` (candidate axis first); returns ``(L, bins)``."""
+    idx = jnp.clip(jnp.floor(jnp.where(valid, x, 0.0) * bins).astype(jnp.int32), 0, bins - 1)
+    idx = jnp.where(valid, idx, bins)
+    edges = jnp.arange(bins, dtype=jnp.int32).reshape((bins,) + (1,) * (idx.ndim - 1))
+    if idx.shape[0] <= _UNROLL_HIST:
+        # elementwise adds over the few candidates: one fused loop, vectorised over lanes
+        counts = jnp.zeros((bins,) + idx.shape[1:], jnp.int32)
+        for j in range(idx.shape[0]):
+            counts = counts + (idx[j][None] == edges).astype(jnp.int32)
+    else:  # many candidates: a rolled loop keeps the program small
+        counts = jax.lax.fori_loop(
+            0, idx.shape[0],
+            lambda j, c: c + (jax.lax.dynamic_index_in_dim(idx, j, 0, keepdims=True)
+                              == edges).astype(jnp.int32),
+            jnp.zeros((bins,) + idx.shape[1:], jnp.int32))
+    return jnp.moveaxis(counts, 0, -1)
+
+
+def summarize_many(c: Candidates, bins: int) -> IterationSummary:
+    """:func:`summarize_candidates` for many lanes (``Candidates`` from
+    :func:`~llmnas_transfer.dynamics.draw_candidates_many`, candidate axis first)."""
+    acc = jnp.where(c.valid, c.accuracy, 0.0)
+    nov = jnp.where(c.valid, c.novelty, 0.0)
+    lanes = c.valid.shape[1:]
+    return IterationSummary(
+        jnp.sum(c.valid, axis=0, dtype=jnp.int32),
+        jnp.sum(acc, 0), jnp.sum(acc * acc, 0), jnp.sum(nov, 0), jnp.sum(nov * nov, 0),
+        c.state, c.p_valid,
+        _hist_many(c.accuracy, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
+        _hist_many(c.novelty, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
     )
 
 
@@ -101,9 +148,58 @@ def simulate_trial(
     return summ, cands
 
 
+PATHS = ("candidates", "summary")
+
+
+def chunk_kernel(
+    key: PRNGKey,
+    params: DynamicsParams,
+    effects: SettingEffects,
+    setting_ids: Array,
+    trial_ids: Array,
+    *,
+    num_iterations: int,
+    num_candidates: int,
+    bins: int = 20,
+    per_candidate: bool = False,
+    path: str = "candidates",
+) -> tuple[IterationSummary, Candidates | None]:
+    """Un-jitted body of :func:`simulate_chunk` (also traced by the streaming sweep)."""
+    if path == "summary":
+        from llmnas_transfer.sufficient import summary_chunk
+
+        return summary_chunk(key, params, effects, setting_ids, trial_ids,
+                             num_iterations=num_iterations, num_candidates=num_candidates,
+                             bins=bins), None
+
+    # The scan over iterations runs outside the vmap over trials (same keys and numbers as
+    # vmapping simulate_trial): each step works on all trials of the chunk at once and the
+    # stacked per-candidate output needs no transpose.
+    def one_setting(eff: SettingEffects, sid: Array):
+        skey = jax.random.fold_in(key, sid)
+        tkeys = jax.vmap(lambda tid: jax.random.fold_in(skey, tid))(trial_ids)
+        state0 = jax.vmap(lambda k: init_state(jax.random.fold_in(k, 0), params))(tkeys)
+
+        def body(state: SimState, t: Array):
+            # dynamics.step for every trial at once: same keys, same draws
+            ikeys = jax.vmap(lambda k: jax.random.fold_in(k, t))(tkeys)
+            pairs = jax.vmap(jax.random.split)(ikeys)
+            cands = draw_candidates_many(pairs[:, 0], state.refinement, params, eff,
+                                         num_candidates)
+            nxt = jax.vmap(lambda k, s: transition(k, s, params))(pairs[:, 1], state)
+            out = summarize_many(cands, bins)
+            return nxt, (out, cands if per_candidate else None)
+
+        _, ys = jax.lax.scan(body, state0, jnp.arange(1, num_iterations + 1, dtype=jnp.uint32))
+        return ys
+
+    summ, cands = jax.vmap(one_setting)(effects, setting_ids)  # (setting, iteration, ...)
+    return jax.tree.map(lambda x: jnp.moveaxis(x, 1, 2), summ), cands
+
+
 @partial(
     jax.jit,
-    static_argnames=("num_iterations", "num_candidates", "bins", "per_candidate"),
+    static_argnames=("num_iterations", "num_candidates", "bins", "per_candidate", "path"),
 )
 def simulate_chunk(
     key: PRNGKey,
@@ -116,25 +212,21 @@ def simulate_chunk(
     num_candidates: int,
     bins: int = 20,
     per_candidate: bool = False,
+    path: str = "candidates",
 ) -> tuple[IterationSummary, Candidates | None]:
     """Jitted kernel: settings (outer vmap) x trials (inner vmap) x iterations (scan).
 
-    Output leaves have shape ``(setting, trial, iteration, ...)``.
+    Summary leaves have shape ``(setting, trial, iteration, ...)``; per-candidate leaves
+    (when ``per_candidate``) have shape ``(setting, iteration, candidate, trial)`` for
+    ``valid``, ``accuracy`` and ``novelty`` and ``(setting, iteration, trial)`` for
+    ``p_valid`` and ``state``: the order the kernel produces them in, trials on the minor
+    axis (:func:`simulate` rearranges them as a view on the host).
+    ``path="summary"`` draws each pair's summaries directly
+    (:mod:`llmnas_transfer.sufficient`); it has no per-candidate output.
     """
-
-    def one_setting(eff: SettingEffects, sid: Array):
-        skey = jax.random.fold_in(key, sid)
-
-        def one_trial(tid: Array):
-            return simulate_trial(
-                jax.random.fold_in(skey, tid), params, eff,
-                num_iterations=num_iterations, num_candidates=num_candidates,
-                bins=bins, per_candidate=per_candidate,
-            )
-
-        return jax.vmap(one_trial)(trial_ids)
-
-    return jax.vmap(one_setting)(effects, setting_ids)
+    return chunk_kernel(key, params, effects, setting_ids, trial_ids,
+                        num_iterations=num_iterations, num_candidates=num_candidates,
+                        bins=bins, per_candidate=per_candidate, path=path)
 
 
 def as_key(seed: int | PRNGKey) -> PRNGKey:
@@ -174,6 +266,7 @@ def simulate(
     chunk_size: int | None = None,
     defaults: ModelDefaults | None = None,
     progress: bool | Callable[[int, int], None] = False,
+    path: str = "candidates",
 ) -> xr.Dataset:
     """Simulate every (dataset, task) cell and return an :class:`xarray.Dataset`.
 
@@ -190,6 +283,11 @@ def simulate(
     chunk_size : trials per compiled call (results do not depend on it).
     defaults : parameters; the shipped calibrated defaults if ``None``.
     progress : ``True`` for a rich progress bar, or a callback ``f(done, total)``.
+    path : ``"candidates"`` draws every candidate (exact; needed for ``per_candidate``);
+        ``"summary"`` draws each (trial, iteration)'s summaries directly, at a cost that
+        does not grow with ``num_candidates`` (:mod:`llmnas_transfer.sufficient`: exact
+        counts and histograms, accuracy/novelty sums exact up to 16 valid candidates and a
+        tested normal approximation beyond).
 
     Returns
     -------
@@ -212,6 +310,11 @@ def simulate(
         raise UserInputError(f"trial_offset must be a non-negative integer, got {trial_offset!r}")
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 0 <= bins <= 1000:
         raise UserInputError(f"bins must be an integer in [0, 1000], got {bins!r}")
+    if path not in PATHS:
+        raise UserInputError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+    if path == "summary" and per_candidate:
+        raise UserInputError("per_candidate=True needs path='candidates' (the summary path "
+                             "never draws individual candidates)")
     key = as_key(key)
     defaults = defaults or load_defaults()
     ds_list, task_list = registry.resolve(datasets, tasks)
@@ -234,7 +337,9 @@ def simulate(
         )
     if chunk_size is None:
         budget = max(1, (256 * 2**20) // max(per_trial_bytes, 1))
-        chunk_size = int(min(num_trials, DEFAULT_CHUNK, budget))
+        # the candidate path holds (setting, candidate, trial) arrays at each iteration
+        work = 2**24 // (n_set * num_candidates) if path == "candidates" else DEFAULT_CHUNK
+        chunk_size = int(min(num_trials, DEFAULT_CHUNK, budget, max(1, work)))
     chunk_size = _check_size("chunk_size", chunk_size, MAX_TRIALS)
     chunk_size = min(chunk_size, num_trials)
 
@@ -248,18 +353,20 @@ def simulate(
             summ, cands = simulate_chunk(
                 key, params, effects, jnp.asarray(sids), jnp.asarray(ids),
                 num_iterations=num_iterations, num_candidates=num_candidates,
-                bins=bins, per_candidate=per_candidate,
+                bins=bins, per_candidate=per_candidate, path=path,
             )
             n_keep = min(chunk_size, num_trials - c * chunk_size)
             summaries.append(jax.tree.map(lambda x, n=n_keep: np.asarray(x[:, :n]), summ))
-            if per_candidate:
-                cand_chunks.append(jax.tree.map(lambda x, n=n_keep: np.asarray(x[:, :n]), cands))
+            if per_candidate:  # (setting, iteration, [candidate,] trial)
+                cand_chunks.append(
+                    jax.tree.map(lambda x, n=n_keep: np.asarray(x[..., :n]), cands))
             bar(c + 1, n_chunks)
     finally:
         bar(None, n_chunks)
     summ = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *summaries)
-    cands = (
-        jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *cand_chunks)
+    cands = (  # concatenate over trials, then view as (setting, trial, iteration, ...)
+        jax.tree.map(lambda *xs: np.moveaxis(np.concatenate(xs, axis=-1), -1, 1),
+                     *cand_chunks)
         if per_candidate else None
     )
     return to_dataset(
@@ -268,6 +375,7 @@ def simulate(
         num_candidates=num_candidates, attrs={
             "seed": str(jax.random.key_data(key).tolist()),
             "num_candidates": num_candidates,
+            "path": path,
             "model": "llmnas_transfer state-space refinement model",
         },
     )

@@ -1,0 +1,315 @@
+"""Benchmark: fitting observed runs with NUTS (paper size), SVI (100x), and a PyMC baseline.
+
+Questions answered (numbers go to ``--out DIR/bench_fit.json``):
+
+1. NUTS on paper-size per-candidate data (32 settings x 15 trials x 10 iterations x 20
+   candidates, validity and first-epoch accuracy): wall time, minimum bulk ESS, max r_hat,
+   divergences and minimum ESS per second. Target: <= 60 s, min bulk ESS >= 400, no
+   divergences, r_hat <= 1.01.
+2. SVI on 100x that data (1500 trials per setting): time to convergence. Target < 2 min.
+3. The same model (state marginalised by the same grid filter) in PyMC, sampled with
+   PyMC's NUTS on the same data: minimum ESS per second, and the ratio to NumPyro.
+
+Compilation is timed separately: the same sampler is first run for 2 warmup + 2 draws
+(compile + a few steps), then for real; both numbers are reported. The machine may be
+shared: the load average is recorded next to every timing.
+
+Usage::
+
+    python benchmarks/bench_fit.py --out results/          # full
+    python benchmarks/bench_fit.py --quick --out results/  # small smoke run
+    python benchmarks/bench_fit.py --skip-pymc --skip-svi
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def _load() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return []
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench_results", help="output folder")
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--chains", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=500)
+    ap.add_argument("--draws", type=int, default=500)
+    ap.add_argument("--svi-steps", type=int, default=3000)
+    ap.add_argument("--svi-factor", type=int, default=100, help="SVI data multiple")
+    ap.add_argument("--skip-svi", action="store_true")
+    ap.add_argument("--skip-pymc", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", max(args.chains, 1))
+    import arviz as az
+    import numpy as np
+    import numpyro
+
+    from llmnas_transfer import simulate
+    from llmnas_transfer.inference import fit_runs, prepare
+    from llmnas_transfer.runs_io import runs_from_simulation
+    from llmnas_transfer.summarize import diagnostics
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trials, iters, cands = (4, 6, 10) if args.quick else (15, 10, 20)
+    datasets = "cifar-10,audioset" if args.quick else None
+    tasks = "classification,generation" if args.quick else None
+    if args.quick:
+        args.warmup, args.draws, args.svi_steps, args.svi_factor = 100, 100, 300, 4
+    env = {
+        "python": platform.python_version(), "jax": jax.__version__,
+        "numpyro": numpyro.__version__, "arviz": az.__version__,
+        "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+        "machine": platform.machine(), "note": "shared CPU: timings are noisy",
+    }
+    print(json.dumps(env))
+    res: dict = {"env": env, "sizes": {"trials": trials, "iterations": iters,
+                                       "candidates": cands, "quick": args.quick}}
+
+    sim = simulate(args.seed, datasets=datasets, tasks=tasks, num_trials=trials,
+                   num_iterations=iters, num_candidates=cands, per_candidate=True, bins=0)
+    runs = runs_from_simulation(sim, novelty=False)
+    print(runs.report())
+
+    # --------------------------------------------------------------- NUTS (NumPyro)
+    info0: dict = {}
+    t = time.perf_counter()
+    fit_runs(runs, chains=args.chains, warmup=2, draws=2, seed=args.seed, prior_draws=2,
+             info=info0)
+    compile_s = info0["seconds_sampling"]
+    print(f"numpyro compile (+4 iterations): {compile_s:.1f} s "
+          f"({time.perf_counter() - t:.1f} s with post-processing)")
+    info: dict = {}
+    load_before = _load()
+    dt = fit_runs(runs, chains=args.chains, warmup=args.warmup, draws=args.draws,
+                  seed=args.seed, prior_draws=100, info=info)
+    d = diagnostics(dt)
+    wall = info["seconds_sampling"]
+    ss = dt["sample_stats"].dataset
+    nuts = {
+        "chains": args.chains, "warmup": args.warmup, "draws": args.draws,
+        "chain_method": info["chain_method"], "wall_s": round(wall, 2),
+        "compile_s": round(compile_s, 2), "steady_s": round(max(wall - compile_s, 1e-9), 2),
+        "total_with_postprocessing_s": round(info["seconds_total"], 2),
+        "min_ess_bulk": round(d.stats["min_ess_bulk"], 1),
+        "min_ess_tail": round(d.stats["min_ess_tail"], 1),
+        "max_r_hat": round(d.stats["max_r_hat"], 4), "divergences": d.stats["divergences"],
+        "mean_leapfrog_steps": round(float(ss["n_steps"].mean()), 1),
+        "num_summarised_quantities": int(len(d.summary)),
+        "load_avg_before": load_before, "load_avg_after": _load(),
+    }
+    nuts["min_ess_per_s"] = round(nuts["min_ess_bulk"] / wall, 2)
+    nuts["min_ess_per_s_steady"] = round(nuts["min_ess_bulk"] / nuts["steady_s"], 2)
+    nuts["meets_targets"] = bool(wall <= 60 and nuts["min_ess_bulk"] >= 400
+                                 and nuts["divergences"] == 0 and nuts["max_r_hat"] <= 1.01)
+    res["numpyro_nuts"] = nuts
+    print("numpyro NUTS:", json.dumps(nuts))
+
+    # --------------------------------------------------------------- SVI on 100x
+    if not args.skip_svi:
+        big = simulate(args.seed + 1, datasets=datasets, tasks=tasks,
+                       num_trials=trials * args.svi_factor, num_iterations=iters,
+                       num_candidates=cands, per_candidate=True, bins=0)
+        big_runs = runs_from_simulation(big, novelty=False)
+        del big
+        sinfo: dict = {}
+        load_before = _load()
+        sdt = fit_runs(big_runs, method="svi", svi_steps=args.svi_steps, draws=500,
+                       seed=args.seed, prior_draws=20, info=sinfo)
+        sd = diagnostics(sdt)
+        loss = sdt["optimization"].dataset["loss"].values
+        # compare the SVI posterior means of the dynamics with the NUTS ones (paper size)
+        comp = {}
+        for v in ("kappa", "state_noise", "init_sd", "validity_slope", "accuracy_noise"):
+            comp[v] = {"svi_mean": float(sdt["posterior"].dataset[v].mean()),
+                       "svi_sd": float(sdt["posterior"].dataset[v].std()),
+                       "nuts_mean_paper_size": float(dt["posterior"].dataset[v].mean())}
+        res["svi_100x"] = {
+            "runs": int(big_runs.num_trials), "candidates": int(big_runs.cells["n_generated"]
+                                                                .sum()),
+            "steps": args.svi_steps, "seconds_optimisation_and_draws":
+                round(sinfo["seconds_sampling"], 2),
+            "seconds_total_with_postprocessing": round(sinfo["seconds_total"], 2),
+            "final_loss": float(np.mean(loss[-max(len(loss) // 10, 1):])),
+            "relative_change_last_10pct": sd.stats["relative_change"],
+            "converged": sd.ok, "load_avg_before": load_before, "load_avg_after": _load(),
+            "dynamics": comp,
+        }
+        print("SVI:", json.dumps(res["svi_100x"]))
+
+    # --------------------------------------------------------------- PyMC baseline
+    if not args.skip_pymc:
+        try:
+            res["pymc_nuts"] = _pymc(prepare(runs), args)
+            r = res["pymc_nuts"]
+            if "min_ess_per_s" in r:
+                res["ratio_numpyro_over_pymc_min_ess_per_s"] = round(
+                    nuts["min_ess_per_s"] / max(r["min_ess_per_s"], 1e-12), 2)
+        except ImportError as exc:
+            res["pymc_nuts"] = {"skipped": f"pymc not installed ({exc}); "
+                                           "pip install 'llmnas-transfer[bench]'"}
+        print("PyMC:", json.dumps(res["pymc_nuts"]))
+
+    path = out / "bench_fit.json"
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+def _pymc(prep, args) -> dict:
+    """The model of :mod:`llmnas_transfer.model` (validity + accuracy, state marginalised
+    on the same grid with the same forward algorithm) in PyMC, sampled with PyMC's NUTS."""
+    import arviz as az
+    import numpy as np
+    import pymc as pm
+    import pytensor
+    import pytensor.tensor as pt
+    from scipy.special import gammaln
+
+    spec, data = prep.spec, prep.data
+    nd, nk, T, G, W = len(spec.datasets), len(spec.tasks), spec.num_iterations, \
+        spec.grid_size, spec.grid_width
+    feats = np.asarray(spec.features, np.float64)
+    free_t = list(spec.free_tasks)
+    free_m = list(spec.free_modalities)
+    di = np.asarray(data.dataset_idx)
+    ki = np.asarray(data.task_idx)
+    rows = di * nk + ki
+    ng = np.asarray(data.n_generated, np.float64)
+    nv = np.asarray(data.n_valid, np.float64)
+    acc = [np.asarray(x, np.float64) for x in data.accuracy]
+    const = gammaln(ng + 1) - gammaln(nv + 1) - gammaln(ng - nv + 1)
+    x = np.linspace(-W, W, G)
+    obs_d = sorted({d for d, _ in spec.observed})
+    unobs_d = [i for i in range(nd) if i not in obs_d]
+    with pm.Model() as pm_model:
+        kappa = pm.Beta("kappa", 2.0, 5.0)
+        q = pm.LogNormal("state_noise", np.log(0.1), 0.5)
+        sd0 = pm.LogNormal("init_sd", np.log(0.3), 0.5)
+        bs = pm.Normal("validity_slope", 1.5, 1.0)
+        w0 = pm.Normal("difficulty_intercept", 0.0, 1.5)
+        w = pm.Normal("difficulty_coef", 0.0, 1.0, shape=feats.shape[1])
+        tau_d = pm.LogNormal("difficulty_sd", np.log(0.2), 0.6)
+        mean_d = w0 + pt.dot(feats, w)
+        diff = pt.zeros(nd)
+        if obs_d:
+            dobs = pm.Normal("difficulty_observed", mean_d[obs_d], tau_d, shape=len(obs_d))
+            diff = pt.set_subtensor(diff[obs_d], dobs)
+        if unobs_d:
+            z = pm.Normal("difficulty_z", 0.0, 1.0, shape=len(unobs_d))
+            diff = pt.set_subtensor(diff[unobs_d], mean_d[unobs_d] + tau_d * z)
+        comp = pt.zeros(nk)
+        if free_t:
+            c = pm.Normal("task_complexity_free", 0.5, 1.0, shape=len(free_t))
+            comp = pt.set_subtensor(comp[free_t], c)
+        inter = pt.zeros((nd, nk))
+        if free_t and free_m:
+            g = pm.Normal("interaction_free", 0.0, 0.5, shape=(len(free_m), len(free_t)))
+            for i, mod in enumerate(spec.modalities):
+                if mod in free_m:
+                    inter = pt.set_subtensor(inter[i, free_t], g[free_m.index(mod)])
+        delta = (diff[:, None] + comp[None, :] + inter).reshape((-1,))
+        a0 = pm.Normal("accuracy_intercept", -1.0, 1.5)
+        wa = pm.Normal("accuracy_coef", 0.0, 0.5, shape=feats.shape[1])
+        tau_a = pm.LogNormal("accuracy_sd", np.log(0.2), 0.6)
+        mean_a = a0 + pt.dot(feats, wa)
+        lev = pt.zeros(nd)
+        if obs_d:
+            aobs = pm.Normal("accuracy_level_observed", mean_a[obs_d], tau_a, shape=len(obs_d))
+            lev = pt.set_subtensor(lev[obs_d], aobs)
+        if unobs_d:
+            za = pm.Normal("accuracy_level_z", 0.0, 1.0, shape=len(unobs_d))
+            lev = pt.set_subtensor(lev[unobs_d], mean_a[unobs_d] + tau_a * za)
+        tacc = pt.zeros(nk)
+        if free_t:
+            ta = pm.Normal("task_accuracy_free", 0.0, 0.5, shape=len(free_t))
+            tacc = pt.set_subtensor(tacc[free_t], ta)
+        alpha = (lev[:, None] + tacc[None, :]).reshape((-1,))
+        lam = pm.Normal("accuracy_slope", 0.3, 0.5)
+        sig = pm.LogNormal("accuracy_noise", np.log(0.4), 0.5)
+        # prior moments of the state (closed form of dynamics.state_moments)
+        t_idx = np.arange(T, dtype=np.float64)
+        rho = 1.0 - kappa
+        m_t = 1.0 - rho**t_idx
+        r2 = rho**2
+        v_t = r2**t_idx * sd0**2 + q**2 * (1.0 - r2**t_idx) / (1.0 - r2)
+        s = m_t[:, None] + pt.sqrt(v_t)[:, None] * x[None, :]  # (T, G)
+        mu = s[:-1] + kappa * (1.0 - s[:-1])
+        zz = (s[1:, None, :] - mu[:, :, None]) / q
+        trans = pt.special.softmax(-0.5 * zz**2, axis=-1)  # (T-1, G, G)
+        init = np.exp(-0.5 * x**2)
+        init = init / init.sum()
+        eta = bs * s[None] - delta[:, None, None]  # (S, T, G)
+        logp = -pt.softplus(-eta)
+        loc = alpha[:, None, None] + lam * s[None]
+        inv = 1.0 / sig**2
+        ngT, nvT = ng.T[..., None], nv.T[..., None]
+        k_, n_, sm, sq, cst = (a.T for a in acc)
+        em = (ngT * logp[rows].transpose(1, 0, 2) - (ngT - nvT) * eta[rows].transpose(1, 0, 2)
+              + inv * (loc[rows].transpose(1, 0, 2) * sm[..., None]
+                       - 0.5 * n_[..., None] * loc[rows].transpose(1, 0, 2) ** 2))
+        fixed = (const.T - 0.5 * k_ * (np.log(2 * np.pi) + 2 * pt.log(sig)) - 0.5 * inv * sq
+                 + cst)
+
+        def update(pred, e):
+            mx = pt.max(e, axis=-1, keepdims=True)
+            wv = pred * pt.exp(e - mx)
+            c = pt.sum(wv, axis=-1, keepdims=True)
+            return wv / c, (pt.log(c) + mx)[:, 0]
+
+        a1, l1 = update(pt.as_tensor(np.broadcast_to(init, (ng.shape[0], G))), em[0])
+
+        def step(tr, e, alpha_prev):
+            pred = pt.dot(alpha_prev, tr) + 1e-30
+            a, ll = update(pred, e)
+            return a, ll
+
+        (_, lls), _ = pytensor.scan(step, sequences=[trans, em[1:]], outputs_info=[a1, None])
+        pm.Potential("runs", l1.sum() + lls.sum() + fixed.sum())
+    t = time.perf_counter()
+    idata = pm.sample(draws=2, tune=2, chains=args.chains, cores=args.chains, model=pm_model,
+                      init="jitter+adapt_full", progressbar=False, random_seed=args.seed,
+                      compute_convergence_checks=False)
+    compile_s = time.perf_counter() - t
+    load_before = _load()
+    t = time.perf_counter()
+    idata = pm.sample(draws=args.draws, tune=args.warmup, chains=args.chains,
+                      cores=args.chains, init="jitter+adapt_full", progressbar=False,
+                      model=pm_model,
+                      random_seed=args.seed, compute_convergence_checks=False)
+    wall = time.perf_counter() - t
+    names = list(idata["posterior"].dataset.data_vars)
+    summ = az.summary(idata, var_names=names, ci_kind="hdi", ci_prob=0.94, round_to="none")
+    ss = idata["sample_stats"].dataset
+    out = {
+        "pymc": pm.__version__, "pytensor": pytensor.__version__, "chains": args.chains,
+        "warmup": args.warmup, "draws": args.draws, "wall_s": round(wall, 2),
+        "compile_s_estimate": round(compile_s, 2),
+        "min_ess_bulk": round(float(summ["ess_bulk"].min()), 1),
+        "max_r_hat": round(float(summ["r_hat"].max()), 4),
+        "divergences": int(ss["diverging"].sum()),
+        "load_avg_before": load_before, "load_avg_after": _load(),
+        "note": "same priors, same grid (G, width) and forward algorithm as the NumPyro "
+                "model; PyMC's own NUTS with a full mass matrix (init=jitter+adapt_full)",
+    }
+    out["min_ess_per_s"] = round(out["min_ess_bulk"] / wall, 2)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,670 @@
+"""Fit observed runs: NUTS (parallel chains) or SVI, returning an ArviZ ``DataTree``.
+
+:func:`fit_runs` reads and validates the runs (:mod:`llmnas_transfer.runs_io`), builds the
+hierarchy (:func:`prepare`), samples the model of :mod:`llmnas_transfer.model`, and
+collects everything in one :class:`xarray.DataTree` with the groups ``posterior``,
+``sample_stats`` (NUTS), ``log_likelihood`` (per run, the state marginalised),
+``posterior_predictive``, ``prior``, ``prior_predictive``, ``observed_data``,
+``constant_data`` and ``predictions`` (forecast pooled validity rates of the observed
+runs). :func:`save_fit` writes it as netCDF atomically; :func:`load_fit` reads it back.
+
+Example
+-------
+>>> import pandas as pd
+>>> rows = [{"dataset": "cifar-10", "task": "classification", "trial": r, "iteration": t,
+...          "n_generated": 10, "n_valid": 4 + t // 2} for r in range(3) for t in (1, 2, 3)]
+>>> from llmnas_transfer.runs_io import runs_from_frame
+>>> dt = fit_runs(runs_from_frame(pd.DataFrame(rows)), chains=1, draws=50, warmup=50,
+...               seed=0, prior_draws=20)  # doctest: +SKIP
+>>> sorted(dt.children)  # doctest: +SKIP
+['constant_data', 'log_likelihood', 'observed_data', ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import xarray as xr
+from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, init_to_median
+from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal
+
+from llmnas_transfer import registry
+from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.metrics import DEFAULT_REFERENCE
+from llmnas_transfer.model import (
+    DETERMINISTIC_DIMS,
+    GRID_SIZE,
+    ModelSpec,
+    NormalStats,
+    RunsData,
+    forecast_n_generated,
+    forecast_runs,
+    params_from_sample,
+    runs_loglik,
+    runs_model,
+)
+from llmnas_transfer.runs_io import ObservedRuns, read_runs
+
+FIT_FORMAT = "llmnas-transfer fit v1"
+EXTRA_FIELDS = ("potential_energy", "energy", "num_steps", "accept_prob", "diverging")
+#: defaults assumed for a dataset that is not in the registry and has no attributes
+DEFAULT_NEW_DATASET = {"modality": "image", "resolution": 32, "num_classes": 10}
+#: SVI mini-batch (runs per step) used when there are more runs than this
+SVI_BATCH = 4096
+
+
+# --------------------------------------------------------------------------- preparation
+@dataclass(frozen=True)
+class Prepared:
+    """Model inputs built from observed runs."""
+
+    spec: ModelSpec
+    data: RunsData
+    run_dataset: tuple[str, ...]
+    run_task: tuple[str, ...]
+    run_trial: tuple[str, ...]
+    notices: tuple[str, ...]
+
+
+def _natural_key(label: str):
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", label)]
+
+
+def _parse_reference(reference) -> tuple[str, str]:
+    if isinstance(reference, str):
+        parts = reference.split(":")
+        if len(parts) != 2 or not all(p.strip() for p in parts):
+            raise UserInputError(
+                f"reference must look like DATASET:TASK (e.g. cifar-10:classification), "
+                f"got {reference!r}"
+            )
+        reference = parts
+    if len(reference) != 2:
+        raise UserInputError("reference must be (dataset, task)")
+    return str(reference[0]).strip().lower(), str(reference[1]).strip().lower()
+
+
+def _dataset_entry(name: str, attrs: Mapping[str, Mapping] | None, notices: list[str]):
+    attrs = {k.lower(): v for k, v in (attrs or {}).items()}
+    try:
+        ds = registry.get_dataset(name)
+    except registry.UnknownSettingError:
+        ds = None
+    if ds is not None:
+        if name in attrs:
+            raise UserInputError(
+                f"dataset {name!r} is in the registry; its attributes come from there "
+                "(drop it from the dataset attributes)"
+            )
+        return ds
+    given = attrs.get(name)
+    a = dict(DEFAULT_NEW_DATASET)
+    if given:
+        unknown = set(given) - set(a)
+        if unknown:
+            raise UserInputError(
+                f"dataset {name!r}: unknown attributes {sorted(unknown)}; use modality, "
+                "resolution, num_classes"
+            )
+        a.update(given)
+    modality = str(a["modality"]).strip().lower()
+    if modality not in registry.MODALITIES:
+        raise UserInputError(
+            f"dataset {name!r}: modality {modality!r} is not one of "
+            f"{', '.join(registry.MODALITIES)}"
+        )
+    try:
+        res, ncls = int(a["resolution"]), int(a["num_classes"])
+    except (TypeError, ValueError):
+        raise UserInputError(
+            f"dataset {name!r}: resolution and num_classes must be integers"
+        ) from None
+    if res < 1 or ncls < 1:
+        raise UserInputError(f"dataset {name!r}: resolution and num_classes must be positive")
+    how = "given" if given else "assumed (pass dataset attributes to set them)"
+    notices.append(
+        f"dataset {name!r} is not in the registry: a new level of the hierarchy with "
+        f"modality {modality}, resolution {res}, {ncls} classes ({how})"
+    )
+    return registry.Dataset(name, modality, res, ncls)
+
+
+def prepare(
+    runs: ObservedRuns,
+    *,
+    reference: str | Sequence[str] = DEFAULT_REFERENCE,
+    datasets: Sequence[str] = (),
+    tasks: Sequence[str] = (),
+    dataset_attrs: Mapping[str, Mapping] | None = None,
+    num_forecast: int = 0,
+    grid_size: int = GRID_SIZE,
+) -> Prepared:
+    """Build the :class:`~llmnas_transfer.model.ModelSpec` and arrays for observed runs.
+
+    The levels are the datasets and tasks in the data, the reference, and any extra
+    ``datasets``/``tasks`` to predict. Every dataset x task combination is a setting of
+    the model; those without data are predicted through the hierarchy.
+
+    Example
+    -------
+    >>> import pandas as pd
+    >>> from llmnas_transfer.runs_io import runs_from_frame
+    >>> df = pd.DataFrame({"dataset": "svhn", "task": "detection", "trial": [1, 1],
+    ...                    "iteration": [1, 2], "n_generated": 10, "n_valid": [3, 5]})
+    >>> p = prepare(runs_from_frame(df))
+    >>> p.spec.datasets, p.spec.tasks, p.spec.observed
+    (('cifar-10', 'svhn'), ('classification', 'detection'), ((1, 1),))
+    """
+    if not isinstance(num_forecast, (int, np.integer)) or isinstance(num_forecast, bool) \
+            or not 0 <= num_forecast <= 1000:
+        raise UserInputError(f"forecast must be an integer in [0, 1000], got {num_forecast!r}")
+    if not isinstance(grid_size, int) or not 8 <= grid_size <= 512:
+        raise UserInputError(f"grid_size must be an integer in [8, 512], got {grid_size!r}")
+    notices: list[str] = list(runs.notices)
+    ref = _parse_reference(reference)
+    cells = runs.cells
+    d_names = list(dict.fromkeys([ref[0], *cells["dataset"].astype(str),
+                                  *(str(d).strip().lower() for d in datasets)]))
+    t_names = list(dict.fromkeys([ref[1], *cells["task"].astype(str),
+                                  *(str(t).strip().lower() for t in tasks)]))
+    builtin_d = [d for d in registry.dataset_names() if d in d_names]
+    d_names = builtin_d + [d for d in d_names if d not in builtin_d]
+    builtin_t = [t for t in registry.task_names() if t in t_names]
+    t_names = builtin_t + [t for t in t_names if t not in builtin_t]
+    for t in t_names:
+        if t not in registry.task_names():
+            notices.append(f"task {t!r} is not in the registry: a new level of the hierarchy")
+    entries = [_dataset_entry(d, dataset_attrs, notices) for d in d_names]
+    unused = set(k.lower() for k in (dataset_attrs or {})) - set(d_names)
+    if unused:
+        notices.append(f"attributes given for datasets not in the fit: {sorted(unused)}")
+    observed = sorted({(d_names.index(d), t_names.index(t)) for d, t in runs.settings})
+    ref_idx = (d_names.index(ref[0]), t_names.index(ref[1]))
+    if ref_idx not in observed:
+        notices.append(
+            f"the reference {ref[0]}:{ref[1]} has no data; its rates (and all gaps) come "
+            "from the hierarchy alone"
+        )
+    T = int(cells["iteration"].max())
+    keys = cells[["dataset", "task", "trial"]].drop_duplicates()
+    order = sorted(
+        keys.itertuples(index=False),
+        key=lambda r: (d_names.index(r[0]), t_names.index(r[1]), _natural_key(str(r[2]))),
+    )
+    run_index = {tuple(r): i for i, r in enumerate(order)}
+    n = len(order)
+    ridx = np.fromiter(
+        (run_index[(d, t, r)] for d, t, r in zip(cells["dataset"], cells["task"],
+                                                  cells["trial"], strict=True)),
+        np.int64, len(cells))
+    tidx = cells["iteration"].to_numpy(np.int64) - 1
+
+    def grid(col):
+        out = np.zeros((n, T), np.float32)
+        out[ridx, tidx] = cells[col].to_numpy(np.float64)
+        return jnp.asarray(out)
+
+    data = RunsData(
+        jnp.asarray([d_names.index(r[0]) for r in order], jnp.int32),
+        jnp.asarray([t_names.index(r[1]) for r in order], jnp.int32),
+        grid("n_generated"), grid("n_valid"),
+        NormalStats(*(grid("acc_" + c) for c in ("k", "n", "sum", "sumsq", "const"))),
+        NormalStats(*(grid("nov_" + c) for c in ("k", "n", "sum", "sumsq", "const"))),
+    )
+    spec = ModelSpec(
+        tuple(d_names), tuple(t_names), tuple(e.modality for e in entries),
+        tuple(tuple(float(x) for x in e.features()) for e in entries), tuple(observed),
+        ref_idx, T, int(num_forecast), T, bool(runs.has_accuracy), bool(runs.has_novelty),
+        grid_size,
+    )
+    return Prepared(spec, data, tuple(r[0] for r in order), tuple(r[1] for r in order),
+                    tuple(str(r[2]) for r in order), tuple(notices))
+
+
+# --------------------------------------------------------------------------- fitting
+@dataclass
+class FitInfo:
+    """What happened during a fit (timings, settings, SVI losses)."""
+
+    method: str
+    seconds_sampling: float
+    seconds_total: float
+    chains: int
+    draws: int
+    warmup: int
+    chain_method: str
+    losses: np.ndarray | None = None
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not lo <= value <= hi:
+        raise UserInputError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return int(value)
+
+
+class _DrawsAdapter:
+    """Lets :func:`arviz.from_numpyro` convert draws that did not come from MCMC (SVI)."""
+
+    def __new__(cls, samples, model, args, kwargs):
+        from arviz_base.io_numpyro import NumPyroInferenceAdapter
+
+        class Adapter(NumPyroInferenceAdapter):
+            @property
+            def sample_dims(self):
+                return ["chain", "draw"]
+
+            def get_samples(self, seed=None, **kw):
+                return samples
+
+        shape = next(iter(samples.values())).shape[:2]
+        return Adapter(None, model, args, kwargs, shape)
+
+
+def _flat(samples: dict) -> dict:
+    return {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
+
+
+def _per_draw(fn: Callable, samples: dict, batch: int = 64):
+    """``lax.map`` of ``fn(key_index, draw)`` over flat draws, in vmapped batches."""
+    flat = _flat(samples)
+    n = next(iter(flat.values())).shape[0]
+    return jax.lax.map(lambda x: fn(x[0], x[1]), (jnp.arange(n), flat),
+                       batch_size=min(batch, n))
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _forecast_kernel(key, samples, data: RunsData, spec: ModelSpec, ng, onehot_t):
+    def one(i, draw):
+        params, effects = params_from_sample(draw, spec)
+        counts = forecast_runs(jax.random.fold_in(key, i), params, effects, data, spec, ng)
+        return onehot_t @ counts
+
+    return _per_draw(one, samples)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _loglik_kernel(samples, data: RunsData, spec: ModelSpec):
+    def one(i, draw):
+        params, effects = params_from_sample(draw, spec)
+        return runs_loglik(params, effects, data, spec, n_valid=data.n_valid).sum(-1)
+
+    return _per_draw(one, samples)
+
+
+def _pooled_forecast(key, samples, prep: Prepared) -> np.ndarray:
+    """Predictive pooled validity rate per (chain, draw, dataset, task, horizon)."""
+    spec, data = prep.spec, prep.data
+    ng = jnp.asarray(forecast_n_generated(data, spec.num_forecast))
+    nd, nk, H = len(spec.datasets), len(spec.tasks), spec.horizon
+    row = np.asarray(data.dataset_idx) * nk + np.asarray(data.task_idx)
+    onehot_t = jnp.asarray(np.eye(nd * nk, dtype=np.float32)[row].T)  # (S, N)
+    denom = np.asarray(onehot_t @ ng)  # (S, H)
+    num = np.asarray(_forecast_kernel(key, _needed(samples), data, spec, ng, onehot_t))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = num / denom[None]
+    shape = next(iter(samples.values())).shape[:2]
+    return rate.reshape(shape + (nd, nk, H))
+
+
+def _loglik_per_run(samples, prep: Prepared) -> np.ndarray:
+    shape = next(iter(samples.values())).shape[:2]
+    ll = _loglik_kernel(_needed(samples), prep.data, prep.spec)
+    return np.asarray(ll).reshape(shape + (prep.data.n_generated.shape[0],))
+
+
+_NEEDED = ("kappa", "state_noise", "init_sd", "validity_slope", "accuracy_slope",
+           "accuracy_noise", "novelty_intercept", "novelty_slope", "novelty_noise",
+           "validity_offset", "accuracy_offset", "novelty_offset")
+
+
+def _needed(samples: dict) -> dict:
+    """The sites :func:`~llmnas_transfer.model.params_from_sample` reads."""
+    return {k: jnp.asarray(v) for k, v in samples.items() if k in _NEEDED}
+
+
+def _num_devices() -> int:
+    return jax.local_device_count()
+
+
+def fit_runs(
+    runs: ObservedRuns | str | os.PathLike,
+    *,
+    method: str = "nuts",
+    chains: int = 4,
+    draws: int = 1000,
+    warmup: int = 1000,
+    seed: int = 0,
+    reference: str | Sequence[str] = DEFAULT_REFERENCE,
+    forecast: int = 0,
+    datasets: Sequence[str] = (),
+    tasks: Sequence[str] = (),
+    dataset_attrs: Mapping[str, Mapping] | None = None,
+    target_accept: float = 0.9,
+    dense_mass: bool = True,
+    svi_steps: int = 5000,
+    svi_learning_rate: float = 0.01,
+    svi_batch: int | None = None,
+    prior_draws: int = 500,
+    grid_size: int = GRID_SIZE,
+    progress: bool = False,
+    info: dict | None = None,
+) -> xr.DataTree:
+    """Fit the hierarchical model to observed runs and return an ArviZ ``DataTree``.
+
+    Parameters
+    ----------
+    runs : validated :class:`~llmnas_transfer.runs_io.ObservedRuns` or a file path.
+    method : ``"nuts"`` (default) or ``"svi"`` (full-rank Gaussian guide, optax Adam).
+    chains, draws, warmup : NUTS settings; chains run in parallel when there are enough
+        JAX devices (``jax_num_cpu_devices``), else one after another. For SVI, ``draws``
+        is the number of draws taken from the fitted guide.
+    seed : integer seed; the same seed gives the same numbers.
+    reference : ``"dataset:task"`` the gaps are relative to.
+    forecast : number of iterations to forecast past the data.
+    datasets, tasks : extra levels to predict (unobserved settings).
+    dataset_attrs : ``{name: {"modality":..., "resolution":..., "num_classes":...}}`` for
+        datasets that are not in the registry.
+    target_accept, dense_mass : NUTS step-size target and mass-matrix structure.
+    svi_steps, svi_learning_rate, svi_batch : SVI optimisation settings (``svi_batch``
+        runs per step; default all runs up to 4096).
+    prior_draws : prior (and prior predictive) draws stored with the fit.
+    grid_size : grid points of the marginalised state.
+    progress : show NumPyro's progress bar.
+    info : if a dict is given, it is filled with :class:`FitInfo` fields.
+
+    Returns
+    -------
+    xarray.DataTree (see the module docstring for its groups).
+    """
+    t0 = time.perf_counter()
+    if method not in ("nuts", "svi"):
+        raise UserInputError(f"method must be 'nuts' or 'svi', got {method!r}")
+    chains = _check_int("chains", chains, 1, 64)
+    draws = _check_int("draws", draws, 1, 10**6)
+    warmup = _check_int("warmup", warmup, 0 if method == "svi" else 1, 10**6)
+    seed = _check_int("seed", seed, 0, 2**32 - 1)
+    prior_draws = _check_int("prior_draws", prior_draws, 1, 10**5)
+    if not isinstance(target_accept, (int, float)) or not 0.5 <= target_accept < 1.0:
+        raise UserInputError(f"target_accept must be in [0.5, 1), got {target_accept!r}")
+    if not isinstance(runs, ObservedRuns):
+        runs = read_runs(runs)
+    prep = prepare(runs, reference=reference, datasets=datasets, tasks=tasks,
+                   dataset_attrs=dataset_attrs, num_forecast=forecast, grid_size=grid_size)
+    spec, data = prep.spec, prep.data
+    key = jax.random.key(seed)
+    k_fit, k_prior, k_ppc, k_fc = jax.random.split(key, 4)
+    kwargs = {"spec": spec, "n_valid": data.n_valid}
+    coords = _coords(prep)
+    extra_dims = {k: v for k, v in DETERMINISTIC_DIMS.items()}
+
+    if method == "nuts":
+        chain_method = "parallel" if _num_devices() >= chains and chains > 1 else "sequential"
+        kernel = NUTS(runs_model, target_accept_prob=float(target_accept),
+                      init_strategy=init_to_median(num_samples=15), dense_mass=dense_mass)
+        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
+                    chain_method=chain_method, progress_bar=progress)
+        t1 = time.perf_counter()
+        mcmc.run(k_fit, data, extra_fields=EXTRA_FIELDS, **kwargs)
+        samples = jax.device_get(mcmc.get_samples(group_by_chain=True))
+        t_sampling = time.perf_counter() - t1
+        posterior, losses = mcmc, None
+    else:
+        chain_method = "svi"
+        steps = _check_int("svi_steps", svi_steps, 1, 10**7)
+        samples, losses, t_sampling = _fit_svi(
+            k_fit, prep, steps=steps, lr=svi_learning_rate, draws=draws,
+            batch=svi_batch, progress=progress)
+        posterior = _DrawsAdapter(samples, runs_model, (data,), kwargs)
+        chains = 1
+
+    prior = Predictive(runs_model, num_samples=prior_draws)(k_prior, data, spec=spec)
+    flat = _flat({k: jnp.asarray(v) for k, v in samples.items()})
+    ppc = Predictive(runs_model, posterior_samples=flat, return_sites=["n_valid"],
+                     batch_ndims=1)(k_ppc, data, spec=spec)
+    shape = next(iter(samples.values())).shape[:2]
+    ppc = {"n_valid": np.asarray(ppc["n_valid"]).reshape(shape + data.n_generated.shape)}
+    constant = {
+        "n_generated": np.asarray(data.n_generated),
+        "run_dataset": np.asarray(prep.run_dataset, dtype=str),
+        "run_task": np.asarray(prep.run_task, dtype=str),
+        "run_trial": np.asarray(prep.run_trial, dtype=str),
+        "accuracy_count": np.asarray(data.accuracy.n),
+        "novelty_count": np.asarray(data.novelty.n),
+    }
+    import arviz as az
+
+    dt = az.from_numpyro(
+        posterior, prior=jax.device_get(prior), posterior_predictive=ppc, coords=coords,
+        extra_event_dims=extra_dims, log_likelihood=False,
+    )
+    cd = xr.Dataset({
+        k: (("run", "iteration") if np.ndim(v) == 2 else ("run",), np.asarray(v))
+        for k, v in constant.items()
+    }, coords={"run": coords["run"], "iteration": coords["iteration"]})
+    dt["constant_data"] = xr.DataTree(cd)
+    ll = _loglik_per_run(samples, prep)
+    dt["log_likelihood"] = xr.DataTree(xr.Dataset(
+        {"n_valid": (("chain", "draw", "run"), ll)},
+        coords={"chain": np.arange(shape[0]), "draw": np.arange(shape[1]), "run": coords["run"]},
+    ))
+    rate = _pooled_forecast(k_fc, samples, prep)
+    dt["predictions"] = xr.DataTree(xr.Dataset(
+        {"pooled_rate": (("chain", "draw", "dataset", "task", "horizon"), rate)},
+        coords={"chain": np.arange(shape[0]), "draw": np.arange(shape[1]),
+                "dataset": coords["dataset"], "task": coords["task"],
+                "horizon": coords["horizon"]},
+    ))
+    if losses is not None:
+        if "sample_stats" in dt.children:  # SVI has no sampler statistics
+            del dt["sample_stats"]
+        dt["optimization"] = xr.DataTree(xr.Dataset(
+            {"loss": (("step",), np.asarray(losses, np.float64))},
+            coords={"step": np.arange(1, len(losses) + 1)}))
+    total = time.perf_counter() - t0
+    dt.attrs.update({
+        "format": FIT_FORMAT,
+        "inference": method,
+        "spec": json.dumps(spec.to_attrs()),
+        "source": runs.source,
+        "data_form": runs.form,
+        "report": runs.report(),
+        "notices": json.dumps(list(prep.notices)),
+        "seed": seed,
+        "chains": chains,
+        "draws": draws,
+        "warmup": warmup if method == "nuts" else 0,
+        "chain_method": chain_method,
+        "target_accept": float(target_accept),
+        "seconds_sampling": round(t_sampling, 3),
+        "seconds_total": round(total, 3),
+        "numpyro_version": numpyro.__version__,
+        "jax_version": jax.__version__,
+        "arviz_version": az.__version__,
+        "llmnas_transfer_version": _version(),
+    })
+    if method == "svi":
+        dt.attrs["svi_steps"] = int(svi_steps)
+        dt.attrs["svi_learning_rate"] = float(svi_learning_rate)
+    if info is not None:
+        info.update(FitInfo(method, t_sampling, total, chains, draws,
+                            warmup if method == "nuts" else 0, chain_method,
+                            None if losses is None else np.asarray(losses)).__dict__)
+    return dt
+
+
+def _version() -> str:
+    from llmnas_transfer import __version__
+
+    return __version__
+
+
+def _coords(prep: Prepared) -> dict:
+    coords = prep.spec.coords()
+    obs, unobs = _observed_datasets(prep.spec)
+    coords["observed_dataset"] = [prep.spec.datasets[i] for i in obs]
+    coords["unobserved_dataset"] = [prep.spec.datasets[i] for i in unobs]
+    coords["run"] = [f"{d}|{t}|{r}" for d, t, r in
+                     zip(prep.run_dataset, prep.run_task, prep.run_trial, strict=True)]
+    return coords
+
+
+def _observed_datasets(spec: ModelSpec):
+    from llmnas_transfer.model import observed_datasets
+
+    return observed_datasets(spec)
+
+
+def _fit_svi(key, prep: Prepared, *, steps: int, lr: float, draws: int, batch: int | None,
+             progress: bool):
+    import optax
+
+    spec, data = prep.spec, prep.data
+    n_runs = int(data.n_generated.shape[0])
+    if batch is None:
+        batch = n_runs if n_runs <= SVI_BATCH else SVI_BATCH
+    batch = _check_int("svi_batch", batch, 1, 10**9)
+    sub = None if batch >= n_runs else batch
+    if not isinstance(lr, (int, float)) or not 0 < lr < 1:
+        raise UserInputError(f"svi_learning_rate must be in (0, 1), got {lr!r}")
+    # dimension of the latent space decides the guide: full rank up to 200 dimensions
+    guide_cls = AutoMultivariateNormal
+    k_init, k_run, k_draw = jax.random.split(key, 3)
+    schedule = optax.cosine_decay_schedule(float(lr), steps, alpha=0.05)
+    optim = numpyro.optim.optax_to_numpyro(
+        optax.chain(optax.clip_by_global_norm(100.0), optax.adam(schedule)))
+    guide = guide_cls(runs_model, init_loc_fn=init_to_median(num_samples=15))
+    latent_dim = None
+    svi = SVI(runs_model, guide, optim, Trace_ELBO())
+    t1 = time.perf_counter()
+    res = svi.run(k_run, steps, data, spec=spec, n_valid=data.n_valid, subsample_size=sub,
+                  progress_bar=progress)
+    params = res.params
+    latent_dim = guide.latent_dim
+    if latent_dim > 200:  # full rank too costly: refit with a low-rank guide
+        guide = AutoLowRankMultivariateNormal(runs_model, rank=20,
+                                              init_loc_fn=init_to_median(num_samples=15))
+        svi = SVI(runs_model, guide, optim, Trace_ELBO())
+        res = svi.run(k_run, steps, data, spec=spec, n_valid=data.n_valid, subsample_size=sub,
+                      progress_bar=progress)
+        params = res.params
+    k_lat, k_det = jax.random.split(k_draw)
+    latent = guide.sample_posterior(k_lat, params, data, spec=spec, n_valid=data.n_valid,
+                                    sample_shape=(draws,))
+    det = Predictive(runs_model, posterior_samples=latent,
+                     return_sites=[k for k in DETERMINISTIC_DIMS])(k_det, data, spec=spec,
+                                                                   n_valid=data.n_valid)
+    t_sampling = time.perf_counter() - t1
+    samples = {k: np.asarray(v)[None] for k, v in {**latent, **det}.items()
+               if k != "n_valid"}
+    return samples, np.asarray(res.losses), t_sampling
+
+
+# --------------------------------------------------------------------------- files
+def save_fit(dt: xr.DataTree, path: str | os.PathLike) -> Path:
+    """Write a fit as netCDF (h5netcdf), atomically: a temporary file, then a rename.
+
+    Example
+    -------
+    >>> import xarray as xr, tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "fit.nc"
+    >>> _ = save_fit(xr.DataTree(xr.Dataset({"a": ("x", [1.0])})), p)
+    >>> float(load_fit(p, check=False)["a"][0])
+    1.0
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise UserInputError(f"{path}: is a directory; give a file name such as fit.nc")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise UserInputError(f"{path}: the folder {parent} does not exist")
+    encoding = {}
+    for node in dt.subtree:
+        enc = {}
+        for name, var in node.dataset.data_vars.items():
+            if var.dtype.kind in "fiu" and var.size > 1000:
+                enc[name] = {"zlib": True, "complevel": 4}
+        if enc:
+            encoding[node.path] = enc
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=parent)
+    os.close(fd)
+    try:
+        dt.to_netcdf(tmp, engine="h5netcdf", encoding=encoding or None)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_fit(path: str | os.PathLike, *, check: bool = True) -> xr.DataTree:
+    """Read a fit written by :func:`save_fit` (fully into memory).
+
+    Example
+    -------
+    >>> load_fit("no-such-file.nc")
+    Traceback (most recent call last):
+    ...
+    llmnas_transfer.errors.UserInputError: no-such-file.nc: file not found
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserInputError(f"{path}: is a directory, not a fit file")
+    try:
+        with xr.open_datatree(path, engine="h5netcdf") as dt:
+            dt = dt.load()
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"{path}: not a readable netCDF fit file ({exc})") from None
+    if check and dt.attrs.get("format") != FIT_FORMAT:
+        raise UserInputError(
+            f"{path}: not a fit written by 'llmnas-transfer fit' (format attribute missing)"
+        )
+    return dt
+
+
+def spec_of(dt: xr.DataTree) -> ModelSpec:
+    """The :class:`~llmnas_transfer.model.ModelSpec` stored in a fit."""
+    try:
+        return ModelSpec.from_attrs(json.loads(dt.attrs["spec"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserInputError(f"the fit file lacks a valid model description ({exc})") from None
+
+
+def notices_of(dt: xr.DataTree) -> list[str]:
+    """Notices recorded when the fit was made."""
+    try:
+        return list(json.loads(dt.attrs.get("notices", "[]")))
+    except ValueError:
+        return []
+
+
+def set_cpu_devices(n: int) -> int:
+    """Ask JAX for ``n`` CPU devices (parallel chains); must run before the first JAX op.
+
+    Returns the number of devices available afterwards.
+    """
+    try:
+        jax.config.update("jax_num_cpu_devices", int(n))
+    except RuntimeError:
+        pass  # the backend is already running: use what it has
+    return jax.local_device_count()
+
+
+__all__ = [
+    "FitInfo", "Prepared", "fit_runs", "load_fit", "notices_of", "prepare", "save_fit",
+    "set_cpu_devices", "spec_of",
+]
