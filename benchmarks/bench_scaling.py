@@ -82,6 +82,7 @@ def plot(points: list[dict], folder: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=True)
     styles = {"candidates": ("o-", "C0", "per-candidate path"),
@@ -106,9 +107,13 @@ def plot(points: list[dict], folder: Path) -> list[Path]:
         ax.set_xscale("log")
         ax.set_yscale("log")
         others = ", ".join(f"{BASE[k]} {k}" for k in BASE if k != axis)
-        ax.set_xlabel(f"{axis} per setting" if axis == "trials" else f"{axis}"
-                      + ("" if axis == "trials" else " per trial"))
+        ax.set_xlabel({"trials": "trials per setting", "iterations": "iterations per trial",
+                       "candidates": "candidates per iteration"}[axis])
         ax.set_title(f"vary {axis} ({others})", fontsize=9)
+        ticks = sorted({p[axis] for p in points if p["axis"] == axis})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("wall time per call (s), median; bars: min-max")
     axes[0].legend(fontsize=8)
@@ -130,7 +135,15 @@ def main(argv=None) -> int:
                     default=str(ROOT / "benchmarks" / "results" / "bench_scaling.json"))
     ap.add_argument("--figure", metavar="DIR", default=str(ROOT / "docs" / "figures"))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw the figure from the JSON of an earlier run")
     args = ap.parse_args(argv)
+    if args.replot:
+        import json
+
+        old = json.loads(Path(args.json).read_text())
+        print("wrote", *plot(old["points"], Path(args.figure)))
+        return 0
     info = header("bench_scaling")
     grid = QUICK if args.quick else GRID
     points = []

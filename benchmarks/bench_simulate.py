@@ -19,7 +19,8 @@ Cases (``--quick`` shrinks the trial counts):
 ``numpy_summary`` / ``jax_summary_moments`` / ``jax_summary_hist20``
     1000 candidates per iteration, 10 iterations; validity counts plus accuracy and
     novelty moments (and 20-bin histograms): NumPy (1 setting, 2000 trials) and the JAX
-    summary path through ``sweep`` (all 32 settings, 2048 trials, one device).
+    summary path through ``sweep`` (all 32 settings, 2048 trials, one device, default
+    chunks).
 ``jax_summary_sharded``
     the summary-path sweep on one device and on all local devices (run it with
     ``JAX_NUM_CPU_DEVICES=2`` on CPU), checking that the numbers are identical.
@@ -203,7 +204,7 @@ def numpy_summary(quick):
             "stats": _stats_from_trials(out["n_valid"][0], acc, N)}
 
 
-def _summary_sweep(quick, bins, devices=1, seed=0, trials=None, chunk=1024):
+def _summary_sweep(quick, bins, devices=1, seed=0, trials=None, chunk=None):
     from llmnas_transfer.sweep import sweep
 
     R = trials or (512 if quick else 2048)
@@ -254,10 +255,10 @@ def jax_summary_sharded(quick):
     import numpy as np
 
     n_dev = len(jax.local_devices())
-    # each device gets 1024 trials per chunk in both runs (same per-device work per call)
+    # the default chunk gives each device the same work per call in both runs
     R = (1024 if quick else 4096) * n_dev
-    R, one = _summary_sweep(quick, 0, devices=1, trials=R, chunk=1024)
-    _, many = _summary_sweep(quick, 0, devices=n_dev, trials=R, chunk=1024 * n_dev)
+    R, one = _summary_sweep(quick, 0, devices=1, trials=R)
+    _, many = _summary_sweep(quick, 0, devices=n_dev, trials=R)
     held = {}
     f1, b1, _ = time_call(lambda: held.__setitem__("one", one()), 2 if quick else 3)
     fn, bn, _ = time_call(lambda: held.__setitem__("many", many()), 2 if quick else 3)

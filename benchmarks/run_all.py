@@ -85,21 +85,41 @@ def _agree(a: dict, b: dict) -> bool:
 
 
 def _fit_records(quick: bool, tmp: Path) -> list[dict]:
+    """Rows from ``benchmarks/bench_fit.py`` (NUTS, SVI, PyMC), if the script exists."""
     script = HERE / "bench_fit.py"
     if not script.exists():
         return [{"case": "fit (benchmarks/bench_fit.py)", "notes": "not present"}]
-    out = tmp / "fit.json"
+    out = tmp / "fit"
     try:
-        p = run_python(script, (["--quick"] if quick else []) + ["--json", str(out)],
-                       timeout=3600)
+        p = run_python(script, (["--quick"] if quick else []) + ["--out", str(out)],
+                       timeout=7200)
     except Exception as exc:  # noqa: BLE001 - never fail the simulator table
         return [{"case": "fit", "notes": f"failed: {exc}"}]
-    if p.returncode != 0 or not out.exists():
+    path = out / "bench_fit.json"
+    if p.returncode != 0 or not path.exists():
         return [{"case": "fit", "notes": f"failed (exit {p.returncode})",
                  "error": p.stderr[-2000:]}]
-    data = json.loads(out.read_text())
-    recs = data if isinstance(data, list) else data.get("records", [data])
-    return [{**r, "case": str(r.get("case", "fit"))} for r in recs if isinstance(r, dict)]
+    res = json.loads(path.read_text())
+    rows = []
+    nuts = res.get("numpyro_nuts")
+    if nuts:
+        rows.append({"case": "fit_nuts_numpyro", "compile_s": nuts.get("first_call_s"),
+                     "notes": f"min ESS/s {nuts.get('min_ess_per_s')}, wall "
+                              f"{nuts.get('wall_s')} s, {nuts.get('divergences')} "
+                              f"divergences, max r_hat {nuts.get('max_r_hat')}", **nuts})
+    pymc = res.get("pymc_nuts")
+    if pymc:
+        ratio = res.get("ratio_numpyro_over_pymc_min_ess_per_s")
+        note = (pymc["skipped"] if "skipped" in pymc else
+                f"min ESS/s {pymc.get('min_ess_per_s')}; NumPyro/PyMC {ratio}x")
+        rows.append({"case": "fit_nuts_pymc", "notes": note, **pymc})
+    svi = res.get("svi_100x")
+    if svi:
+        rows.append({"case": "fit_svi_100x",
+                     "notes": f"{svi.get('seconds_optimisation_and_draws')} s, converged "
+                              f"{svi.get('converged')}",
+                     **{k: v for k, v in svi.items() if k != "dynamics"}})
+    return rows or [{"case": "fit", "notes": "bench_fit.json had no records"}]
 
 
 def _fmt(x, spec):

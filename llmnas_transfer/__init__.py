@@ -35,6 +35,31 @@ from llmnas_transfer.simulate import simulate
 
 __version__ = "0.1.0"
 
+#: heavier layers, imported on first use so that ``simulate`` starts fast
+_LAZY = {
+    "run_study": "llmnas_transfer.reproduce",
+    "save_results": "llmnas_transfer.results_io",
+    "load_results": "llmnas_transfer.results_io",
+    "read_runs": "llmnas_transfer.runs_io",
+    "fit_runs": "llmnas_transfer.inference",
+    "save_fit": "llmnas_transfer.inference",
+    "load_fit": "llmnas_transfer.inference",
+    "posterior_gaps": "llmnas_transfer.summarize",
+    "trajectory": "llmnas_transfer.summarize",
+    "check": "llmnas_transfer.summarize",
+    "sweep": "llmnas_transfer.sweep",
+    "load_lemur": "llmnas_transfer.datasets",
+    "published_anchors": "llmnas_transfer.datasets",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'llmnas_transfer' has no attribute {name!r}")
+
 __all__ = [
     "DataFormatError",
     "DynamicsParams",
@@ -44,6 +69,19 @@ __all__ = [
     "UserInputError",
     "__version__",
     "accuracy_table",
+    "check",
+    "fit_runs",
+    "load_fit",
+    "load_lemur",
+    "load_results",
+    "posterior_gaps",
+    "published_anchors",
+    "read_runs",
+    "run_study",
+    "save_fit",
+    "save_results",
+    "sweep",
+    "trajectory",
     "classify_regime",
     "dataset_names",
     "gap_components",

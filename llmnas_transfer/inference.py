@@ -273,6 +273,17 @@ class _DrawsAdapter:
         return Adapter(None, model, args, kwargs, shape)
 
 
+def _thin(samples: dict, max_elements: float, per_draw: int) -> tuple[dict, np.ndarray]:
+    """Evenly spaced draws of every chain such that draws x per_draw <= max_elements
+    (at least 100 draws in all, or all of them)."""
+    chains, draws = next(iter(samples.values())).shape[:2]
+    keep = int(max(100, max_elements // max(per_draw, 1)) // chains)
+    if keep >= draws:
+        return samples, np.arange(draws)
+    idx = np.unique(np.linspace(0, draws - 1, max(keep, 1)).round().astype(int))
+    return {k: v[:, idx] for k, v in samples.items()}, idx
+
+
 def _flat(samples: dict) -> dict:
     return {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
 
@@ -359,6 +370,7 @@ def fit_runs(
     svi_batch: int | None = None,
     prior_draws: int = 500,
     grid_size: int = GRID_SIZE,
+    max_pointwise: float = 2e7,
     progress: bool = False,
     info: dict | None = None,
 ) -> xr.DataTree:
@@ -382,6 +394,9 @@ def fit_runs(
         runs per step; default all runs up to 4096).
     prior_draws : prior (and prior predictive) draws stored with the fit.
     grid_size : grid points of the marginalised state.
+    max_pointwise : bound on draws x (run, iteration) cells for the per-run groups
+        (posterior predictive, log-likelihood, forecasts); with more data those use
+        evenly thinned draws (their ``draw`` coordinate says which).
     progress : show NumPyro's progress bar.
     info : if a dict is given, it is filled with :class:`FitInfo` fields.
 
@@ -431,11 +446,16 @@ def fit_runs(
         chains = 1
 
     prior = Predictive(runs_model, num_samples=prior_draws)(k_prior, data, spec=spec)
-    flat = _flat({k: jnp.asarray(v) for k, v in samples.items()})
+    # per-run computations (posterior predictive, pointwise log-likelihood, forecasts)
+    # use evenly thinned draws when the data are large, to bound time and memory
+    sub, draw_idx = _thin(samples, max_pointwise, int(np.prod(data.n_generated.shape)))
+    shape = next(iter(sub.values())).shape[:2]
+    flat = _flat({k: jnp.asarray(v) for k, v in sub.items()})
     ppc = Predictive(runs_model, posterior_samples=flat, return_sites=["n_valid"],
                      batch_ndims=1)(k_ppc, data, spec=spec)
-    shape = next(iter(samples.values())).shape[:2]
-    ppc = {"n_valid": np.asarray(ppc["n_valid"]).reshape(shape + data.n_generated.shape)}
+    ppc_counts = np.asarray(ppc["n_valid"]).reshape(shape + data.n_generated.shape)
+    if ppc_counts.max(initial=0) < 2**15:
+        ppc_counts = ppc_counts.astype(np.int16)
     constant = {
         "n_generated": np.asarray(data.n_generated),
         "run_dataset": np.asarray(prep.run_dataset, dtype=str),
@@ -447,24 +467,27 @@ def fit_runs(
     import arviz as az
 
     dt = az.from_numpyro(
-        posterior, prior=jax.device_get(prior), posterior_predictive=ppc, coords=coords,
-        extra_event_dims=extra_dims, log_likelihood=False,
+        posterior, prior=jax.device_get(prior), coords=coords, extra_event_dims=extra_dims,
+        log_likelihood=False,
     )
+    sub_coords = {"chain": np.arange(shape[0]), "draw": draw_idx}
+    dt["posterior_predictive"] = xr.DataTree(xr.Dataset(
+        {"n_valid": (("chain", "draw", "run", "iteration"), ppc_counts)},
+        coords={**sub_coords, "run": coords["run"], "iteration": coords["iteration"]}))
     cd = xr.Dataset({
         k: (("run", "iteration") if np.ndim(v) == 2 else ("run",), np.asarray(v))
         for k, v in constant.items()
     }, coords={"run": coords["run"], "iteration": coords["iteration"]})
     dt["constant_data"] = xr.DataTree(cd)
-    ll = _loglik_per_run(samples, prep)
+    ll = _loglik_per_run(sub, prep)
     dt["log_likelihood"] = xr.DataTree(xr.Dataset(
         {"n_valid": (("chain", "draw", "run"), ll)},
-        coords={"chain": np.arange(shape[0]), "draw": np.arange(shape[1]), "run": coords["run"]},
+        coords={**sub_coords, "run": coords["run"]},
     ))
-    rate = _pooled_forecast(k_fc, samples, prep)
+    rate = _pooled_forecast(k_fc, sub, prep)
     dt["predictions"] = xr.DataTree(xr.Dataset(
         {"pooled_rate": (("chain", "draw", "dataset", "task", "horizon"), rate)},
-        coords={"chain": np.arange(shape[0]), "draw": np.arange(shape[1]),
-                "dataset": coords["dataset"], "task": coords["task"],
+        coords={**sub_coords, "dataset": coords["dataset"], "task": coords["task"],
                 "horizon": coords["horizon"]},
     ))
     if losses is not None:
@@ -490,6 +513,7 @@ def fit_runs(
         "target_accept": float(target_accept),
         "seconds_sampling": round(t_sampling, 3),
         "seconds_total": round(total, 3),
+        "pointwise_draws": int(len(draw_idx) * shape[0]),
         "numpyro_version": numpyro.__version__,
         "jax_version": jax.__version__,
         "arviz_version": az.__version__,

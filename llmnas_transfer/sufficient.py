@@ -101,61 +101,61 @@ def _stirling_tail(k: Array) -> Array:
     return jnp.where(k <= 9, table, approx)
 
 
-def _run_lanes(step, state, active: Array, cap: int):
-    """Iterate ``state = step(state)`` on every lane where ``active`` until none is.
+def _run_lanes(step, consts, carry, active: Array, cap: int):
+    """Iterate ``carry = step(consts, carry)`` on every lane where ``active`` until none is.
 
-    ``step(state) -> (new_state, still_active)`` works elementwise on pytrees of arrays of
-    the lane shape. While more than ``cap`` lanes are active the step runs on all lanes
-    (inactive lanes keep their state); the last ``<= cap`` active lanes are gathered into a
-    buffer and finished there, so a few slow lanes never cost full-width iterations. The
-    result of a lane depends only on its own state, never on the others.
+    ``step(consts, carry) -> (new_carry, still_active)`` works elementwise on pytrees of
+    arrays of the lane shape (``active.shape``); ``consts`` are per-lane inputs that never
+    change (kept out of the loop carry). While more than ``cap`` lanes are active the step
+    runs on all lanes (inactive lanes keep their carry); the last ``<= cap`` active lanes
+    are gathered into a buffer and finished there, so a few slow lanes never cost
+    full-width iterations. The result of a lane depends only on its own inputs.
+    Returns the final carry.
     """
     shape = active.shape
     size = int(np.prod(shape, dtype=np.int64))
     cap = max(1, min(size, cap))
 
-    def masked_step(st, act):
-        new, still = step(st)
-        return jax.tree.map(lambda a, b: jnp.where(act, a, b), new, st), act & still
+    def masked_step(cst, cr, act):
+        new, still = step(cst, cr)
+        return jax.tree.map(lambda a, b: jnp.where(act, a, b), new, cr), act & still
 
     def wide(c):
-        return masked_step(*c)
+        return masked_step(consts, *c)
 
     def narrow(c):
-        st, act = c
+        cr, act = c
         idx = jnp.nonzero(act.ravel(), size=cap, fill_value=size)[0]
         take = jnp.minimum(idx, size - 1)
-        sb = jax.tree.map(lambda x: x.ravel()[take], st)
-        sb, _ = jax.lax.while_loop(lambda cb: jnp.any(cb[1]), lambda cb: masked_step(*cb),
-                                   (sb, idx < size))
-        st = jax.tree.map(
-            lambda x, y: x.ravel().at[idx].set(y, mode="drop").reshape(shape), st, sb)
+        cb = jax.tree.map(lambda x: x.ravel()[take], consts)
+        rb = jax.tree.map(lambda x: x.ravel()[take], cr)
+        rb, _ = jax.lax.while_loop(lambda z: jnp.any(z[1]),
+                                   lambda z: masked_step(cb, *z), (rb, idx < size))
+        cr = jax.tree.map(
+            lambda x, y: x.ravel().at[idx].set(y, mode="drop").reshape(shape), cr, rb)
         act = act.ravel().at[idx].set(False, mode="drop").reshape(shape)
-        return st, act
+        return cr, act
 
     def body(c):
         return jax.lax.cond(jnp.sum(c[1], dtype=jnp.int32) > cap, wide, narrow, c)
 
-    return jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (state, active))[0]
+    return jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (carry, active))[0]
 
 
-class _InversionState(NamedTuple):
+class _InversionConsts(NamedTuple):
     u: Array
     n: Array
     r: Array
     mean: Array
-    i: Array  # last value tested
-    pmf: Array
-    cdf: Array
 
 
-def _inversion_step(st: _InversionState):
-    i = st.i + 1.0
-    pmf = st.pmf * st.r * (st.n - st.i) / i
-    cdf = st.cdf + pmf
-    spent = (i > st.mean) & (pmf <= cdf * jnp.float32(2.0**-26))
-    still = (st.u > cdf) & (i < st.n) & ~spent
-    return st._replace(i=i, pmf=pmf, cdf=cdf), still
+def _inversion_step(c: _InversionConsts, carry):
+    i, pmf, cdf = carry  # i: the last value tested
+    i1 = i + 1.0
+    pmf = pmf * c.r * (c.n - i) / i1
+    cdf = cdf + pmf
+    spent = (i1 > c.mean) & (pmf <= cdf * jnp.float32(2.0**-26))
+    return (i1, pmf, cdf), (c.u > cdf) & (i1 < c.n) & ~spent
 
 
 def _binomial_inversion(u: Array, n: Array, q: Array, active: Array, cap: int) -> Array:
@@ -165,8 +165,9 @@ def _binomial_inversion(u: Array, n: Array, q: Array, active: Array, cap: int) -
     the rest of its tail cannot move the float32 CDF any more.
     """
     pmf = jnp.exp(n * jnp.log1p(-q))
-    st = _InversionState(u, n, q / (1.0 - q), n * q, jnp.zeros_like(u), pmf, pmf)
-    return _run_lanes(_inversion_step, st, active & (u > pmf), cap).i
+    consts = _InversionConsts(u, n, q / (1.0 - q), n * q)
+    return _run_lanes(_inversion_step, consts, (jnp.zeros_like(u), pmf, pmf),
+                      active & (u > pmf), cap)[0]
 
 
 class _BtrsConstants(NamedTuple):
@@ -212,18 +213,17 @@ def _btrs_attempt(cst: _BtrsConstants, w1: Array, w2: Array) -> tuple[Array, Arr
     return kc, in_range & (squeeze | (log_v <= bound))
 
 
-class _BtrsState(NamedTuple):
+class _BtrsInputs(NamedTuple):
     k0: Array
     k1: Array
     stream: Array
     cst: _BtrsConstants
-    round: Array
-    k: Array
 
 
-def _btrs_step(st: _BtrsState):
-    kn, acc = _btrs_attempt(st.cst, *threefry_block(st.k0, st.k1, st.stream, st.round))
-    return st._replace(round=st.round + jnp.uint32(1), k=kn), ~acc
+def _btrs_step(c: _BtrsInputs, carry):
+    rnd, _ = carry
+    kn, acc = _btrs_attempt(c.cst, *threefry_block(c.k0, c.k1, c.stream, rnd))
+    return (rnd + jnp.uint32(1), kn), ~acc
 
 
 def _btrs(k0, k1, stream, n, q, active, cap: int) -> Array:
@@ -232,10 +232,10 @@ def _btrs(k0, k1, stream, n, q, active, cap: int) -> Array:
     Round ``i`` of a lane reads threefry block ``(stream, i)``.
     """
     shape = jnp.shape(n)
-    st = _BtrsState(k0, k1, jnp.broadcast_to(jnp.asarray(stream, jnp.uint32), shape),
-                    _btrs_constants(n, q), jnp.zeros(shape, jnp.uint32),
-                    jnp.zeros(shape, jnp.float32))
-    return _run_lanes(_btrs_step, st, active, cap).k
+    consts = _BtrsInputs(k0, k1, jnp.broadcast_to(jnp.asarray(stream, jnp.uint32), shape),
+                         _btrs_constants(n, q))
+    carry = (jnp.zeros(shape, jnp.uint32), jnp.zeros(shape, jnp.float32))
+    return _run_lanes(_btrs_step, consts, carry, active, cap)[1]
 
 
 def binomial(k0: Array, k1: Array, stream, n: Array, p: Array) -> Array:

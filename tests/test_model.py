@@ -62,7 +62,7 @@ def _kalman_loglik(y, kappa, q, sd0, r):
     return ll
 
 
-@pytest.mark.parametrize("grid_size, tol", [(32, 2e-3), (64, 2e-3)])
+@pytest.mark.parametrize("grid_size, tol", [(32, 2e-3)])
 def test_filter_matches_kalman_filter(grid_size, tol):
     """Linear-Gaussian emissions: the grid filter must give the exact Kalman likelihood."""
     p = load_defaults().dynamics_params()
@@ -92,7 +92,7 @@ def test_filter_matches_monte_carlo_binomial():
     ll = float(runs_loglik(p, e, _data(n_gen, n_valid), spec).sum())
     # Monte Carlo: average the binomial likelihood over state paths from the prior
     rng = np.random.default_rng(1)
-    M = 400_000
+    M = 200_000
     s = np.zeros((M, T))
     s[:, 0] = float(p.init_sd) * rng.normal(size=M)
     for t in range(1, T):
@@ -163,7 +163,8 @@ def test_forecast_without_data_is_the_prior_predictive():
     spec = _spec(("svhn",), ("detection",), T, num_forecast=K, has_accuracy=False)
     data = _data(np.zeros((N, T)), np.zeros((N, T)))
     ng = jnp.full((N, T + K), float(C))
-    x = np.asarray(forecast_runs(jax.random.key(5), p, e, data, spec, ng)) / C
+    x = np.asarray(jax.jit(forecast_runs, static_argnames="spec")(
+        jax.random.key(5), p, e, data, spec, ng)) / C
     ev = np.asarray(expected(p, e, T + K).validity)[0]
     se = x.std(0) / np.sqrt(N)
     assert np.all(np.abs(x.mean(0) - ev) < 6 * se)
@@ -188,8 +189,8 @@ def test_backward_sampling_draws_the_filtered_state():
     expect = float((np.asarray(filt[-1, 0]) * p_last).sum())
     big = 1000  # binomial draws from the final state: mean rate = E[p(s_T) | data]
     ng = jnp.full((1, T), float(big))
-    draws = jax.vmap(lambda k: forecast_runs(k, p, e, data, spec, ng))(
-        jax.random.split(jax.random.key(9), 2000))
+    draws = jax.jit(jax.vmap(lambda k: forecast_runs(k, p, e, data, spec, ng)))(
+        jax.random.split(jax.random.key(9), 1000))
     rate = np.asarray(draws[:, 0, -1]) / big
     assert abs(rate.mean() - expect) < 6 * rate.std() / np.sqrt(rate.size)
 

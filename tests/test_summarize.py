@@ -120,7 +120,7 @@ def test_diagnostics_of_small_fit(small_fit):
 
 def test_check_writes_everything(small_fit, tmp_path):
     _, dt = small_fit
-    res = check(dt, tmp_path / "chk")
+    check(dt, tmp_path / "chk")
     for stem in ("ppc_rates", "ppc_counts", "trace", "forest_gaps", "energy"):
         for ext in ("png", "pdf"):
             assert (tmp_path / "chk" / f"{stem}.{ext}").stat().st_size > 1000
