@@ -21,9 +21,10 @@ Cases (``--quick`` shrinks the trial counts):
     novelty moments (and 20-bin histograms): NumPy (1 setting, 2000 trials) and the JAX
     summary path through ``sweep`` (all 32 settings, 2048 trials, one device, default
     chunks).
-``jax_summary_sharded``
-    the summary-path sweep on one device and on all local devices (run it with
-    ``JAX_NUM_CPU_DEVICES=2`` on CPU), checking that the numbers are identical.
+``jax_summary_sharded`` / ``jax_summary_hist20_sharded``
+    the summary-path sweep (without / with 20-bin histograms) on one device and on all
+    local devices (run it with ``JAX_NUM_CPU_DEVICES=2`` on CPU), checking that the
+    numbers are identical.
 ``sweep_1e9_summary`` / ``sweep_1e9_candidates``
     streaming sweeps of 10^9 candidates (32 settings x 10 iterations) on each path; the
     peak resident memory of the process is the point (``--quick``: 10^8 on the candidate
@@ -249,16 +250,15 @@ def jax_summary_hist20(quick):
     return _summary_case(quick, 20)
 
 
-@case
-def jax_summary_sharded(quick):
+def _sharded(quick, bins, trials_per_device):
     import jax
     import numpy as np
 
     n_dev = len(jax.local_devices())
     # the default chunk gives each device the same work per call in both runs
-    R = (1024 if quick else 4096) * n_dev
-    R, one = _summary_sweep(quick, 0, devices=1, trials=R)
-    _, many = _summary_sweep(quick, 0, devices=n_dev, trials=R)
+    R = trials_per_device * n_dev
+    R, one = _summary_sweep(quick, bins, devices=1, trials=R)
+    _, many = _summary_sweep(quick, bins, devices=n_dev, trials=R)
     held = {}
     f1, b1, _ = time_call(lambda: held.__setitem__("one", one()), 2 if quick else 3)
     fn, bn, _ = time_call(lambda: held.__setitem__("many", many()), 2 if quick else 3)
@@ -268,6 +268,16 @@ def jax_summary_sharded(quick):
     return {"candidates_per_s": n / bn, "compile_s": fn - bn, "seconds": bn,
             "n_candidates": n, "n_devices": n_dev, "one_device_candidates_per_s": n / b1,
             "speedup": b1 / bn, "identical": bool(same)}
+
+
+@case
+def jax_summary_sharded(quick):
+    return _sharded(quick, 0, 1024 if quick else 4096)
+
+
+@case
+def jax_summary_hist20_sharded(quick):
+    return _sharded(quick, 20, 256 if quick else 1024)
 
 
 # ----------------------------------------------------------------------------- streaming

@@ -43,13 +43,14 @@ HERE = Path(__file__).resolve().parent
 ORDER = [
     "rng_floor", "numpy_candidates", "jax_candidates", "jax_simulate", "numpy_summary",
     "jax_summary_moments", "jax_summary_hist20", "jax_summary_sharded",
-    "sweep_1e9_summary", "sweep_1e9_candidates",
+    "jax_summary_hist20_sharded", "sweep_1e9_summary", "sweep_1e9_candidates",
 ]
 BASELINE = {
     "numpy_candidates": "numpy_candidates", "jax_candidates": "numpy_candidates",
     "jax_simulate": "numpy_candidates", "sweep_1e9_candidates": "numpy_candidates",
     "numpy_summary": "numpy_summary", "jax_summary_moments": "numpy_summary",
     "jax_summary_hist20": "numpy_summary", "jax_summary_sharded": "numpy_summary",
+    "jax_summary_hist20_sharded": "numpy_summary",
     "sweep_1e9_summary": "numpy_summary",
 }
 AGREE = {"jax_candidates": "numpy_candidates", "jax_summary_hist20": "numpy_summary",
@@ -59,7 +60,7 @@ AGREE = {"jax_candidates": "numpy_candidates", "jax_summary_hist20": "numpy_summ
 def _run_case(name: str, quick: bool, tmp: Path) -> dict:
     out = tmp / f"{name}.json"
     env = {}
-    if name == "jax_summary_sharded":
+    if name.endswith("_sharded"):
         env["JAX_NUM_CPU_DEVICES"] = str(max(2, os.cpu_count() or 2))
     args = ["--case", name, "--json", str(out)] + (["--quick"] if quick else [])
     t = time.perf_counter()
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
         if n in AGREE and AGREE[n] in recs:
             r["agrees_with_numpy"] = _agree(r, recs[AGREE[n]])
             notes.append("agrees with NumPy" if r["agrees_with_numpy"] else "DISAGREES")
-        if n == "jax_summary_sharded":
+        if n.endswith("_sharded"):
             notes.append(f"{r['n_devices']} devices: {r['speedup']:.2f}x over 1, "
                          + ("identical" if r["identical"] else "NOT IDENTICAL"))
         if n.startswith("sweep_1e9"):
@@ -182,6 +183,7 @@ def main(argv=None) -> int:
         if n == "rng_floor":
             notes.append(f"{r['normals_per_s']:.3g} normals/s")
         r["notes"] = "; ".join(notes)
+        r["loadavg_at_start"] = r.get("machine", {}).get("loadavg")
         out.append(r)
     out += fit
     print()

@@ -8,8 +8,8 @@ this module draws the summaries themselves, so the cost grows with the number of
   small means, Hormann's BTRS transformed rejection otherwise, both vectorised with
   per-lane random streams);
 * **histograms** of accuracy and novelty over ``bins`` fixed bins on [0, 1] - exact
-  ``Multinomial(n, pi)`` by sequential conditional binomials (:func:`logitnormal_hist`),
-  ``pi_b`` from the normal CDF at the logit of the bin edges;
+  ``Multinomial(n, pi)`` by conditional binomials from the median bin outwards
+  (:func:`logitnormal_hist`), ``pi_b`` from the normal CDF at the logit of the bin edges;
 * **accuracy and novelty sums and sums of squares** over the ``n`` valid candidates -
   exact for ``n <= EXACT_TERMS`` (the first ``min(n, K)`` terms are drawn one by one) and,
   for the ``n - K`` terms beyond, a bivariate normal (central limit) approximation with the
@@ -269,22 +269,36 @@ def binomial(k0: Array, k1: Array, stream, n: Array, p: Array) -> Array:
     w1, _ = threefry_block(k0, k1, stream, jnp.uint32(0))
     k_inv = _binomial_inversion(bits_to_uniform(w1), jnp.where(inv, nf, 0.0),
                                 jnp.where(inv, q, 0.0), inv, cap)
-    k_btrs = _btrs(k0, k1, stream, jnp.where(inv, 100.0, nf), jnp.where(inv, 0.5, q), ~inv,
-                   cap)
+    k_btrs = jax.lax.cond(  # skip even BTRS's set-up when no lane needs it
+        jnp.all(inv), lambda: jnp.zeros(shape, jnp.float32),
+        lambda: _btrs(k0, k1, stream, jnp.where(inv, 100.0, nf), jnp.where(inv, 0.5, q),
+                      ~inv, cap))
     k = jnp.where(inv, k_inv, k_btrs).astype(jnp.int32)
     return jnp.where(flip, n - k, k)
 
 
 # ----------------------------------------------------------------------------- histograms
 def logit_edges(bins: int) -> np.ndarray:
-    """Logit of the edges ``b / bins``, ``b = 0..bins`` (``-inf`` and ``+inf`` at the ends)."""
+    """Logit of the edges ``b / bins``, ``b = 0..bins`` (``-inf`` and ``+inf`` at the ends).
+
+    Example
+    -------
+    >>> logit_edges(2).tolist()
+    [-inf, 0.0, inf]
+    """
     e = np.arange(0, bins + 1, dtype=np.float64) / bins
     with np.errstate(divide="ignore"):
         return np.log(e / (1.0 - e)).astype(np.float32)
 
 
 def logitnormal_bin_probs(mu: Array, sigma: Array, bins: int) -> Array:
-    """``P(sigmoid(N(mu, sigma^2)) in [b/bins, (b+1)/bins))``, trailing ``bins`` axis."""
+    """``P(sigmoid(N(mu, sigma^2)) in [b/bins, (b+1)/bins))``, trailing ``bins`` axis.
+
+    Example
+    -------
+    >>> [round(float(x), 3) for x in logitnormal_bin_probs(jnp.float32(0.0), 1.0, 2)]
+    [0.5, 0.5]
+    """
     from jax.scipy.special import ndtr
 
     z = (jnp.asarray(logit_edges(bins)) - jnp.asarray(mu)[..., None]) / sigma
@@ -448,6 +462,14 @@ def logitnormal_sums(k0, k1, stream, n: Array, mu: Array, sigma: Array,
     set ``0 <= S1 <= n``, ``S1^2 / n <= S2 <= S1`` (a many-sigma event for ``m > 0``).
     Stream words (:func:`~llmnas_transfer.dynamics.stream_bits` layout): ``K`` normals for
     the exact terms, then ``z1, z2``.
+
+    Example
+    -------
+    >>> from llmnas_transfer.dynamics import key_words
+    >>> k0, k1 = key_words(jax.random.split(jax.random.key(0), 2))
+    >>> s1, s2 = logitnormal_sums(k0, k1, 1, jnp.array([0, 500]), jnp.float32(-1.0), 0.4)
+    >>> float(s1[0]), bool(100 < float(s1[1]) < 200)
+    (0.0, True)
     """
     n = jnp.asarray(n, jnp.int32)
     mu = jnp.asarray(mu, jnp.float32)
@@ -501,6 +523,18 @@ def summarize_pairs(
 
     All arguments broadcast elementwise (``effects`` fields against ``s``). Returns a
     :class:`~llmnas_transfer.simulate.IterationSummary`.
+
+    Example
+    -------
+    >>> from llmnas_transfer.dynamics import key_words
+    >>> from llmnas_transfer.params import load_defaults
+    >>> d = load_defaults()
+    >>> e = d.effects(["cifar-10"], ["classification"])
+    >>> k0, k1 = key_words(jax.random.split(jax.random.key(0), 3))
+    >>> out = summarize_pairs(k0, k1, jnp.zeros(3), d.dynamics_params(), e,
+    ...                       num_candidates=100, bins=5)
+    >>> out.accuracy_hist.shape
+    (3, 5)
     """
     from llmnas_transfer.simulate import IterationSummary
 
@@ -535,6 +569,13 @@ def trial_states(key: PRNGKey, params: DynamicsParams, num_iterations: int):
     Uses the key scheme of :func:`llmnas_transfer.simulate.simulate_trial` and the same
     :func:`~llmnas_transfer.dynamics.transition`, so the states equal the per-candidate
     path's.
+
+    Example
+    -------
+    >>> from llmnas_transfer.params import load_defaults
+    >>> kc, s = trial_states(jax.random.key(0), load_defaults().dynamics_params(), 4)
+    >>> s.shape
+    (4,)
     """
     state = init_state(jax.random.fold_in(key, 0), params)
     iter_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(

@@ -34,3 +34,19 @@ def strict_jax():
         stack.enter_context(jax.numpy_dtype_promotion("strict"))
         stack.enter_context(jax.numpy_rank_promotion("raise"))
         yield
+
+
+#: Test modules of work still in progress at the last stop (issues 3 and 5: NUTS fits,
+#: summary path, sweeps). They pass or fail on their own merits with ``-m slow``; they are
+#: kept out of the default (CI) run until their issues are closed, because their fits take
+#: many minutes on 2 cores. See the issues' closing notes.
+IN_PROGRESS = {
+    "test_inference.py", "test_summarize.py", "test_cli_fit.py", "test_calibration.py",
+    "test_sufficient.py", "test_sweep.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in IN_PROGRESS:
+            item.add_marker(pytest.mark.slow)

@@ -22,7 +22,13 @@ def test_examples_exist():
     assert {"reproduce_study.py", "custom_grid.py"} <= names
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+#: examples whose --quick run still fits NUTS for minutes on 2 cores: run with -m slow
+HEAVY = {"fit_paper_counts"}
+
+
+@pytest.mark.parametrize("script", [
+    pytest.param(p, marks=pytest.mark.slow) if p.stem in HEAVY else p for p in EXAMPLES
+], ids=[p.stem for p in EXAMPLES])
 def test_example_runs_quick(script, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg"}
