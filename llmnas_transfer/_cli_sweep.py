@@ -54,7 +54,7 @@ def register(subparsers) -> None:
     p.add_argument("--path", choices=("auto", "summary", "candidates"), default="auto",
                    help="summary: draw each iteration's statistics directly (cost does not "
                         "grow with --candidates); candidates: draw every candidate (exact); "
-                        "auto (default): summary from 300 candidates with histograms, 50 "
+                        "auto (default): summary from 200 candidates with histograms, 50 "
                         "without")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--trial-offset", type=int, default=0, metavar="N",

@@ -69,6 +69,8 @@ _expected = jax.jit(expected, static_argnums=2)
 #: prior standard deviations of the state at each iteration)
 GRID_SIZE = 32
 GRID_WIDTH = 5.0
+#: iterations of the filter unrolled per loop step (XLA fuses across them)
+UNROLL = 1
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -364,7 +366,8 @@ def forward_filter(grid: StateGrid, log_em: Array) -> tuple[Array, Array]:
     """
 
     def update(pred, e):
-        mx = jnp.max(e, axis=-1, keepdims=True)
+        # the result does not depend on the shift, so no gradient flows through it
+        mx = jax.lax.stop_gradient(jnp.max(e, axis=-1, keepdims=True))
         w = pred * jnp.exp(e - mx)
         c = jnp.sum(w, axis=-1, keepdims=True)
         return w / c, (jnp.log(c) + mx)[..., 0]
@@ -377,7 +380,7 @@ def forward_filter(grid: StateGrid, log_em: Array) -> tuple[Array, Array]:
         alpha, ll = update(pred, e)
         return alpha, (alpha, ll)
 
-    _, (alphas, lls) = jax.lax.scan(step, a1, (grid.trans, log_em[1:]))
+    _, (alphas, lls) = jax.lax.scan(step, a1, (grid.trans, log_em[1:]), unroll=UNROLL)
     filtered = jnp.concatenate([a1[None], alphas], axis=0)
     loglik = jnp.concatenate([l1[None], lls], axis=0)
     return loglik.T, filtered
@@ -391,9 +394,13 @@ def emission_loglik(
 
     ``s`` is the (T, G) grid, ``effects`` the per-setting offsets (S,) and ``rows`` the
     setting of each run (N,). The emission of run ``n`` at iteration ``t`` and node ``j``
-    is ``log_em[t, n, j] + const[n, t]``. Every transcendental function is evaluated once
-    per (setting, iteration, node), not once per run: the runs only enter through their
-    counts and sufficient statistics, linearly.
+    is ``log_em[t, n, j] + const[n, t]``.
+
+    Only the log-sigmoid of the validity logit is evaluated on the grid, once per
+    (setting, iteration, node), and gathered to the runs. Everything else is a quadratic
+    in the state with per-(run, iteration) coefficients, because the validity logit and
+    the accuracy and novelty means are linear in ``s`` (their intercepts and slopes are
+    read off the :mod:`~llmnas_transfer.dynamics` functions at ``s = 0`` and ``s = 1``).
 
     Returns
     -------
@@ -402,32 +409,36 @@ def emission_loglik(
     """
     nv = data.n_valid if n_valid is None else n_valid
     ng = data.n_generated
-
-    def per_run(table):  # (S, T, G) -> (T, N, G)
-        return jnp.swapaxes(table[rows], 0, 1)
-
+    # validity: nv log p + (ng - nv) log(1 - p) = ng log p - (ng - nv) eta
     eta = validity_logit(s[None], params, effects.validity_offset[:, None, None])  # (S,T,G)
-    log_p = -jax.nn.softplus(-eta)  # log sigmoid(eta); log(1 - p) = log_p - eta
-    nvt, ngt = nv.T[..., None], ng.T[..., None]
-    log_em = ngt * per_run(log_p) - (ngt - nvt) * per_run(eta)
-    const = gammaln(ng + 1.0) - gammaln(nv + 1.0) - gammaln(ng - nv + 1.0)
+    log_p = -jax.nn.softplus(-eta)
+    per_run = jnp.take(jnp.swapaxes(log_p, 0, 1), rows, axis=1)  # (T, N, G)
+    eta0 = validity_logit(0.0, params, effects.validity_offset)[rows]  # (N,) intercepts
+    eta_slope = validity_logit(1.0, params, 0.0) - validity_logit(0.0, params, 0.0)
+    lin = -(ng - nv) * eta_slope  # coefficient of s, (N, T)
+    quad = jnp.zeros_like(lin)  # coefficient of s^2
+    const = gammaln(ng + 1.0) - gammaln(nv + 1.0) - gammaln(ng - nv + 1.0) \
+        - (ng - nv) * eta0[:, None]
 
-    def normal_part(st: NormalStats, loc_table, scale):
+    def normal_part(st: NormalStats, mean_fn, offset, scale):
+        # sum over values of log N(z; c + m s, scale^2) = fixed + lin * s + quad * s^2
+        c = mean_fn(0.0, params, offset)[rows][:, None]
+        m = mean_fn(1.0, params, 0.0) - mean_fn(0.0, params, 0.0)
         inv = 1.0 / scale**2
-        loc = per_run(loc_table)
-        varying = inv * (loc * st.sum.T[..., None] - 0.5 * st.n.T[..., None] * loc**2)
-        fixed = -0.5 * st.k * (_LOG_2PI + 2.0 * jnp.log(scale)) - 0.5 * inv * st.sumsq \
-            + st.const
-        return varying, fixed
+        fixed = (-0.5 * st.k * (_LOG_2PI + 2.0 * jnp.log(scale))
+                 - 0.5 * inv * (st.sumsq - 2.0 * c * st.sum + st.n * c**2) + st.const)
+        return fixed, inv * m * (st.sum - st.n * c), -0.5 * inv * st.n * m**2
 
     if use_accuracy:
-        loc = accuracy_logit(s[None], params, effects.accuracy_offset[:, None, None])
-        v, c = normal_part(data.accuracy, loc, params.accuracy_noise)
-        log_em, const = log_em + v, const + c
+        f, a, b = normal_part(data.accuracy, accuracy_logit, effects.accuracy_offset,
+                              params.accuracy_noise)
+        const, lin, quad = const + f, lin + a, quad + b
     if use_novelty:
-        loc = novelty_logit(s[None], params, effects.novelty_offset[:, None, None])
-        v, c = normal_part(data.novelty, loc, params.novelty_noise)
-        log_em, const = log_em + v, const + c
+        f, a, b = normal_part(data.novelty, novelty_logit, effects.novelty_offset,
+                              params.novelty_noise)
+        const, lin, quad = const + f, lin + a, quad + b
+    sg = s[:, None, :]  # (T, 1, G)
+    log_em = ng.T[..., None] * per_run + lin.T[..., None] * sg + quad.T[..., None] * sg * sg
     return log_em, const
 
 

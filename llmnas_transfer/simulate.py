@@ -104,6 +104,21 @@ def _hist_many(x: Array, valid: Array, bins: int) -> Array:
     return jnp.moveaxis(counts, 0, -1)
 
 
+def _tree_sum0(x: Array) -> Array:
+    """Sum over axis 0 by a fixed pairwise tree of elementwise adds.
+
+    ``jnp.sum`` lets XLA pick the summation order, and its choice can change with the
+    number of lanes; this order does not, so per-trial sums are the same bits whatever
+    the chunk size (which streaming sweeps rely on).
+    """
+    while x.shape[0] > 1:
+        if x.shape[0] % 2:
+            x = jnp.concatenate([x, jnp.zeros_like(x[:1])], 0)
+        h = x.shape[0] // 2
+        x = x[:h] + x[h:]
+    return x[0]
+
+
 def summarize_many(c: Candidates, bins: int) -> IterationSummary:
     """:func:`summarize_candidates` for many lanes (``Candidates`` from
     :func:`~llmnas_transfer.dynamics.draw_candidates_many`, candidate axis first)."""
@@ -111,8 +126,8 @@ def summarize_many(c: Candidates, bins: int) -> IterationSummary:
     nov = jnp.where(c.valid, c.novelty, 0.0)
     lanes = c.valid.shape[1:]
     return IterationSummary(
-        jnp.sum(c.valid, axis=0, dtype=jnp.int32),
-        jnp.sum(acc, 0), jnp.sum(acc * acc, 0), jnp.sum(nov, 0), jnp.sum(nov * nov, 0),
+        jnp.sum(c.valid, axis=0, dtype=jnp.int32),  # integers: exact in any order
+        _tree_sum0(acc), _tree_sum0(acc * acc), _tree_sum0(nov), _tree_sum0(nov * nov),
         c.state, c.p_valid,
         _hist_many(c.accuracy, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
         _hist_many(c.novelty, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),

@@ -261,7 +261,7 @@ def _resolve_devices(devices) -> tuple:
 
 #: candidates per iteration from which ``path="auto"`` takes the summary path (measured
 #: crossover on a 2-core CPU, ``benchmarks/bench_scaling.py``): with / without histograms
-AUTO_SUMMARY_FROM = (300, 50)
+AUTO_SUMMARY_FROM = (200, 50)
 
 
 def auto_path(num_candidates: int, bins: int) -> str:

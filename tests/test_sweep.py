@@ -202,3 +202,26 @@ def test_sweeps_of_disjoint_trial_ranges_combine(summary_ref):
         np.testing.assert_allclose(c[v].values, summary_ref[v].values, rtol=1e-12)
     with pytest.raises(UserInputError, match="overlap"):
         combine([a, a])
+
+
+@pytest.mark.parametrize("N", [40, 50])
+def test_per_trial_values_do_not_depend_on_chunk_size(N):
+    """The kernel's per-trial sums are the same bits for any number of trials per call
+    (XLA's own reduction order may change with the lane count; ours does not)."""
+    import jax.numpy as jnp
+
+    from llmnas_transfer import registry
+    from llmnas_transfer.params import load_defaults
+    from llmnas_transfer.simulate import simulate_chunk
+
+    d = load_defaults()
+    eff = d.effects(["cifar-10"], ["classification"])
+    sids = jnp.array([registry.setting_id("cifar-10", "classification")], jnp.uint32)
+    out = []
+    for C in (64, 128):
+        s, _ = simulate_chunk(jax.random.key(0), d.dynamics_params(), eff, sids,
+                              jnp.arange(C, dtype=jnp.int32), num_iterations=2,
+                              num_candidates=N, bins=5)
+        out.append(jax.tree.map(lambda x: np.asarray(x)[:, :64], s))
+    for a, b in zip(out[0], out[1], strict=True):
+        np.testing.assert_array_equal(a, b)
