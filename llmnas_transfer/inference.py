@@ -31,13 +31,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import xarray as xr
-from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, init_to_median
+from numpyro.infer import (
+    MCMC,
+    NUTS,
+    SVI,
+    Predictive,
+    Trace_ELBO,
+    init_to_median,
+    init_to_value,
+)
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal
 
 from llmnas_transfer import registry
@@ -49,6 +58,7 @@ from llmnas_transfer.model import (
     ModelSpec,
     NormalStats,
     RunsData,
+    derived_quantities,
     forecast_n_generated,
     forecast_runs,
     params_from_sample,
@@ -346,6 +356,146 @@ def _needed(samples: dict) -> dict:
     return {k: jnp.asarray(v) for k, v in samples.items() if k in _NEEDED}
 
 
+#: where the mode search starts (prior medians of the scalar sites; the others start
+#: uniformly in [-2, 2] on the unconstrained scale)
+PRIOR_CENTRES = {
+    "kappa": 0.25, "state_noise": 0.1, "init_sd": 0.3, "validity_slope": 1.5,
+    "difficulty_sd": 0.2, "accuracy_sd": 0.2, "accuracy_slope": 0.3, "accuracy_noise": 0.4,
+    "novelty_intercept": 0.0, "novelty_slope": 0.0, "novelty_noise": 0.8,
+}
+
+
+class LaplaceStart(NamedTuple):
+    """Starting points and initial metric of NUTS from a Laplace approximation.
+
+    ``mode`` is the posterior mode in the unconstrained space (a dict of sites), ``cov``
+    the inverse Hessian of the potential there (flattened in the order of
+    :func:`jax.flatten_util.ravel_pytree`, i.e. sorted site names), ``init_params`` one
+    draw per chain from ``N(mode, cov)`` and ``converged`` whether the Hessian was finite
+    and positive definite (else ``cov`` is the identity and NUTS adapts from scratch).
+    """
+
+    mode: dict
+    cov: np.ndarray
+    init_params: dict
+    converged: bool
+    potential: float
+
+    def inverse_mass_matrix(self, dense: bool):
+        """Initial inverse mass matrix for NumPyro's NUTS (``None`` when not converged)."""
+        if not self.converged:
+            return None
+        if dense:
+            return {tuple(sorted(self.mode)): jnp.asarray(self.cov)}
+        return jnp.asarray(np.diag(self.cov))
+
+
+def laplace_start(key, prep: Prepared, chains: int, *, max_iter: int = 150) -> LaplaceStart:
+    """Find the posterior mode (L-BFGS in the unconstrained space) and the curvature there.
+
+    Starting NUTS from draws of this Gaussian approximation, with its covariance as the
+    initial metric, spends the warmup on adapting rather than on finding the typical set
+    (the first warmup trajectories from a poor start and a unit metric are hundreds of
+    leapfrog steps long). The chains still start at different points, so r_hat keeps its
+    power to show chains that have not mixed.
+
+    Example
+    -------
+    >>> import pandas as pd
+    >>> from llmnas_transfer.runs_io import runs_from_frame
+    >>> rows = [{"dataset": "cifar-10", "task": "classification", "trial": r, "iteration": t,
+    ...          "n_generated": 10, "n_valid": 4 + t // 2} for r in range(3) for t in (1, 2)]
+    >>> s = laplace_start(jax.random.key(0), prepare(runs_from_frame(pd.DataFrame(rows))), 2)
+    >>> s.init_params["kappa"].shape, s.converged
+    ((2,), True)
+    """
+    import optax
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import initialize_model
+
+    spec, data = prep.spec, prep.data
+    k_model, k_draw = jax.random.split(key)
+    # the optimiser starts from the prior centres of the dynamics (a random start can
+    # end in a poor local mode, e.g. one with a negative validity slope)
+    info = initialize_model(k_model, runs_model, model_args=(data,),
+                            model_kwargs={"spec": spec, "n_valid": data.n_valid,
+                                          "deterministic": False},
+                            init_strategy=init_to_value(values=PRIOR_CENTRES))
+    x0, unravel = ravel_pytree(info.param_info.z)
+
+    def potential(x):
+        return info.potential_fn(unravel(x))
+
+    @jax.jit
+    def solve(x0):
+        opt = optax.lbfgs()
+        value_and_grad = optax.value_and_grad_from_state(potential)
+
+        def body(carry, _):
+            x, state = carry
+            v, g = value_and_grad(x, state=state)
+            u, state = opt.update(g, state, x, value=v, grad=g, value_fn=potential)
+            return (optax.apply_updates(x, u), state), v
+
+        (x, _), _ = jax.lax.scan(body, (x0, opt.init(x0)), None, length=max_iter)
+        return x, potential(x), jax.hessian(potential)(x)
+
+    x, fun, hess = jax.device_get(solve(x0))
+    n = x.shape[0]
+    hess = 0.5 * (np.asarray(hess, np.float64) + np.asarray(hess, np.float64).T)
+    ok = bool(np.all(np.isfinite(hess)) and np.isfinite(fun))
+    if ok:
+        w, v = np.linalg.eigh(hess)
+        ok = bool(w.min() > 0)
+    if ok:
+        cov = (v / w) @ v.T
+        chol = np.linalg.cholesky(cov + 1e-9 * np.eye(n))
+    else:
+        cov, chol = np.eye(n), np.eye(n) * 0.1
+    z = np.asarray(jax.random.normal(k_draw, (chains, n), jnp.float32), np.float64)
+    starts = np.asarray(x, np.float64) + z @ chol.T
+    init = jax.vmap(unravel)(jnp.asarray(starts, jnp.float32))
+    if chains == 1:  # NumPyro takes a single chain's start without the chain axis
+        init = jax.tree.map(lambda a: a[0], init)
+    return LaplaceStart(unravel(jnp.asarray(x)), cov, init, ok, float(fun))
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _deterministic_kernel(flat: dict, spec: ModelSpec) -> dict:
+    def one(draw):
+        out = derived_quantities(draw, spec)
+        return {k: v for k, v in out.items() if k not in ("params", "effects")}
+
+    n = next(iter(flat.values())).shape[0]
+    return jax.lax.map(one, flat, batch_size=min(256, n))
+
+
+def deterministic_sites(samples: dict, spec: ModelSpec) -> dict:
+    """The model's deterministic sites (levels, offsets, expected rates, gaps) for every
+    draw of its sampled sites (``(chain, draw, ...)`` arrays), in one compiled map.
+
+    NUTS samples the model without them (``runs_model(..., deterministic=False)``): they
+    do not enter the density, and leaving them out makes initialisation much cheaper.
+    """
+    shape = next(iter(samples.values())).shape[:2]
+    flat = {k: jnp.asarray(v).reshape((-1,) + np.shape(v)[2:]) for k, v in samples.items()}
+    out = jax.device_get(_deterministic_kernel(flat, spec))
+    return {k: np.asarray(v).reshape(shape + np.shape(v)[1:]) for k, v in out.items()}
+
+
+class _MCMCAdapter:
+    """ArviZ's MCMC adapter with the deterministic sites added to the draws."""
+
+    def __new__(cls, mcmc, extra: dict):
+        from arviz_base.io_numpyro import MCMCAdapter
+
+        class Adapter(MCMCAdapter):
+            def get_samples(self, seed=None, **kw):
+                return {**self.posterior.get_samples(group_by_chain=True), **extra}
+
+        return Adapter(mcmc)
+
+
 def _num_devices() -> int:
     return jax.local_device_count()
 
@@ -365,6 +515,7 @@ def fit_runs(
     dataset_attrs: Mapping[str, Mapping] | None = None,
     target_accept: float = 0.9,
     dense_mass: bool = True,
+    adapt_metric: bool | None = None,
     svi_steps: int = 5000,
     svi_learning_rate: float = 0.01,
     svi_batch: int | None = None,
@@ -390,6 +541,13 @@ def fit_runs(
     dataset_attrs : ``{name: {"modality":..., "resolution":..., "num_classes":...}}`` for
         datasets that are not in the registry.
     target_accept, dense_mass : NUTS step-size target and mass-matrix structure.
+    adapt_metric : adapt the mass matrix during warmup. ``None`` (default): NUTS starts
+        from the Laplace approximation at the posterior mode (:func:`laplace_start`) and
+        keeps its covariance as the metric, adapting only the step size; the metric is
+        adapted (Stan's windowed scheme) only when the approximation failed. ``True``
+        adapts it in any case (better for strongly non-Gaussian posteriors, but it needs
+        a long warmup: a dense metric estimated from a few hundred draws is worse than
+        the Laplace one).
     svi_steps, svi_learning_rate, svi_batch : SVI optimisation settings (``svi_batch``
         runs per step; default all runs up to 4096).
     prior_draws : prior (and prior predictive) draws stored with the fit.
@@ -427,15 +585,24 @@ def fit_runs(
 
     if method == "nuts":
         chain_method = "parallel" if _num_devices() >= chains and chains > 1 else "sequential"
+        nuts_kwargs = {**kwargs, "deterministic": False}
+        k_init, k_fit = jax.random.split(k_fit)
+        t1 = time.perf_counter()
+        start = laplace_start(k_init, prep, chains)
+        adapt = (not start.converged) if adapt_metric is None else bool(adapt_metric)
         kernel = NUTS(runs_model, target_accept_prob=float(target_accept),
-                      init_strategy=init_to_median(num_samples=15), dense_mass=dense_mass)
+                      dense_mass=dense_mass, adapt_mass_matrix=adapt,
+                      inverse_mass_matrix=start.inverse_mass_matrix(dense_mass))
         mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
                     chain_method=chain_method, progress_bar=progress)
-        t1 = time.perf_counter()
-        mcmc.run(k_fit, data, extra_fields=EXTRA_FIELDS, **kwargs)
-        samples = jax.device_get(mcmc.get_samples(group_by_chain=True))
+        mcmc.run(k_fit, data, extra_fields=EXTRA_FIELDS, init_params=start.init_params,
+                 **nuts_kwargs)
+        latent = jax.device_get(mcmc.get_samples(group_by_chain=True))
+        det = deterministic_sites(latent, spec)
+        samples = {**latent, **det}
         t_sampling = time.perf_counter() - t1
-        posterior, losses = mcmc, None
+        posterior, losses = _MCMCAdapter(mcmc, det), None
+        metric = "adapted" if adapt else "laplace"
     else:
         chain_method = "svi"
         steps = _check_int("svi_steps", svi_steps, 1, 10**7)
@@ -443,7 +610,7 @@ def fit_runs(
             k_fit, prep, steps=steps, lr=svi_learning_rate, draws=draws,
             batch=svi_batch, progress=progress)
         posterior = _DrawsAdapter(samples, runs_model, (data,), kwargs)
-        chains = 1
+        chains, metric = 1, "none"
 
     prior = Predictive(runs_model, num_samples=prior_draws)(k_prior, data, spec=spec)
     # per-run computations (posterior predictive, pointwise log-likelihood, forecasts)
@@ -511,6 +678,7 @@ def fit_runs(
         "warmup": warmup if method == "nuts" else 0,
         "chain_method": chain_method,
         "target_accept": float(target_accept),
+        "metric": metric,
         "seconds_sampling": round(t_sampling, 3),
         "seconds_total": round(total, 3),
         "pointwise_draws": int(len(draw_idx) * shape[0]),

@@ -264,19 +264,25 @@ PRIOR_TEXT: dict[str, str] = {
     "state_noise": "LogNormal(log 0.1, 0.5)",
     "init_sd": "LogNormal(log 0.3, 0.5)",
     "validity_slope": "Normal(1.5, 1)",
-    "difficulty_intercept": "Normal(0, 1.5) (the validity intercept b0 is absorbed: b0 = 0)",
-    "difficulty_coef": "Normal(0, 1) per feature",
+    "difficulty_intercept": "Normal(0, 1.5) (the validity intercept b0 is absorbed: b0 = 0); "
+                            "integrated out, then drawn from its exact conditional",
+    "difficulty_coef": "Normal(0, 1) per feature; integrated out, then drawn from its exact "
+                       "conditional",
     "difficulty_sd": "LogNormal(log 0.2, 0.6)",
-    "difficulty_observed": "Normal(features . difficulty_coef, difficulty_sd) per dataset "
-                           "with data (centred)",
+    "difficulty_observed": "MultivariateNormal(X m0, X diag(s0^2) X^T + difficulty_sd^2 I) "
+                           "over the datasets with data (the regression integrated out)",
+    "difficulty_regression_z": "Normal(0, 1) per coefficient (intercept first): "
+                               "(w0, w) = conditional mean + chol(conditional cov) z",
     "difficulty_z": "Normal(0, 1) per dataset without data (non-centred residual)",
     "task_complexity_free": "Normal(0.5, 1) per non-classification task",
     "interaction_free": "Normal(0, 0.5) per non-image modality x non-classification task",
-    "accuracy_intercept": "Normal(-1, 1.5)",
-    "accuracy_coef": "Normal(0, 0.5) per feature",
+    "accuracy_intercept": "Normal(-1, 1.5); integrated out, then drawn from its conditional",
+    "accuracy_coef": "Normal(0, 0.5) per feature; integrated out, then drawn from its "
+                     "conditional",
     "accuracy_sd": "LogNormal(log 0.2, 0.6)",
-    "accuracy_level_observed": "Normal(accuracy_intercept + features . accuracy_coef, "
-                               "accuracy_sd) per dataset with data (centred)",
+    "accuracy_level_observed": "MultivariateNormal(X m0, X diag(s0^2) X^T + accuracy_sd^2 I) "
+                               "over the datasets with data (the regression integrated out)",
+    "accuracy_regression_z": "Normal(0, 1) per coefficient, as difficulty_regression_z",
     "accuracy_level_z": "Normal(0, 1) per dataset without data (non-centred residual)",
     "task_accuracy_free": "Normal(0, 0.5) per non-classification task",
     "accuracy_slope": "Normal(0.3, 0.5)",
@@ -297,6 +303,8 @@ NOVELTY_SITES: tuple[str, ...] = ("novelty_intercept", "novelty_slope", "novelty
 
 #: event dims of deterministic sites (they are created outside plates)
 DETERMINISTIC_DIMS: dict[str, list[str]] = {
+    "difficulty_coef": ["feature"],
+    "accuracy_coef": ["feature"],
     "difficulty": ["dataset"],
     "accuracy_level": ["dataset"],
     "task_complexity": ["task"],
@@ -533,39 +541,100 @@ def observed_datasets(spec: ModelSpec) -> tuple[tuple[int, ...], tuple[int, ...]
     return tuple(seen), tuple(i for i in range(len(spec.datasets)) if i not in seen)
 
 
-def _sample_dataset_level(name: str, mean: Array, tau: Array, spec: ModelSpec) -> dict:
-    """Dataset effects ``~ N(mean_d, tau)``: centred where the dataset has data (the data
-    pin it down), non-centred where it has none (prediction through the hierarchy)."""
+class LevelPrior(NamedTuple):
+    """Prior of a dataset-level effect ``L_d = x_d . beta + tau eps_d`` (``x_d = (1,
+    features_d)``, ``beta ~ N(mean, diag(sd^2))``, ``eps_d ~ N(0, 1)``)."""
+
+    mean: Array  # (P,) prior means of (intercept, coefficients)
+    sd: Array  # (P,) prior standard deviations
+
+
+#: priors of the two attribute regressions (intercept first, then one per feature)
+#: (NumPy arrays: no JAX backend is started on import)
+DIFFICULTY_PRIOR = LevelPrior(np.asarray([0.0, 0, 0, 0, 0], np.float32),
+                              np.asarray([1.5, 1, 1, 1, 1], np.float32))
+ACCURACY_PRIOR = LevelPrior(np.asarray([-1.0, 0, 0, 0, 0], np.float32),
+                            np.asarray([1.5, 0.5, 0.5, 0.5, 0.5], np.float32))
+
+
+def _design(spec: ModelSpec) -> Array:
+    """(D, P) design matrix of the dataset levels: a column of ones, then the features."""
+    return jnp.concatenate([jnp.ones((len(spec.datasets), 1), jnp.float32), _features(spec)],
+                           axis=1)
+
+
+def level_marginal(prior: LevelPrior, tau: Array, spec: ModelSpec) -> tuple[Array, Array]:
+    """Mean and covariance of the observed datasets' levels with ``beta`` integrated out.
+
+    ``L_obs ~ N(X_o m, X_o diag(s^2) X_o^T + tau^2 I)``. Sampling the levels from this
+    marginal (and ``beta`` from its exact conditional, :func:`level_regression`) removes
+    the funnel between ``tau`` and the coefficients that a model sampling ``beta`` and the
+    levels jointly has when there are about as many datasets as coefficients.
+    """
+    obs, _ = observed_datasets(spec)
+    x = _design(spec)[jnp.asarray(obs)]
+    cov = (x * prior.sd**2) @ x.T + tau**2 * jnp.eye(len(obs), dtype=jnp.float32)
+    return x @ prior.mean, cov
+
+
+def level_regression(prior: LevelPrior, tau: Array, observed: Array, z: Array,
+                     spec: ModelSpec) -> Array:
+    """``beta`` given the observed levels and ``tau``: ``m + chol(C) z`` (exact conditional).
+
+    ``C = (diag(s^-2) + X_o^T X_o / tau^2)^-1`` and ``m = C (m0 / s^2 + X_o^T L_obs / tau^2)``;
+    with ``z ~ N(0, I)`` the result is a draw of ``beta | L_obs, tau``.
+
+    Example
+    -------
+    >>> spec = ModelSpec(("cifar-10", "mnist"), ("classification",), ("image",) * 2,
+    ...                  ((0.0, 0.0, 5.0, 1.0), (0.0, 0.0, 4.8, 1.0)), ((0, 0), (1, 0)),
+    ...                  (0, 0), 3)
+    >>> level_regression(DIFFICULTY_PRIOR, 0.2, jnp.zeros(2), jnp.zeros(5), spec).shape
+    (5,)
+    """
+    obs, _ = observed_datasets(spec)
+    x = _design(spec)[jnp.asarray(obs)]
+    prec = jnp.diag(prior.sd**-2) + x.T @ x / tau**2
+    chol = jnp.linalg.cholesky(prec)
+    rhs = prior.mean / prior.sd**2 + x.T @ observed / tau**2
+    m = jax.scipy.linalg.cho_solve((chol, True), rhs)
+    return m + jax.scipy.linalg.solve_triangular(chol.T, z, lower=False)
+
+
+def _sample_dataset_level(name: str, prefix: str, prior: LevelPrior, tau: Array,
+                          spec: ModelSpec) -> dict:
+    """Dataset levels of one regression: the observed datasets' levels from their marginal
+    (centred: the data pin them down), the regression coefficients through the standard
+    normal ``{prefix}_regression_z`` (non-centred about their exact conditional), the
+    unobserved datasets' levels through ``{name}_z`` (non-centred residuals)."""
     obs, unobs = observed_datasets(spec)
-    out = {}
-    if obs:
-        with numpyro.plate("observed_dataset", len(obs)):
-            out[name + "_observed"] = numpyro.sample(
-                name + "_observed", dist.Normal(mean[jnp.asarray(obs)], tau))
+    loc, cov = level_marginal(prior, tau, spec)
+    out = {name + "_observed": numpyro.sample(
+        name + "_observed", dist.MultivariateNormal(loc, covariance_matrix=cov))}
+    with numpyro.plate(prefix + "_regression", prior.mean.shape[0]):
+        out[prefix + "_regression_z"] = numpyro.sample(prefix + "_regression_z",
+                                                       dist.Normal(0.0, 1.0))
     if unobs:
         with numpyro.plate("unobserved_dataset", len(unobs)):
             out[name + "_z"] = numpyro.sample(name + "_z", dist.Normal(0.0, 1.0))
     return out
 
 
-@partial(jax.jit, static_argnames=("spec",))
-def _level_mean(intercept: Array, coef: Array, spec: ModelSpec) -> Array:
-    return intercept + _features(spec) @ coef
-
-
-def _compose_level(raw: dict, name: str, mean: Array, tau: Array, spec: ModelSpec) -> Array:
+def _compose_level(raw: dict, name: str, prefix: str, prior: LevelPrior, tau: Array,
+                   spec: ModelSpec) -> tuple[Array, Array]:
+    """(levels of every dataset, regression coefficients ``beta``) from the raw sites."""
     obs, unobs = observed_datasets(spec)
-    out = jnp.zeros_like(mean)
-    if obs:
-        out = out.at[jnp.asarray(obs)].set(raw[name + "_observed"])
+    observed = raw[name + "_observed"]
+    beta = level_regression(prior, tau, observed, raw[prefix + "_regression_z"], spec)
+    out = jnp.zeros(len(spec.datasets), jnp.float32).at[jnp.asarray(obs)].set(observed)
     if unobs:
         u = jnp.asarray(unobs)
-        out = out.at[u].set(mean[u] + tau * raw[name + "_z"])
-    return out
+        out = out.at[u].set(_design(spec)[u] @ beta + tau * raw[name + "_z"])
+    return out, beta
 
 
-@partial(jax.jit, static_argnames=("spec",))
-def derived_quantities(raw: dict, spec: ModelSpec) -> dict:
+@partial(jax.jit, static_argnames=("spec", "full"))
+def derived_quantities(raw: dict, spec: ModelSpec, full: bool = True) -> dict:
     """Everything the model computes from its sampled sites, in one compiled function.
 
     Returns the deterministic sites (difficulties, offsets, expected validity and accuracy
@@ -576,8 +645,9 @@ def derived_quantities(raw: dict, spec: ModelSpec) -> dict:
     nd, nk = len(spec.datasets), len(spec.tasks)
     free_t, free_m = spec.free_tasks, spec.free_modalities
     out: dict = {}
-    mean_d = _level_mean(raw["difficulty_intercept"], raw["difficulty_coef"], spec)
-    out["difficulty"] = _compose_level(raw, "difficulty", mean_d, raw["difficulty_sd"], spec)
+    out["difficulty"], beta = _compose_level(raw, "difficulty", "difficulty", DIFFICULTY_PRIOR,
+                                             raw["difficulty_sd"], spec)
+    out["difficulty_intercept"], out["difficulty_coef"] = beta[0], beta[1:]
     out["task_complexity"] = _scatter(nk, free_t, raw.get("task_complexity_free"))
     inter = jnp.zeros((nd, nk), f32)
     if "interaction_free" in raw:
@@ -588,8 +658,9 @@ def derived_quantities(raw: dict, spec: ModelSpec) -> dict:
     delta = out["difficulty"][:, None] + out["task_complexity"][None, :] + inter
     out["validity_offset"] = delta
     if spec.has_accuracy:
-        mean_a = _level_mean(raw["accuracy_intercept"], raw["accuracy_coef"], spec)
-        level = _compose_level(raw, "accuracy_level", mean_a, raw["accuracy_sd"], spec)
+        level, beta = _compose_level(raw, "accuracy_level", "accuracy", ACCURACY_PRIOR,
+                                     raw["accuracy_sd"], spec)
+        out["accuracy_intercept"], out["accuracy_coef"] = beta[0], beta[1:]
         task_acc = _scatter(nk, free_t, raw.get("task_accuracy_free"))
         alpha = level[:, None] + task_acc[None, :]
         out.update(accuracy_level=level, task_accuracy=task_acc, accuracy_offset=alpha)
@@ -615,6 +686,8 @@ def derived_quantities(raw: dict, spec: ModelSpec) -> dict:
                             jnp.zeros_like(raw["kappa"]), raw["validity_slope"], lam, sig_a,
                             nu0, nus, sig_n)
     effects = SettingEffects(delta.reshape(-1), alpha.reshape(-1), nu.reshape(-1))
+    if not full:  # only what the likelihood needs
+        return {"params": params, "effects": effects}
     # setting-level expectations and transfer gaps (a new trial of each setting)
     ev = expected(params, effects, spec.horizon)
     v = ev.validity.reshape(nd, nk, spec.horizon)
@@ -633,7 +706,7 @@ def derived_quantities(raw: dict, spec: ModelSpec) -> dict:
 
 
 def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
-               subsample_size: int | None = None) -> None:
+               subsample_size: int | None = None, deterministic: bool = True) -> None:
     """The hierarchical model of observed runs (generative when ``n_valid`` is ``None``).
 
     Parameters
@@ -655,7 +728,6 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
     >>> draws["n_valid"].shape
     (5, 2, 3)
     """
-    nf = len(spec.features[0]) if spec.features else 0
     free_t, free_m = spec.free_tasks, spec.free_modalities
     raw: dict = {}
 
@@ -667,13 +739,11 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
     site("init_sd", dist.LogNormal(math.log(0.3), 0.5))
     site("validity_slope", dist.Normal(1.5, 1.0))
     # validity offsets: D_d + C_k + G_{m(d), k}, D_d ~ N(w0 + features_d . w, tau_D)
-    site("difficulty_intercept", dist.Normal(0.0, 1.5))
-    with numpyro.plate("feature", nf):
-        site("difficulty_coef", dist.Normal(0.0, 1.0))
+    # (w0, w) ~ N(DIFFICULTY_PRIOR) are integrated out of the observed levels' prior and
+    # drawn from their exact conditional (see level_marginal / level_regression)
     site("difficulty_sd", dist.LogNormal(math.log(0.2), 0.6))
-    raw.update(_sample_dataset_level(
-        "difficulty", _level_mean(raw["difficulty_intercept"], raw["difficulty_coef"], spec),
-        raw["difficulty_sd"], spec))
+    raw.update(_sample_dataset_level("difficulty", "difficulty", DIFFICULTY_PRIOR,
+                                     raw["difficulty_sd"], spec))
     if free_t:
         with numpyro.plate("free_task", len(free_t)):
             site("task_complexity_free", dist.Normal(0.5, 1.0))
@@ -683,14 +753,9 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
             site("interaction_free", dist.Normal(0.0, 0.5))
     # accuracy offsets: alpha_d + alpha_k, alpha_d ~ N(a0 + features_d . w_a, tau_a)
     if spec.has_accuracy:
-        site("accuracy_intercept", dist.Normal(-1.0, 1.5))
-        with numpyro.plate("feature", nf):
-            site("accuracy_coef", dist.Normal(0.0, 0.5))
         site("accuracy_sd", dist.LogNormal(math.log(0.2), 0.6))
-        raw.update(_sample_dataset_level(
-            "accuracy_level",
-            _level_mean(raw["accuracy_intercept"], raw["accuracy_coef"], spec),
-            raw["accuracy_sd"], spec))
+        raw.update(_sample_dataset_level("accuracy_level", "accuracy",
+                                         ACCURACY_PRIOR, raw["accuracy_sd"], spec))
         if free_t:
             with numpyro.plate("free_task", len(free_t)):
                 site("task_accuracy_free", dist.Normal(0.0, 0.5))
@@ -708,10 +773,11 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
             with numpyro.plate("free_task", len(free_t)):
                 site("novelty_task_free", dist.Normal(0.0, 0.5))
 
-    det = derived_quantities(raw, spec)
-    for name, value in det.items():
-        if name not in ("params", "effects"):
-            numpyro.deterministic(name, value)
+    det = derived_quantities(raw, spec, full=deterministic)
+    if deterministic:
+        for name, value in det.items():
+            if name not in ("params", "effects"):
+                numpyro.deterministic(name, value)
 
     # likelihood: one row per run, the state marginalised by the grid filter
     n_runs, n_it = data.n_generated.shape
