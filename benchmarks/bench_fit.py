@@ -47,8 +47,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench_results", help="output folder")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--chains", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=500)
+    ap.add_argument("--warmup", type=int, default=200,
+                    help="NumPyro warmup (the metric comes from the Laplace start)")
     ap.add_argument("--draws", type=int, default=500)
+    ap.add_argument("--pymc-warmup", type=int, default=500,
+                    help="PyMC tuning steps (its dense metric is adapted from scratch)")
     ap.add_argument("--svi-steps", type=int, default=3000)
     ap.add_argument("--svi-factor", type=int, default=100, help="SVI data multiple")
     ap.add_argument("--skip-svi", action="store_true")
@@ -81,6 +84,7 @@ def main(argv=None) -> int:
     tasks = "classification,generation" if args.quick else None
     if args.quick:
         args.warmup, args.draws, args.svi_steps, args.svi_factor = 100, 100, 300, 4
+        args.pymc_warmup = 100
     env = {
         "python": platform.python_version(), "jax": jax.__version__,
         "numpyro": numpyro.__version__, "arviz": az.__version__,
@@ -222,6 +226,8 @@ def _pymc(prep, args) -> dict:
     import pytensor.tensor as pt
     from scipy.special import gammaln
 
+    from llmnas_transfer.model import ACCURACY_PRIOR, DIFFICULTY_PRIOR
+
     spec, data = prep.spec, prep.data
     nd, nk, T, G, W = len(spec.datasets), len(spec.tasks), spec.num_iterations, \
         spec.grid_size, spec.grid_width
@@ -243,17 +249,29 @@ def _pymc(prep, args) -> dict:
         q = pm.LogNormal("state_noise", np.log(0.1), 0.5)
         sd0 = pm.LogNormal("init_sd", np.log(0.3), 0.5)
         bs = pm.Normal("validity_slope", 1.5, 1.0)
-        w0 = pm.Normal("difficulty_intercept", 0.0, 1.5)
-        w = pm.Normal("difficulty_coef", 0.0, 1.0, shape=feats.shape[1])
+        design = np.concatenate([np.ones((nd, 1)), feats], axis=1)
+
+        def level(name, prefix, prior, tau):
+            # the regression integrated out (as in llmnas_transfer.model.level_marginal)
+            m0, s0 = (np.asarray(a, np.float64) for a in prior)
+            xo = design[obs_d]
+            cov = (xo * s0**2) @ xo.T + tau**2 * np.eye(len(obs_d))
+            lobs = pm.MvNormal(name + "_observed", mu=xo @ m0, cov=cov)
+            zr = pm.Normal(prefix + "_regression_z", 0.0, 1.0, shape=len(m0))
+            out = pt.zeros(nd)
+            out = pt.set_subtensor(out[obs_d], lobs)
+            if unobs_d:  # beta from its exact conditional, as level_regression
+                prec = np.diag(s0**-2) + xo.T @ xo / tau**2
+                chol = pt.linalg.cholesky(prec)
+                rhs = m0 / s0**2 + pt.dot(xo.T, lobs) / tau**2
+                mean = pt.linalg.solve(prec, rhs)
+                beta = mean + pt.linalg.solve_triangular(chol.T, zr, lower=False)
+                z = pm.Normal(name + "_z", 0.0, 1.0, shape=len(unobs_d))
+                out = pt.set_subtensor(out[unobs_d], pt.dot(design[unobs_d], beta) + tau * z)
+            return out
+
         tau_d = pm.LogNormal("difficulty_sd", np.log(0.2), 0.6)
-        mean_d = w0 + pt.dot(feats, w)
-        diff = pt.zeros(nd)
-        if obs_d:
-            dobs = pm.Normal("difficulty_observed", mean_d[obs_d], tau_d, shape=len(obs_d))
-            diff = pt.set_subtensor(diff[obs_d], dobs)
-        if unobs_d:
-            z = pm.Normal("difficulty_z", 0.0, 1.0, shape=len(unobs_d))
-            diff = pt.set_subtensor(diff[unobs_d], mean_d[unobs_d] + tau_d * z)
+        diff = level("difficulty", "difficulty", DIFFICULTY_PRIOR, tau_d)
         comp = pt.zeros(nk)
         if free_t:
             c = pm.Normal("task_complexity_free", 0.5, 1.0, shape=len(free_t))
@@ -265,17 +283,8 @@ def _pymc(prep, args) -> dict:
                 if mod in free_m:
                     inter = pt.set_subtensor(inter[i, free_t], g[free_m.index(mod)])
         delta = (diff[:, None] + comp[None, :] + inter).reshape((-1,))
-        a0 = pm.Normal("accuracy_intercept", -1.0, 1.5)
-        wa = pm.Normal("accuracy_coef", 0.0, 0.5, shape=feats.shape[1])
         tau_a = pm.LogNormal("accuracy_sd", np.log(0.2), 0.6)
-        mean_a = a0 + pt.dot(feats, wa)
-        lev = pt.zeros(nd)
-        if obs_d:
-            aobs = pm.Normal("accuracy_level_observed", mean_a[obs_d], tau_a, shape=len(obs_d))
-            lev = pt.set_subtensor(lev[obs_d], aobs)
-        if unobs_d:
-            za = pm.Normal("accuracy_level_z", 0.0, 1.0, shape=len(unobs_d))
-            lev = pt.set_subtensor(lev[unobs_d], mean_a[unobs_d] + tau_a * za)
+        lev = level("accuracy_level", "accuracy", ACCURACY_PRIOR, tau_a)
         tacc = pt.zeros(nk)
         if free_t:
             ta = pm.Normal("task_accuracy_free", 0.0, 0.5, shape=len(free_t))
@@ -329,7 +338,7 @@ def _pymc(prep, args) -> dict:
     compile_s = time.perf_counter() - t
     load_before = _load()
     t = time.perf_counter()
-    idata = pm.sample(draws=args.draws, tune=args.warmup, chains=args.chains,
+    idata = pm.sample(draws=args.draws, tune=args.pymc_warmup, chains=args.chains,
                       cores=args.chains, init="jitter+adapt_full", progressbar=False,
                       model=pm_model,
                       random_seed=args.seed, compute_convergence_checks=False)
@@ -339,7 +348,7 @@ def _pymc(prep, args) -> dict:
     ss = idata["sample_stats"].dataset
     out = {
         "pymc": pm.__version__, "pytensor": pytensor.__version__, "chains": args.chains,
-        "warmup": args.warmup, "draws": args.draws, "wall_s": round(wall, 2),
+        "warmup": args.pymc_warmup, "draws": args.draws, "wall_s": round(wall, 2),
         "compile_s_estimate": round(compile_s, 2),
         "min_ess_bulk": round(float(summ["ess_bulk"].min()), 1),
         "max_r_hat": round(float(summ["r_hat"].max()), 4),
