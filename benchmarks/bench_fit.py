@@ -124,6 +124,8 @@ def main(argv=None) -> int:
         "min_ess_bulk": round(d.stats["min_ess_bulk"], 1),
         "min_ess_tail": round(d.stats["min_ess_tail"], 1),
         "max_r_hat": round(d.stats["max_r_hat"], 4), "divergences": d.stats["divergences"],
+        "max_r_hat_quantity": str(d.summary["r_hat"].idxmax()),
+        "min_ess_bulk_quantity": str(d.summary["ess_bulk"].idxmin()),
         "mean_leapfrog_steps": round(float(ss["n_steps"].mean()), 1),
         "num_summarised_quantities": int(len(d.summary)),
         "load_avg_before": load_before, "load_avg_after": _load(),

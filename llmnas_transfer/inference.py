@@ -390,6 +390,33 @@ class LaplaceStart(NamedTuple):
         return jnp.asarray(np.diag(self.cov))
 
 
+@partial(jax.jit, static_argnames=("spec", "max_iter"))
+def _laplace_solve(z0: dict, data: RunsData, spec: ModelSpec, max_iter: int):
+    """L-BFGS on the potential from ``z0``, then the Hessian at the end point (compiled
+    once per data shape and spec, not once per fit)."""
+    import optax
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import potential_energy
+
+    x0, unravel = ravel_pytree(z0)
+    kwargs = {"spec": spec, "n_valid": data.n_valid, "deterministic": False}
+
+    def potential(x):
+        return potential_energy(runs_model, (data,), kwargs, unravel(x))
+
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(potential)
+
+    def body(carry, _):
+        x, state = carry
+        v, g = value_and_grad(x, state=state)
+        u, state = opt.update(g, state, x, value=v, grad=g, value_fn=potential)
+        return (optax.apply_updates(x, u), state), v
+
+    (x, _), _ = jax.lax.scan(body, (x0, opt.init(x0)), None, length=max_iter)
+    return x, potential(x), jax.hessian(potential)(x)
+
+
 def laplace_start(key, prep: Prepared, chains: int, *, max_iter: int = 150) -> LaplaceStart:
     """Find the posterior mode (L-BFGS in the unconstrained space) and the curvature there.
 
@@ -409,7 +436,6 @@ def laplace_start(key, prep: Prepared, chains: int, *, max_iter: int = 150) -> L
     >>> s.init_params["kappa"].shape, s.converged
     ((2,), True)
     """
-    import optax
     from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import initialize_model
 
@@ -422,25 +448,7 @@ def laplace_start(key, prep: Prepared, chains: int, *, max_iter: int = 150) -> L
                                           "deterministic": False},
                             init_strategy=init_to_value(values=PRIOR_CENTRES))
     x0, unravel = ravel_pytree(info.param_info.z)
-
-    def potential(x):
-        return info.potential_fn(unravel(x))
-
-    @jax.jit
-    def solve(x0):
-        opt = optax.lbfgs()
-        value_and_grad = optax.value_and_grad_from_state(potential)
-
-        def body(carry, _):
-            x, state = carry
-            v, g = value_and_grad(x, state=state)
-            u, state = opt.update(g, state, x, value=v, grad=g, value_fn=potential)
-            return (optax.apply_updates(x, u), state), v
-
-        (x, _), _ = jax.lax.scan(body, (x0, opt.init(x0)), None, length=max_iter)
-        return x, potential(x), jax.hessian(potential)(x)
-
-    x, fun, hess = jax.device_get(solve(x0))
+    x, fun, hess = jax.device_get(_laplace_solve(info.param_info.z, data, spec, max_iter))
     n = x.shape[0]
     hess = 0.5 * (np.asarray(hess, np.float64) + np.asarray(hess, np.float64).T)
     ok = bool(np.all(np.isfinite(hess)) and np.isfinite(fun))
