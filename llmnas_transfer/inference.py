@@ -590,6 +590,9 @@ def fit_runs(
     kwargs = {"spec": spec, "n_valid": data.n_valid}
     coords = _coords(prep)
     extra_dims = {k: v for k, v in DETERMINISTIC_DIMS.items()}
+    # multivariate-normal sites: their event dim is not a plate
+    extra_dims.update({"difficulty_observed": ["observed_dataset"],
+                       "accuracy_level_observed": ["observed_dataset"]})
 
     if method == "nuts":
         chain_method = "parallel" if _num_devices() >= chains and chains > 1 else "sequential"
