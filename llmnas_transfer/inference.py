@@ -447,7 +447,7 @@ def laplace_start(key, prep: Prepared, chains: int, *, max_iter: int = 150) -> L
                             model_kwargs={"spec": spec, "n_valid": data.n_valid,
                                           "deterministic": False},
                             init_strategy=init_to_value(values=PRIOR_CENTRES))
-    x0, unravel = ravel_pytree(info.param_info.z)
+    _, unravel = ravel_pytree(info.param_info.z)
     x, fun, hess = jax.device_get(_laplace_solve(info.param_info.z, data, spec, max_iter))
     n = x.shape[0]
     hess = 0.5 * (np.asarray(hess, np.float64) + np.asarray(hess, np.float64).T)

@@ -69,8 +69,6 @@ _expected = jax.jit(expected, static_argnums=2)
 #: prior standard deviations of the state at each iteration)
 GRID_SIZE = 32
 GRID_WIDTH = 5.0
-#: iterations of the filter unrolled per loop step (XLA fuses across them)
-UNROLL = 1
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -388,7 +386,7 @@ def forward_filter(grid: StateGrid, log_em: Array) -> tuple[Array, Array]:
         alpha, ll = update(pred, e)
         return alpha, (alpha, ll)
 
-    _, (alphas, lls) = jax.lax.scan(step, a1, (grid.trans, log_em[1:]), unroll=UNROLL)
+    _, (alphas, lls) = jax.lax.scan(step, a1, (grid.trans, log_em[1:]))
     filtered = jnp.concatenate([a1[None], alphas], axis=0)
     loglik = jnp.concatenate([l1[None], lls], axis=0)
     return loglik.T, filtered
