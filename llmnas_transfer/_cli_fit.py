@@ -70,7 +70,7 @@ def register(subparsers) -> None:
     p.add_argument("--target-accept", type=float, default=0.9)
     p.add_argument("--dense-mass", action=argparse.BooleanOptionalAction, default=True,
                    help="NUTS dense (default) or diagonal mass matrix")
-    p.add_argument("--svi-steps", type=int, default=5000)
+    p.add_argument("--svi-steps", type=int, default=2000)
     p.add_argument("--svi-learning-rate", type=float, default=0.01)
     p.add_argument("--prior-draws", type=int, default=500)
     p.add_argument("--progress", action="store_true", help="show NumPyro's progress bar")

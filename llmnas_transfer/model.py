@@ -52,6 +52,7 @@ from numpyro.distributions import constraints
 from llmnas_transfer._types import Array, PRNGKey
 from llmnas_transfer.dynamics import (
     accuracy_logit,
+    key_words,
     novelty_logit,
     state_moments,
     transition_mean,
@@ -480,6 +481,28 @@ def runs_loglik(
     return ll + const
 
 
+def binomial_counts(key: PRNGKey, n: Array, p: Array) -> Array:
+    """Exact ``Binomial(n, p)`` draws as float32, one random stream per element.
+
+    Uses the library's sampler (:func:`llmnas_transfer.sufficient.binomial`: inversion or
+    BTRS), about 5x faster on CPU than ``jax.random.binomial`` for the counts of the
+    predictive checks and forecasts.
+
+    Example
+    -------
+    >>> k = binomial_counts(jax.random.key(0), jnp.full((2, 3), 20.0), jnp.full((2, 3), 0.4))
+    >>> k.shape, k.dtype, bool(((k >= 0) & (k <= 20)).all())
+    ((2, 3), dtype('float32'), True)
+    """
+    from llmnas_transfer.sufficient import binomial
+
+    shape = jnp.broadcast_shapes(jnp.shape(n), jnp.shape(p))
+    k0, k1 = key_words(key)
+    stream = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
+    return binomial(k0, k1, stream, jnp.broadcast_to(n, shape),
+                    jnp.broadcast_to(p, shape)).astype(jnp.float32)
+
+
 class MarginalRuns(dist.Distribution):
     """Validity counts of runs with the latent state marginalised (batch shape (N, T)).
 
@@ -518,7 +541,7 @@ class MarginalRuns(dist.Distribution):
         row = self.data.dataset_idx * len(self.spec.tasks) + self.data.task_idx
         prob = jax.nn.sigmoid(validity_logit(s, p, self.effects.validity_offset[row][:, None]))
         n = jnp.broadcast_to(self.data.n_generated, shape)
-        return jax.random.binomial(k_b, n, prob).astype(jnp.float32)
+        return binomial_counts(k_b, n, prob)
 
 
 # --------------------------------------------------------------------------- model
@@ -850,7 +873,7 @@ def forecast_runs(
     idx = jnp.concatenate([js, j_last[None]], axis=0)  # (H, N)
     s = jnp.take_along_axis(grid.s, idx, axis=1)  # (H, N)
     prob = jax.nn.sigmoid(validity_logit(s, params, effects.validity_offset[row][None, :]))
-    return jax.random.binomial(keys[-1], n_generated.T, prob).T.astype(jnp.float32)
+    return binomial_counts(keys[-1], n_generated.T, prob).T
 
 
 def forecast_n_generated(data: RunsData, num_forecast: int) -> np.ndarray:

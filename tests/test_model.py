@@ -20,6 +20,7 @@ from llmnas_transfer.model import (
     NormalStats,
     RunsData,
     accuracy_stats,
+    binomial_counts,
     forecast_n_generated,
     forecast_runs,
     forward_filter,
@@ -154,6 +155,24 @@ def test_sample_matches_exact_expectation():
         r = x[i::2]
         se = r.std(0) / np.sqrt(r.shape[0])
         assert np.all(np.abs(r.mean(0) - ev[i]) < 6 * se), (r.mean(0), ev[i], se)
+
+
+@pytest.mark.parametrize("n,p", [(20, 0.3), (20, 0.9), (500, 0.45), (3, 0.05)])
+def test_binomial_counts_moments(n, p):
+    """Mean within 5 SEs of n p and variance within 5 SEs of n p (1 - p); the same draws
+    under vmap over keys as one key at a time."""
+    keys = jax.random.split(jax.random.key(11), 4)
+    draws = jax.jit(jax.vmap(lambda k: binomial_counts(k, jnp.full((50_000,), float(n)),
+                                                       jnp.float32(p))))(keys)
+    one = binomial_counts(keys[2], jnp.full((50_000,), float(n)), jnp.float32(p))
+    np.testing.assert_array_equal(np.asarray(draws[2]), np.asarray(one))
+    x = np.asarray(draws, np.float64).ravel()
+    assert x.min() >= 0 and x.max() <= n and np.all(x == np.round(x))
+    mean, var = n * p, n * p * (1 - p)
+    assert abs(x.mean() - mean) < 5 * np.sqrt(var / x.size)
+    # sd of the sample variance: sqrt((mu4 - var^2) / size), mu4 of the binomial
+    mu4 = var * (1 + 3 * (n - 2) * p * (1 - p))
+    assert abs(x.var() - var) < 5 * np.sqrt((mu4 - var**2) / x.size)
 
 
 def test_forecast_without_data_is_the_prior_predictive():
