@@ -62,6 +62,7 @@ from llmnas_transfer.model import (
     forecast_n_generated,
     forecast_runs,
     params_from_sample,
+    prior_medians,
     runs_loglik,
     runs_model,
 )
@@ -360,13 +361,6 @@ def _needed(samples: dict) -> dict:
     return {k: jnp.asarray(v) for k, v in samples.items() if k in _NEEDED}
 
 
-#: where the mode search starts (prior medians of the scalar sites; the others start
-#: uniformly in [-2, 2] on the unconstrained scale)
-PRIOR_CENTRES = {
-    "kappa": 0.25, "state_noise": 0.1, "init_sd": 0.3, "validity_slope": 1.5,
-    "difficulty_sd": 0.2, "accuracy_sd": 0.2, "accuracy_slope": 0.3, "accuracy_noise": 0.4,
-    "novelty_intercept": 0.0, "novelty_slope": 0.0, "novelty_noise": 0.8,
-}
 
 
 class LaplaceStart(NamedTuple):
@@ -450,7 +444,7 @@ def laplace_start(key, prep: Prepared, chains: int, *, max_iter: int = 150) -> L
     info = initialize_model(k_model, runs_model, model_args=(data,),
                             model_kwargs={"spec": spec, "n_valid": data.n_valid,
                                           "deterministic": False},
-                            init_strategy=init_to_value(values=PRIOR_CENTRES))
+                            init_strategy=init_to_value(values=prior_medians()))
     _, unravel = ravel_pytree(info.param_info.z)
     x, fun, hess = jax.device_get(_laplace_solve(info.param_info.z, data, spec, max_iter))
     n = x.shape[0]
@@ -756,7 +750,7 @@ def _fit_svi(key, prep: Prepared, *, steps: int, lr: float, draws: int, batch: i
     # the posterior, which shrinks as 1/sqrt(runs) (Adam moves the scale by about the
     # learning rate per step, so a start 10x too wide costs hundreds of steps)
     init_scale = 0.1 * min(1.0, (SVI_SCALE_RUNS / n_runs) ** 0.5)
-    guide = guide_cls(runs_model, init_loc_fn=init_to_value(values=PRIOR_CENTRES),
+    guide = guide_cls(runs_model, init_loc_fn=init_to_value(values=prior_medians()),
                       init_scale=init_scale)
     latent_dim = None
     svi = SVI(runs_model, guide, optim, Trace_ELBO())

@@ -36,6 +36,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from functools import partial
@@ -726,6 +727,48 @@ def derived_quantities(raw: dict, spec: ModelSpec, full: bool = True) -> dict:
     return out
 
 
+#: priors of the scalar sites of :func:`runs_model` (kept in one place: the model samples
+#: them, and the mode search and the SVI guide start at their medians)
+SCALAR_PRIORS: dict[str, dist.Distribution] = {
+    "kappa": dist.Beta(2.0, 5.0),
+    "state_noise": dist.LogNormal(math.log(0.1), 0.5),
+    "init_sd": dist.LogNormal(math.log(0.3), 0.5),
+    "validity_slope": dist.Normal(1.5, 1.0),
+    "difficulty_sd": dist.LogNormal(math.log(0.2), 0.6),
+    "accuracy_sd": dist.LogNormal(math.log(0.2), 0.6),
+    "accuracy_slope": dist.Normal(0.3, 0.5),
+    "accuracy_noise": dist.LogNormal(math.log(0.4), 0.5),
+    "novelty_intercept": dist.Normal(0.0, 1.5),
+    "novelty_slope": dist.Normal(0.0, 1.0),
+    "novelty_noise": dist.LogNormal(math.log(0.8), 0.5),
+}
+
+
+@functools.cache
+def prior_medians() -> dict[str, float]:
+    """Medians of :data:`SCALAR_PRIORS` (closed form, or bisection on the Beta's CDF).
+
+    Example
+    -------
+    >>> m = prior_medians()
+    >>> round(m["state_noise"], 4), round(m["validity_slope"], 4), round(m["kappa"], 3)
+    (0.1, 1.5, 0.264)
+    """
+    out = {}
+    for name, d in SCALAR_PRIORS.items():
+        if isinstance(d, dist.LogNormal):
+            out[name] = math.exp(float(d.loc))
+        elif isinstance(d, dist.Normal):
+            out[name] = float(d.loc)
+        else:  # Beta
+            lo, hi = 0.0, 1.0
+            for _ in range(40):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if float(d.cdf(mid)) < 0.5 else (lo, mid)
+            out[name] = 0.5 * (lo + hi)
+    return out
+
+
 def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
                subsample_size: int | None = None, deterministic: bool = True) -> None:
     """The hierarchical model of observed runs (generative when ``n_valid`` is ``None``).
@@ -755,14 +798,12 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
     def site(name, d):
         raw[name] = numpyro.sample(name, d)
 
-    site("kappa", dist.Beta(2.0, 5.0))
-    site("state_noise", dist.LogNormal(math.log(0.1), 0.5))
-    site("init_sd", dist.LogNormal(math.log(0.3), 0.5))
-    site("validity_slope", dist.Normal(1.5, 1.0))
+    for name in ("kappa", "state_noise", "init_sd", "validity_slope"):
+        site(name, SCALAR_PRIORS[name])
     # validity offsets: D_d + C_k + G_{m(d), k}, D_d ~ N(w0 + features_d . w, tau_D)
     # (w0, w) ~ N(DIFFICULTY_PRIOR) are integrated out of the observed levels' prior and
     # drawn from their exact conditional (see level_marginal / level_regression)
-    site("difficulty_sd", dist.LogNormal(math.log(0.2), 0.6))
+    site("difficulty_sd", SCALAR_PRIORS["difficulty_sd"])
     raw.update(_sample_dataset_level("difficulty", "difficulty", DIFFICULTY_PRIOR,
                                      raw["difficulty_sd"], spec))
     if free_t:
@@ -774,19 +815,18 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
             site("interaction_free", dist.Normal(0.0, 0.5))
     # accuracy offsets: alpha_d + alpha_k, alpha_d ~ N(a0 + features_d . w_a, tau_a)
     if spec.has_accuracy:
-        site("accuracy_sd", dist.LogNormal(math.log(0.2), 0.6))
+        site("accuracy_sd", SCALAR_PRIORS["accuracy_sd"])
         raw.update(_sample_dataset_level("accuracy_level", "accuracy",
                                          ACCURACY_PRIOR, raw["accuracy_sd"], spec))
         if free_t:
             with numpyro.plate("free_task", len(free_t)):
                 site("task_accuracy_free", dist.Normal(0.0, 0.5))
-        site("accuracy_slope", dist.Normal(0.3, 0.5))
-        site("accuracy_noise", dist.LogNormal(math.log(0.4), 0.5))
+        site("accuracy_slope", SCALAR_PRIORS["accuracy_slope"])
+        site("accuracy_noise", SCALAR_PRIORS["accuracy_noise"])
     # novelty offsets: nu_{m(d)} + nu_k
     if spec.has_novelty:
-        site("novelty_intercept", dist.Normal(0.0, 1.5))
-        site("novelty_slope", dist.Normal(0.0, 1.0))
-        site("novelty_noise", dist.LogNormal(math.log(0.8), 0.5))
+        for name in ("novelty_intercept", "novelty_slope", "novelty_noise"):
+            site(name, SCALAR_PRIORS[name])
         if free_m:
             with numpyro.plate("free_modality", len(free_m)):
                 site("novelty_modality_free", dist.Normal(0.0, 0.5))

@@ -252,7 +252,8 @@ class Diagnostics:
         else:
             head = (
                 f"diagnostics (SVI, {s['steps']} steps): final loss {s['final_loss']:.1f}, "
-                f"relative change over the last 10% of steps {s['relative_change']:.2e}"
+                f"relative change over the last 10% of steps {s['relative_change']:.2e} "
+                f"({s.get('change_in_se', float('nan')):.1f} standard errors)"
             )
         lines = [head]
         lines += [f"warning: {w}" for w in self.warnings]
@@ -340,20 +341,24 @@ def diagnostics(dt: xr.DataTree, *, rhat_max: float = 1.01, ess_min: float | Non
                 "posterior may be poorly identified (check the pairs of correlated parameters)"
             )
     else:
-        loss = dt["optimization"].dataset["loss"].values
+        loss = np.asarray(dt["optimization"].dataset["loss"].values, np.float64)
         n = len(loss)
         w = max(n // 10, 1)
-        last, prev = float(np.mean(loss[-w:])), float(np.mean(loss[-2 * w:-w] if n >= 2 * w
-                                                               else loss[:w]))
+        tail, before = loss[-w:], (loss[-2 * w:-w] if n >= 2 * w else loss[:w])
+        last, prev = float(np.mean(tail)), float(np.mean(before))
         rel = abs(prev - last) / max(abs(last), 1.0)
-        stats = {"steps": n, "final_loss": last, "relative_change": rel, "draws": draws,
-                 "chains": chains}
+        # the loss of a mini-batch step is noisy: a change within 3 standard errors of
+        # the difference of the two window means is noise, not a trend
+        se = float(np.sqrt(np.var(tail) / len(tail) + np.var(before) / len(before)))
+        z = abs(prev - last) / se if se > 0 else (np.inf if prev != last else 0.0)
+        stats = {"steps": n, "final_loss": last, "relative_change": rel,
+                 "change_in_se": float(z), "draws": draws, "chains": chains}
         if not np.isfinite(last):
             warnings.append("the SVI loss is not finite: lower --svi-learning-rate")
-        elif rel > tolerance:
+        elif rel > tolerance and z > 3.0:
             warnings.append(
-                f"the SVI loss still changes by {rel:.1e} (relative) over the last 10% of "
-                f"steps: not converged; increase --svi-steps"
+                f"the SVI loss still changes by {rel:.1e} (relative; {z:.1f} standard "
+                f"errors) over the last 10% of steps: not converged; increase --svi-steps"
             )
         warnings_svi = ("SVI intervals come from a Gaussian approximation; check key "
                         "results with --method nuts when the data allow")

@@ -15,6 +15,7 @@ from scipy import stats
 from llmnas_transfer import registry
 from llmnas_transfer.expectation import expected
 from llmnas_transfer.model import (
+    SCALAR_PRIORS,
     MarginalRuns,
     ModelSpec,
     NormalStats,
@@ -26,6 +27,7 @@ from llmnas_transfer.model import (
     forward_filter,
     logit_accuracy_loglik,
     normal_stats_loglik,
+    prior_medians,
     runs_loglik,
     runs_model,
     state_grid,
@@ -155,6 +157,14 @@ def test_sample_matches_exact_expectation():
         r = x[i::2]
         se = r.std(0) / np.sqrt(r.shape[0])
         assert np.all(np.abs(r.mean(0) - ev[i]) < 6 * se), (r.mean(0), ev[i], se)
+
+
+def test_prior_medians_are_medians():
+    """Each start value of the mode search is its prior's median: CDF 0.5 to 1e-6."""
+    med = prior_medians()
+    assert set(med) == set(SCALAR_PRIORS)
+    for name, d in SCALAR_PRIORS.items():
+        assert abs(float(d.cdf(med[name])) - 0.5) < 1e-6, name
 
 
 @pytest.mark.parametrize("n,p", [(20, 0.3), (20, 0.9), (500, 0.45), (3, 0.05)])

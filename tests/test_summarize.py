@@ -110,6 +110,32 @@ def test_diagnostics_flag_problems():
     assert "r_hat" in text and "3 divergent" in text and "--target-accept" in text
 
 
+def _svi_tree(loss):
+    rng = np.random.default_rng(1)
+    dt = xr.DataTree.from_dict({
+        "posterior": xr.Dataset({"kappa": (("chain", "draw"), rng.normal(size=(1, 200)))}),
+        "optimization": xr.Dataset({"loss": (("step",), np.asarray(loss, np.float64))})})
+    dt.attrs["inference"] = "svi"
+    return dt
+
+
+def test_svi_convergence_rule():
+    """A flat but noisy mini-batch loss is converged even when its relative change is
+    above the tolerance; a steady trend, or any change without noise, is not."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(2000)
+    flat = -3.4e6 + 3e4 * rng.normal(size=2000)  # window means differ by ~1e3 (~3e-4)
+    d = diagnostics(_svi_tree(flat), tolerance=1e-5)
+    assert d.stats["relative_change"] > 1e-5 and d.stats["change_in_se"] < 3, d.stats
+    assert d.ok, d.text()
+    trend = -3.4e6 - 200.0 * steps + 3e4 * rng.normal(size=2000)  # 4e4 per window, ~10 SE
+    d = diagnostics(_svi_tree(trend), tolerance=1e-3)
+    assert not d.ok and "increase --svi-steps" in d.text(), d.stats
+    exact = -3.4e6 - 10.0 * steps  # no noise: the relative change decides
+    assert not diagnostics(_svi_tree(exact), tolerance=1e-4).ok
+    assert diagnostics(_svi_tree(exact), tolerance=1e-2).ok
+
+
 def test_diagnostics_of_small_fit(small_fit):
     _, dt = small_fit
     d = diagnostics(dt)
