@@ -178,6 +178,7 @@ def main(argv=None) -> int:
             "seconds_total_with_postprocessing": round(sinfo["seconds_total"], 2),
             "final_loss": float(np.mean(loss[-max(len(loss) // 10, 1):])),
             "relative_change_last_10pct": sd.stats["relative_change"],
+            "change_in_standard_errors": round(sd.stats["change_in_se"], 2),
             "converged": sd.ok, "load_avg_before": load_before, "load_avg_after": _load(),
             "dynamics": comp,
         }
