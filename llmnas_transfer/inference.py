@@ -555,7 +555,7 @@ def fit_runs(
         a long warmup: a dense metric estimated from a few hundred draws is worse than
         the Laplace one).
     svi_steps, svi_learning_rate, svi_batch : SVI optimisation settings (``svi_batch``
-        runs per step; default all runs up to 4096).
+        runs per step; default all runs up to 2048, else random mini-batches of 2048).
     prior_draws : prior (and prior predictive) draws stored with the fit.
     grid_size : grid points of the marginalised state.
     max_pointwise : bound on draws x (run, iteration) cells for the per-run groups
