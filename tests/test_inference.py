@@ -135,6 +135,61 @@ def test_same_seed_same_numbers():
         xr.testing.assert_equal(a[g].dataset, b[g].dataset)
 
 
+def _tiny_runs():
+    sim = simulate(4, datasets="cifar-10", tasks="classification", num_trials=4,
+                   num_iterations=4, num_candidates=10, per_candidate=True, bins=0)
+    return runs_from_simulation(sim, novelty=False)
+
+
+def test_laplace_start_is_the_mode():
+    """The mode search ends at a point where the potential's gradient vanishes and the
+    Hessian is positive definite; its inverse is the dense metric, its diagonal the
+    diagonal one; a failed approximation gives no metric (NUTS then adapts one)."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import potential_energy
+
+    from llmnas_transfer.inference import LaplaceStart, laplace_start
+    from llmnas_transfer.model import runs_model
+
+    prep = prepare(_tiny_runs())
+    start = laplace_start(jax.random.key(0), prep, 2)
+    assert start.converged
+    x, unravel = ravel_pytree(start.mode)
+    kw = {"spec": prep.spec, "n_valid": prep.data.n_valid, "deterministic": False}
+    grad = jax.grad(lambda v: potential_energy(runs_model, (prep.data,), kw, unravel(v)))(x)
+    # |gradient| small against the curvature: a Newton step from the mode is tiny
+    step = np.linalg.solve(np.linalg.inv(start.cov), np.asarray(grad, np.float64))
+    assert np.max(np.abs(step) / np.sqrt(np.diag(start.cov))) < 0.05, step
+    assert np.all(np.linalg.eigvalsh(start.cov) > 0)
+    assert all(v.shape[0] == 2 for v in start.init_params.values())
+    dense = start.inverse_mass_matrix(True)
+    np.testing.assert_allclose(np.asarray(next(iter(dense.values()))), start.cov, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(start.inverse_mass_matrix(False)),
+                               np.diag(start.cov), rtol=1e-6)
+    failed = LaplaceStart(start.mode, np.eye(len(x)), start.init_params, False, np.nan)
+    assert failed.inverse_mass_matrix(True) is None
+
+
+def test_metric_fallback_and_adapted_metric(monkeypatch):
+    """adapt_metric=True adapts the metric; so does the default when the Laplace
+    approximation failed (a non-positive-definite Hessian)."""
+    import llmnas_transfer.inference as inf
+
+    runs = _tiny_runs()
+    kw = dict(chains=1, draws=40, warmup=60, prior_draws=5, seed=1)
+    assert fit_runs(runs, **kw).attrs["metric"] == "laplace"
+    assert fit_runs(runs, adapt_metric=True, **kw).attrs["metric"] == "adapted"
+    real = inf.laplace_start
+
+    def failing(*a, **k):
+        return real(*a, **k)._replace(converged=False)
+
+    monkeypatch.setattr(inf, "laplace_start", failing)
+    dt = fit_runs(runs, **kw)
+    assert dt.attrs["metric"] == "adapted"
+    assert np.isfinite(dt["posterior"].dataset["kappa"].values).all()
+
+
 def test_prepare_levels_and_notices():
     df = pd.DataFrame({"dataset": ["my-audio"] * 2 + ["cifar-10"] * 2,
                        "task": ["captioning"] * 2 + ["classification"] * 2, "trial": 1,
