@@ -110,16 +110,17 @@ def main(argv=None) -> int:
     # --------------------------------------------------------------- NUTS (NumPyro)
     info0: dict = {}
     t = time.perf_counter()
-    ta = {"target_accept": args.target_accept}
     fit_runs(runs, chains=args.chains, warmup=2, draws=2, seed=args.seed, prior_draws=2,
-             info=info0, dense_mass=args.dense_mass, **ta)
+             info=info0, dense_mass=args.dense_mass,
+             target_accept=args.target_accept)
     compile_s = info0["seconds_sampling"]
     print(f"numpyro first call (compile + 4 iterations): {compile_s:.1f} s "
           f"({time.perf_counter() - t:.1f} s with post-processing)")
     info: dict = {}
     load_before = _load()
     dt = fit_runs(runs, chains=args.chains, warmup=args.warmup, draws=args.draws,
-                  seed=args.seed, prior_draws=100, info=info, dense_mass=args.dense_mass, **ta)
+                  seed=args.seed, prior_draws=100, info=info, dense_mass=args.dense_mass,
+                  target_accept=args.target_accept)
     d = diagnostics(dt)
     wall = info["seconds_sampling"]
     ss = dt["sample_stats"].dataset

@@ -361,8 +361,6 @@ def _needed(samples: dict) -> dict:
     return {k: jnp.asarray(v) for k, v in samples.items() if k in _NEEDED}
 
 
-
-
 class LaplaceStart(NamedTuple):
     """Starting points and initial metric of NUTS from a Laplace approximation.
 

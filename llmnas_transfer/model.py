@@ -36,10 +36,9 @@ True
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from typing import NamedTuple
 
 import jax
@@ -62,6 +61,7 @@ from llmnas_transfer.dynamics import (
 from llmnas_transfer.expectation import expected
 from llmnas_transfer.metrics import gap_components
 from llmnas_transfer.params import FEATURE_NAMES, DynamicsParams, SettingEffects
+from llmnas_transfer.sufficient import binomial
 
 _LOG_2PI = math.log(2.0 * math.pi)
 # jitted so that eager runs of the model (initialisation, ArviZ's trace) compile it once
@@ -495,8 +495,6 @@ def binomial_counts(key: PRNGKey, n: Array, p: Array) -> Array:
     >>> k.shape, k.dtype, bool(((k >= 0) & (k <= 20)).all())
     ((2, 3), dtype('float32'), True)
     """
-    from llmnas_transfer.sufficient import binomial
-
     shape = jnp.broadcast_shapes(jnp.shape(n), jnp.shape(p))
     k0, k1 = key_words(key)
     stream = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
@@ -744,7 +742,25 @@ SCALAR_PRIORS: dict[str, dist.Distribution] = {
 }
 
 
-@functools.cache
+@cache
+def _prior_medians() -> tuple[tuple[str, float], ...]:
+    out = []
+    for name, d in SCALAR_PRIORS.items():
+        if isinstance(d, dist.LogNormal):
+            out.append((name, math.exp(float(d.loc))))
+        elif isinstance(d, dist.Normal):
+            out.append((name, float(d.loc)))
+        elif isinstance(d, dist.Beta):  # no closed form: bisection on the CDF
+            lo, hi = 0.0, 1.0
+            for _ in range(40):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if float(d.cdf(mid)) < 0.5 else (lo, mid)
+            out.append((name, 0.5 * (lo + hi)))
+        else:
+            raise TypeError(f"no median rule for the prior of {name}: {type(d).__name__}")
+    return tuple(out)
+
+
 def prior_medians() -> dict[str, float]:
     """Medians of :data:`SCALAR_PRIORS` (closed form, or bisection on the Beta's CDF).
 
@@ -754,19 +770,7 @@ def prior_medians() -> dict[str, float]:
     >>> round(m["state_noise"], 4), round(m["validity_slope"], 4), round(m["kappa"], 3)
     (0.1, 1.5, 0.264)
     """
-    out = {}
-    for name, d in SCALAR_PRIORS.items():
-        if isinstance(d, dist.LogNormal):
-            out[name] = math.exp(float(d.loc))
-        elif isinstance(d, dist.Normal):
-            out[name] = float(d.loc)
-        else:  # Beta
-            lo, hi = 0.0, 1.0
-            for _ in range(40):
-                mid = 0.5 * (lo + hi)
-                lo, hi = (mid, hi) if float(d.cdf(mid)) < 0.5 else (lo, mid)
-            out[name] = 0.5 * (lo + hi)
-    return out
+    return dict(_prior_medians())  # a fresh dict: callers may change it
 
 
 def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
