@@ -39,7 +39,7 @@ def reduced_fit():
     parameters; fit the first 8 iterations and forecast the last 2."""
     sim = simulate(11, per_candidate=True, bins=0, **REDUCED)
     runs = runs_from_simulation(sim.isel(iteration=slice(0, -HOLD_OUT)), novelty=False)
-    dt = fit_runs(runs, chains=2, draws=500, warmup=500, seed=1, forecast=HOLD_OUT,
+    dt = fit_runs(runs, chains=2, draws=800, warmup=500, seed=1, forecast=HOLD_OUT,
                   prior_draws=100)
     return sim, runs, dt
 
