@@ -315,7 +315,8 @@ def logitnormal_hist(k0, k1, stream, n: Array, mu: Array, sigma: Array, bins: in
     one binomial splits ``n`` into the draws at or above the lower edge of ``c`` and those
     below it; then an upward chain (``c, c+1, ...``: bin ``b`` gets
     ``Binomial(rest, pi_b / P(X >= b/bins))``) and a downward chain (``c-1, c-2, ...``)
-    run side by side until every lane has at most ``tail_draws`` draws left in each chain.
+    run side by side; each chain stops at its first step with at most ``tail_draws`` draws
+    left (per lane, so a lane's counts do not depend on the other lanes of the batch).
     Those last draws are made one by one from the normal truncated to the bins not yet
     visited (inverse CDF) and binned like the per-candidate path bins, which is exact too.
 
@@ -356,13 +357,17 @@ def logitnormal_hist(k0, k1, stream, n: Array, mu: Array, sigma: Array, bins: in
     split_p = ndtr(-zedge(c2, mu2, sig2))  # P(X >= lower edge of the centre bin)
 
     def cond(c):
-        j, rest, _ = c
+        j, rest, _, _ = c
         return (j < 0) | ((j < bins) & jnp.any(rest > tail_draws))
 
     def body(c):
         # step -1 splits n between the chains (up lane; the down lane holds 0 draws);
-        # step j >= 0 draws bin centre + j (up) and centre - 1 - j (down)
-        j, rest, counts = c
+        # step j >= 0 draws bin centre + j (up) and centre - 1 - j (down). A chain stops
+        # for good at the first step with at most tail_draws draws left, whatever the
+        # other lanes do: its numbers never depend on the batch it is drawn in.
+        j, rest, counts, steps = c
+        done = (j >= 0) & (rest <= tail_draws)  # rest never grows: done stays done
+        steps = jnp.where(done, steps, j + 1)
         b = jnp.where(up, c2 + j, c2 - 1 - j)
         lo, hi = zedge(b, mu2, sig2), zedge(b + 1, mu2, sig2)
         # up: pi_b / P(X >= lower edge) = (S(lo) - S(hi)) / S(lo), S(x) = ndtr(-x);
@@ -374,12 +379,15 @@ def logitnormal_hist(k0, k1, stream, n: Array, mu: Array, sigma: Array, bins: in
         pc = jnp.where((b < 0) | (b >= bins) | ~jnp.isfinite(pc), 1.0, jnp.clip(pc, 0.0, 1.0))
         pc = jnp.where(j < 0, split_p, pc)
         nb = binomial(kk0, kk1, base + 2 * (j + 1).astype(jnp.uint32), rest, pc)
+        nb = jnp.where(done, 0, nb)
         counts = jax.lax.dynamic_update_index_in_dim(counts, nb, j + 1, 0)
         rest = jnp.where(j < 0, jnp.stack([nb[0], rest[0] - nb[0]]), rest - nb)
-        return j + 1, rest, counts
+        return j + 1, rest, counts, steps
 
     counts = jnp.zeros((bins + 1, 2) + shape, jnp.int32)  # slot 0: the split step
-    j_end, rest, counts = jax.lax.while_loop(cond, body, (jnp.int32(-1), rest0, counts))
+    steps0 = jnp.zeros((2,) + shape, jnp.int32)  # chain steps made, per lane and chain
+    _, rest, counts, j_end = jax.lax.while_loop(
+        cond, body, (jnp.int32(-1), rest0, counts, steps0))
     counts = counts[1:]
     bidx = jnp.broadcast_to(jnp.arange(bins, dtype=jnp.int32).reshape(
         (bins,) + (1,) * len(shape)), (bins,) + shape)

@@ -170,6 +170,20 @@ def test_histogram_is_exact_multinomial(hist_draws, case):
     assert stats.chi2.sf(chi2, max(keep.sum() - 1, 1)) > 1e-4
 
 
+def test_histogram_lane_does_not_depend_on_batch(hist_draws):
+    """Each lane's counts are the same drawn alone as in the batch of 80 000 lanes with
+    very different chain lengths (every case; the first 3 lanes of each)."""
+    k0, k1 = _lanes(4, len(HIST_CASES) * HLANES)
+    for c, (n, mu, sd) in enumerate(HIST_CASES):
+        for i in range(3):
+            lane = c * HLANES + i
+            one = sf.logitnormal_hist(k0[lane:lane + 1], k1[lane:lane + 1], 9,
+                                      jnp.asarray([n], jnp.int32),
+                                      jnp.asarray([mu], jnp.float32),
+                                      jnp.asarray([sd], jnp.float32), BINS)
+            np.testing.assert_array_equal(np.asarray(one)[0], hist_draws[c, i])
+
+
 # ----------------------------------------------------------------------------- moments
 @pytest.mark.parametrize("mu,sd,tol", [(-1.0, 0.41, 1e-5), (0.3, 0.8, 1e-5), (-4.0, 1.0, 1e-4),
                                        (3.0, 0.1, 1e-5), (0.0, 1.5, 3e-3)])
