@@ -358,6 +358,7 @@ def sbc(
     biased = {s: np.zeros(num_replicates) for s in sites}
     divergences = np.zeros(num_replicates, np.int64)
     laplace = np.zeros(num_replicates, bool)
+    u_all = np.asarray(jax.random.uniform(k_pit, (num_replicates, 2, len(sites))))
     for r in range(num_replicates):
         draw = {k: v[r] for k, v in prior.items() if k != "n_valid"}
         defaults = defaults_from_draw(draw, spec)
@@ -378,12 +379,12 @@ def sbc(
             samplers[cache_key] = _sbc_sampler(
                 prep.spec, prep.data, warmup=warmup, draws=draws, chains=chains,
                 target_accept=target_accept, adapt_metric=adapt)
-        cov = start.cov if start.converged else np.eye(start.cov.shape[0])
+        # start.cov is the identity where the Hessian failed (the metric is adapted then)
         post, div = jax.device_get(samplers[cache_key](
-            k_run, prep.data, init, jnp.asarray(cov, jnp.float32)))
+            k_run, prep.data, init, jnp.asarray(start.cov, jnp.float32)))
         post = {**post, **deterministic_sites(post, prep.spec)}
         divergences[r], laplace[r] = int(np.sum(div)), start.converged
-        u = np.asarray(jax.random.uniform(jax.random.fold_in(k_pit, r), (2, len(sites))))
+        u = u_all[r]
         for j, s in enumerate(sites):
             x = np.asarray(post[s], np.float64)
             truth = float(draw[s])

@@ -390,7 +390,7 @@ class LaplaceStart(NamedTuple):
 def _laplace_solve(z0s: dict, data: RunsData, spec: ModelSpec, max_iter: int):
     """L-BFGS on the potential from each start (leading axis of ``z0s``, vmapped), then
     the Hessian at the best end point. Compiled once per data shape and spec, not once
-    per fit. Returns ``(x, potential(x), hessian, end potentials of every start)``."""
+    per fit. Returns ``(x, potential(x), hessian)``."""
     import optax
     from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import potential_energy
@@ -418,7 +418,7 @@ def _laplace_solve(z0s: dict, data: RunsData, spec: ModelSpec, max_iter: int):
     xs, funs = jax.vmap(solve)(x0s)
     best = jnp.argmin(jnp.where(jnp.isfinite(funs), funs, jnp.inf))
     x = xs[best]
-    return x, funs[best], jax.hessian(potential)(x), funs
+    return x, funs[best], jax.hessian(potential)(x)
 
 
 def laplace_start(key, prep: Prepared, chains: int, *, max_iter: int = 150,
@@ -474,7 +474,7 @@ def laplace_start(key, prep: Prepared, chains: int, *, max_iter: int = 150,
                                    v.dtype, -2.0, 2.0)
             starts[name] = u.at[0].set(0.0)
     _, unravel = ravel_pytree(z)
-    x, fun, hess, _ = jax.device_get(_laplace_solve(starts, data, spec, max_iter))
+    x, fun, hess = jax.device_get(_laplace_solve(starts, data, spec, max_iter))
     n = x.shape[0]
     hess = 0.5 * (np.asarray(hess, np.float64) + np.asarray(hess, np.float64).T)
     ok = bool(np.all(np.isfinite(hess)) and np.isfinite(fun))

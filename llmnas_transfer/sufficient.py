@@ -386,7 +386,7 @@ def logitnormal_hist(k0, k1, stream, n: Array, mu: Array, sigma: Array, bins: in
 
     counts = jnp.zeros((bins + 1, 2) + shape, jnp.int32)  # slot 0: the split step
     steps0 = jnp.zeros((2,) + shape, jnp.int32)  # chain steps made, per lane and chain
-    _, rest, counts, j_end = jax.lax.while_loop(
+    _, rest, counts, steps = jax.lax.while_loop(
         cond, body, (jnp.int32(-1), rest0, counts, steps0))
     counts = counts[1:]
     bidx = jnp.broadcast_to(jnp.arange(bins, dtype=jnp.int32).reshape(
@@ -400,7 +400,7 @@ def logitnormal_hist(k0, k1, stream, n: Array, mu: Array, sigma: Array, bins: in
     # the last <= tail_draws draws of each chain, one by one from the normal truncated to
     # the bins the chain has not visited (inverse CDF); draw t of a chain reads the first
     # word of block (stream + 2 bins + 2 + chain, t)
-    first = jnp.where(up, c2 + j_end, c2 - 1 - j_end)  # first bin not visited
+    first = jnp.where(up, c2 + steps, c2 - 1 - steps)  # first bin not visited
     mass = jnp.where(up, ndtr(-zedge(first, mu2, sig2)), ndtr(zedge(first + 1, mu2, sig2)))
     sgn = jnp.where(up, -1.0, 1.0)
     tail_stream = base + jnp.uint32(2 * bins + 2)
