@@ -9,6 +9,8 @@ Everything here reads the :class:`xarray.DataTree` written by
 * :func:`trajectory` - observed and forecast pooled validity rates per setting.
 * :func:`diagnostics` - r_hat, bulk/tail ESS, divergences (NUTS) or ELBO convergence (SVI).
 * :func:`check` - posterior predictive checks, trace, forest and energy plots, LOO.
+* :func:`plot_sbc` - PIT ECDF plot of :func:`llmnas_transfer.calibration.sbc`, with a
+  simultaneous band (:func:`ecdf_band`).
 
 Example
 -------
@@ -456,6 +458,93 @@ def _ppc_rates_figure(dt: xr.DataTree, ci: float):
     axes[0, 0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Posterior predictive check: pooled validity rate of the observed runs")
     fig.tight_layout()
+    return fig
+
+
+def ecdf_band(n: int, prob: float = 0.95, *, num_points: int = 99,
+              num_sims: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Simultaneous band for the ECDF of ``n`` uniform values (Säilynoja et al. 2022).
+
+    At ``z_j = j / (num_points + 1)`` the count of values below ``z_j`` is
+    Binomial(n, z_j). The band is the pointwise central binomial interval at a level
+    ``gamma`` chosen by simulation so that the ECDF of ``n`` uniforms lies inside it at
+    every ``z_j`` with probability ``prob``.
+
+    Returns ``(z, lower, upper)``: the grid and the band of the ECDF (fractions).
+
+    Example
+    -------
+    >>> z, lo, hi = ecdf_band(100)
+    >>> bool(np.all(lo <= z) and np.all(z <= hi)), z.shape
+    (True, (99,))
+    """
+    from scipy import stats
+
+    if not 0.0 < prob < 1.0:
+        raise UserInputError(f"prob must lie in (0, 1), got {prob}")
+    z = np.arange(1, num_points + 1) / (num_points + 1)
+    rng = np.random.default_rng(seed)
+    u = np.sort(rng.random((num_sims, n)), axis=1)
+    counts = np.stack([np.searchsorted(row, z) for row in u])  # (sims, points)
+    # two-sided tail probability of each count under Binomial(n, z)
+    tail = np.minimum(stats.binom.cdf(counts, n, z), stats.binom.sf(counts - 1, n, z))
+    gamma = float(np.quantile(2.0 * tail.min(axis=1), 1.0 - prob))
+    lo = stats.binom.ppf(gamma / 2.0, n, z) / n
+    hi = stats.binom.ppf(1.0 - gamma / 2.0, n, z) / n
+    return z, lo, hi
+
+
+def plot_sbc(dt: xr.DataTree, *, group: str = "prior_sbc", prob: float = 0.95,
+             pvalues: dict[str, float] | None = None):
+    """PIT ECDF difference plot of simulation-based calibration, one panel a parameter.
+
+    ``dt`` is the output of :func:`llmnas_transfer.calibration.sbc`. Each panel shows
+    ``ECDF(PIT) - PIT`` over the replicates with the simultaneous ``prob`` band of a
+    calibrated fit (:func:`ecdf_band`); ``pvalues`` (e.g. ArviZ's uniformity test,
+    :func:`llmnas_transfer.calibration.uniformity_pvalues`) are written in the panels.
+    A curve above the band at small PIT means the truth falls below the posterior too
+    often (the posterior is too high); an S shape means too narrow a posterior.
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> import arviz as az
+    >>> dt = az.from_dict({"prior_sbc": {"a": rng.random((1, 50)), "b": rng.random((1, 50))}})
+    >>> fig = plot_sbc(dt)
+    >>> [ax.get_title() for ax in fig.axes], fig.axes[0].get_xlabel()
+    (['a', 'b'], 'PIT of the true value')
+    """
+    from matplotlib.figure import Figure
+
+    ds = dt[group].dataset
+    names = list(ds.data_vars)
+    n_par = len(names)
+    ncol = min(4, n_par)
+    nrow = math.ceil(n_par / ncol)
+    fig = Figure(figsize=(3.1 * ncol, 2.6 * nrow + 0.4), layout="constrained")
+    axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
+    n = int(np.asarray(ds[names[0]].values).size) if names else 0
+    z, lo, hi = ecdf_band(n, prob)  # every variable has one PIT a replicate
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        pit = np.sort(np.asarray(ds[name].values, np.float64).ravel())
+        ax.fill_between(z, lo - z, hi - z, color="0.85", step="mid",
+                        label=f"{prob:.0%} simultaneous band")
+        grid = np.linspace(0.0, 1.0, 401)
+        ax.step(grid, np.searchsorted(pit, grid, side="right") / n - grid, where="post",
+                lw=1.3, label="ECDF - uniform")
+        ax.axhline(0.0, color="k", lw=0.6)
+        ax.set_title(name, fontsize=9)
+        if pvalues is not None and name in pvalues:
+            ax.text(0.97, 0.05, f"p = {pvalues[name]:.3g}", transform=ax.transAxes,
+                    ha="right", va="bottom", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("PIT of the true value")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("ECDF difference")
+    for ax in axes.ravel()[n_par:]:
+        ax.set_visible(False)
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Simulation-based calibration: {n} replicates ({group})", fontsize=10)
     return fig
 
 
