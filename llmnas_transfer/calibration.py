@@ -234,10 +234,10 @@ def rank_pit(draws: np.ndarray, truth: float, u: float) -> float:
     """
     from arviz_stats.base import array_stats
 
-    draws = np.asarray(draws, np.float64)
-    flat = draws.reshape(-1)
-    ess = float(array_stats.ess(draws.reshape((-1,) + draws.shape[-1:]) if draws.ndim > 1
-                                else draws[None], chain_axis=-2, draw_axis=-1))
+    chains = np.atleast_2d(np.asarray(draws, np.float64))
+    chains = chains.reshape(-1, chains.shape[-1])  # (chain, draw); 1-d input is one chain
+    flat = chains.reshape(-1)
+    ess = float(array_stats.ess(chains, chain_axis=-2, draw_axis=-1))
     keep = int(np.clip(np.floor(ess if np.isfinite(ess) else flat.size), 1, flat.size))
     # chain-major flattening; even steps so every chain contributes
     thinned = flat[np.linspace(0, flat.size - 1, keep).round().astype(int)]
