@@ -3,14 +3,14 @@
 This is what a researcher would write without JAX: one ``numpy.random.Generator``, float64,
 a Python loop over refinement iterations, and every (setting, trial, candidate) of an
 iteration drawn in one vectorised call. It computes the same per-(trial, iteration)
-summaries as :func:`llmnas_transfer.simulate` (validity counts, accuracy and novelty sums
+summaries as :func:`llmnas_transfer.sim.candidates` (validity counts, accuracy and novelty sums
 and sums of squares over valid candidates, fixed-bin histograms) and, if asked, the
 per-candidate values. It uses different random streams, so it agrees with the library in
 distribution, not draw for draw; ``benchmarks/bench_simulate.py`` checks the agreement.
 
 Example
 -------
->>> from llmnas_transfer.params import load_defaults
+>>> from llmnas_transfer.sim.params import load_defaults
 >>> d = load_defaults()
 >>> out = simulate_numpy(0, d, ["cifar-10"], ["classification"], num_trials=3,
 ...                      num_iterations=2, num_candidates=4)
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmnas_transfer.params import ModelDefaults
+from llmnas_transfer.sim.params import ModelDefaults
 
 
 def _expit(x: np.ndarray) -> np.ndarray:

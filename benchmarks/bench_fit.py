@@ -80,9 +80,9 @@ def main(argv=None) -> int:
     import numpyro
 
     from llmnas_transfer import simulate
-    from llmnas_transfer.inference import fit_runs, prepare
-    from llmnas_transfer.runs_io import runs_from_simulation
-    from llmnas_transfer.summarize import diagnostics
+    from llmnas_transfer.fit.inference import fit_runs, prepare
+    from llmnas_transfer.io.runs import runs_from_simulation
+    from llmnas_transfer.summarize.posterior import diagnostics
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
         loss = sdt["optimization"].dataset["loss"].values
         # compare the SVI posterior means of the dynamics with the NUTS ones (paper size)
         # and with the true values the data were simulated at (z = error / SVI sd)
-        from llmnas_transfer.params import load_defaults
+        from llmnas_transfer.sim.params import load_defaults
 
         truth = load_defaults().dynamics_params()
         comp = {}
@@ -212,10 +212,10 @@ def _grid_check(args) -> int:
     import jax.numpy as jnp
 
     from llmnas_transfer import simulate
-    from llmnas_transfer.inference import prepare
-    from llmnas_transfer.model import runs_loglik
-    from llmnas_transfer.params import load_defaults
-    from llmnas_transfer.runs_io import runs_from_simulation
+    from llmnas_transfer.fit.inference import prepare
+    from llmnas_transfer.fit.model import runs_loglik
+    from llmnas_transfer.io.runs import runs_from_simulation
+    from llmnas_transfer.sim.params import load_defaults
 
     sim = simulate(args.seed, num_trials=15, num_iterations=10, num_candidates=20,
                    per_candidate=True, bins=0)
@@ -236,7 +236,7 @@ def _grid_check(args) -> int:
 
 
 def _pymc(prep, args) -> dict:
-    """The model of :mod:`llmnas_transfer.model` (validity + accuracy, state marginalised
+    """The model of :mod:`llmnas_transfer.fit.model` (validity + accuracy, state marginalised
     on the same grid with the same forward algorithm) in PyMC, sampled with PyMC's NUTS."""
     import arviz as az
     import numpy as np
@@ -245,7 +245,7 @@ def _pymc(prep, args) -> dict:
     import pytensor.tensor as pt
     from scipy.special import gammaln
 
-    from llmnas_transfer.model import ACCURACY_PRIOR, DIFFICULTY_PRIOR
+    from llmnas_transfer.fit.model import ACCURACY_PRIOR, DIFFICULTY_PRIOR
 
     spec, data = prep.spec, prep.data
     nd, nk, T, G, W = len(spec.datasets), len(spec.tasks), spec.num_iterations, \
@@ -271,7 +271,7 @@ def _pymc(prep, args) -> dict:
         design = np.concatenate([np.ones((nd, 1)), feats], axis=1)
 
         def level(name, prefix, prior, tau):
-            # the regression integrated out (as in llmnas_transfer.model.level_marginal)
+            # the regression integrated out (as in llmnas_transfer.fit.model.level_marginal)
             m0, s0 = (np.asarray(a, np.float64) for a in prior)
             xo = design[obs_d]
             cov = (xo * s0**2) @ xo.T + tau**2 * np.eye(len(obs_d))

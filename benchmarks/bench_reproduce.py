@@ -11,7 +11,7 @@ Measured here, in this order:
    the same session, so the ratio ``cold / baseline`` prices the check.
 3. ``stages`` (fresh process): import time; ahead-of-time compile time of the two
    simulator kernels (``simulate_chunk.lower(...).compile()``, the paper shape and the
-   check shape); then :func:`llmnas_transfer.reproduce.run_study` twice in one process:
+   check shape); then :func:`llmnas_transfer.study.reproduce.run_study` twice in one process:
    the difference first - second is what compilation and first-call warm-up cost end to
    end.
 
@@ -60,9 +60,10 @@ def _stages() -> dict:
     import numpy as np
 
     import llmnas_transfer  # noqa: F401
-    from llmnas_transfer import registry, reproduce
-    from llmnas_transfer.params import load_defaults
-    from llmnas_transfer.simulate import simulate_chunk
+    from llmnas_transfer.sim import registry
+    from llmnas_transfer.sim.candidates import simulate_chunk
+    from llmnas_transfer.sim.params import load_defaults
+    from llmnas_transfer.study import reproduce
 
     t_import = time.perf_counter() - t0
     d = load_defaults()

@@ -48,9 +48,9 @@ def _point(path: str, trials: int, iterations: int, candidates: int, repeats: in
     import jax.numpy as jnp
     import numpy as np
 
-    from llmnas_transfer import registry
-    from llmnas_transfer.params import load_defaults
-    from llmnas_transfer.simulate import simulate_chunk
+    from llmnas_transfer.sim import registry
+    from llmnas_transfer.sim.candidates import simulate_chunk
+    from llmnas_transfer.sim.params import load_defaults
 
     d = load_defaults()
     eff = d.effects(["cifar-10"], ["classification"])

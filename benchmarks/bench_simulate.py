@@ -61,7 +61,7 @@ def _setting(defaults, datasets, tasks):
     import jax.numpy as jnp
     import numpy as np
 
-    from llmnas_transfer import registry
+    from llmnas_transfer.sim import registry
 
     eff = defaults.effects(datasets, tasks)
     sids = jnp.asarray(np.array([registry.setting_id(d, t) for d in datasets for t in tasks],
@@ -113,7 +113,7 @@ def numpy_candidates(quick):
     import numpy as np
     from baseline_numpy import simulate_numpy
 
-    from llmnas_transfer.params import load_defaults
+    from llmnas_transfer.sim.params import load_defaults
 
     d = load_defaults()
     R, T, N = _pc_trials(quick), PC["T"], PC["N"]
@@ -136,8 +136,8 @@ def jax_candidates(quick):
     import jax
     import numpy as np
 
-    from llmnas_transfer.params import load_defaults
-    from llmnas_transfer.simulate import simulate_chunk
+    from llmnas_transfer.sim.candidates import simulate_chunk
+    from llmnas_transfer.sim.params import load_defaults
 
     d = load_defaults()
     R, T, N, C = _pc_trials(quick), PC["T"], PC["N"], PC["chunk"]
@@ -190,7 +190,7 @@ def numpy_summary(quick):
     import numpy as np
     from baseline_numpy import simulate_numpy
 
-    from llmnas_transfer.params import load_defaults
+    from llmnas_transfer.sim.params import load_defaults
 
     d = load_defaults()
     R, T, N = (400 if quick else 2000), SUMMARY_T, SUMMARY_N
@@ -206,7 +206,7 @@ def numpy_summary(quick):
 
 
 def _summary_sweep(quick, bins, devices=1, seed=0, trials=None, chunk=None):
-    from llmnas_transfer.sweep import sweep
+    from llmnas_transfer.study.sweeps import sweep
 
     R = trials or (512 if quick else 2048)
 
@@ -284,7 +284,7 @@ def jax_summary_hist20_sharded(quick):
 def _streaming(path, R, N, bins, quick):
     import resource
 
-    from llmnas_transfer.sweep import default_chunk_trials, sweep
+    from llmnas_transfer.study.sweeps import default_chunk_trials, sweep
 
     chunk = default_chunk_trials(32, 10, N, path, 1)
     kw = dict(num_iterations=10, num_candidates=N, bins=bins, path=path, devices=1,

@@ -18,7 +18,8 @@ import argparse
 from pathlib import Path
 
 import llmnas_transfer as lt
-from llmnas_transfer import plotting, results_io
+from llmnas_transfer.io import results as results_io
+from llmnas_transfer.summarize import figures as plotting
 
 
 def main(argv: list[str] | None = None) -> int:

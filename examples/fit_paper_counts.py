@@ -72,9 +72,9 @@ def main(argv=None) -> int:
     import jax
 
     jax.config.update("jax_num_cpu_devices", chains)
-    from llmnas_transfer.inference import fit_runs, save_fit
-    from llmnas_transfer.runs_io import read_runs, write_runs
-    from llmnas_transfer.summarize import diagnostics, format_table, posterior_gaps
+    from llmnas_transfer.fit.inference import fit_runs, save_fit
+    from llmnas_transfer.io.runs import read_runs, write_runs
+    from llmnas_transfer.summarize.posterior import diagnostics, format_table, posterior_gaps
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

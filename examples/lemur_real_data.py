@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
 
     jax.config.update("jax_num_cpu_devices", 2)  # two NUTS chains in parallel
 
-    from llmnas_transfer import lemur, scenarios
-    from llmnas_transfer.datasets import load_lemur
+    from llmnas_transfer.io.bundled import load_lemur
+    from llmnas_transfer.study import lemur, scenarios
 
     arch = load_lemur("architecture")
     print(f"LEMUR: {len(arch)} architectures, sources: "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from llmnas_transfer import reproduce
+from llmnas_transfer.study import reproduce
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Simulation-based calibration of the NUTS fit, with a report and PIT ECDF figure.
 
 Draws parameters from the model's prior, simulates runs with the library's simulator,
-fits each replicate with NUTS as ``fit_runs`` does (:func:`llmnas_transfer.calibration.sbc`)
+fits each replicate with NUTS as ``fit_runs`` does (:func:`llmnas_transfer.fit.sbc.sbc`)
 and reports, per parameter, ArviZ's PIT uniformity p-value, a Kolmogorov-Smirnov p-value,
 and the fractions of PITs in the lowest and highest decile (10% each for a calibrated
 fit). Writes ``sbc.nc`` (the PITs, the negative control, divergences), ``sbc_summary.json``
@@ -33,8 +33,10 @@ jax.config.update("jax_num_cpu_devices", 2)
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from llmnas_transfer import calibration, plotting, summarize  # noqa: E402
-from llmnas_transfer.results_io import atomic_paths  # noqa: E402
+from llmnas_transfer.fit import sbc as calibration  # noqa: E402
+from llmnas_transfer.io.atomic import atomic_paths  # noqa: E402
+from llmnas_transfer.summarize import figures as plotting  # noqa: E402
+from llmnas_transfer.summarize import posterior as summarize  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,17 @@
 """llmnas-transfer: how far do LLM-driven architecture-synthesis trends transfer?
 
-Three layers: simulate (:mod:`~llmnas_transfer.simulate`), fit
-(:mod:`~llmnas_transfer.model`, :mod:`~llmnas_transfer.inference`) and summarize
-(:mod:`~llmnas_transfer.metrics`, :mod:`~llmnas_transfer.summarize`).
+The package is laid out by layer; imports go one way, from the bottom up:
+
+* :mod:`llmnas_transfer.sim` - layer 1, the refinement dynamics and the JAX simulator;
+* :mod:`llmnas_transfer.io` - observed-runs, results and bundled-data files;
+* :mod:`llmnas_transfer.fit` - layer 2, the NumPyro model, its fits and their checks;
+* :mod:`llmnas_transfer.summarize` - layer 3, gaps, posterior summaries and figures;
+* :mod:`llmnas_transfer.study` - workflows built from the layers (reproduce, derive the
+  defaults, sweeps, scenarios, the LEMUR analysis);
+* :mod:`llmnas_transfer.cli` - the ``llmnas-transfer`` command line.
+
+The public names below are loaded on first use, so ``import llmnas_transfer`` stays light
+and importing the dynamics alone loads no pandas, xarray or NumPyro.
 
 Example
 -------
@@ -13,86 +22,65 @@ Example
 2
 """
 
-from llmnas_transfer.errors import DataFormatError, UnknownSettingError, UserInputError
-from llmnas_transfer.metrics import (
-    accuracy_table,
-    classify_regime,
-    gap_components,
-    gaps_table,
-    novelty_table,
-    validity_table,
-)
-from llmnas_transfer.params import DynamicsParams, ModelDefaults, SettingEffects, load_defaults
-from llmnas_transfer.registry import (
-    dataset_names,
-    get_dataset,
-    get_task,
-    register_dataset,
-    register_task,
-    task_names,
-)
-from llmnas_transfer.simulate import simulate
+from __future__ import annotations
+
+import importlib
+
+from llmnas_transfer.errors import DataFormatError as DataFormatError
+from llmnas_transfer.errors import UnknownSettingError as UnknownSettingError
+from llmnas_transfer.errors import UserInputError as UserInputError
 
 __version__ = "0.1.0"
 
-#: heavier layers, imported on first use so that ``simulate`` starts fast
-_LAZY = {
-    "run_study": "llmnas_transfer.reproduce",
-    "save_results": "llmnas_transfer.results_io",
-    "load_results": "llmnas_transfer.results_io",
-    "read_runs": "llmnas_transfer.runs_io",
-    "fit_runs": "llmnas_transfer.inference",
-    "save_fit": "llmnas_transfer.inference",
-    "load_fit": "llmnas_transfer.inference",
-    "posterior_gaps": "llmnas_transfer.summarize",
-    "trajectory": "llmnas_transfer.summarize",
-    "check": "llmnas_transfer.summarize",
-    "sweep": "llmnas_transfer.sweep",
-    "load_lemur": "llmnas_transfer.datasets",
-    "published_anchors": "llmnas_transfer.datasets",
+#: public name -> module that defines it (loaded on first use)
+_PUBLIC = {
+    "DynamicsParams": "llmnas_transfer.sim.params",
+    "ModelDefaults": "llmnas_transfer.sim.params",
+    "SettingEffects": "llmnas_transfer.sim.params",
+    "load_defaults": "llmnas_transfer.sim.params",
+    "dataset_names": "llmnas_transfer.sim.registry",
+    "get_dataset": "llmnas_transfer.sim.registry",
+    "get_task": "llmnas_transfer.sim.registry",
+    "register_dataset": "llmnas_transfer.sim.registry",
+    "register_task": "llmnas_transfer.sim.registry",
+    "task_names": "llmnas_transfer.sim.registry",
+    "simulate": "llmnas_transfer.sim.candidates",
+    "classify_regime": "llmnas_transfer.sim.gaps",
+    "gap_components": "llmnas_transfer.sim.gaps",
+    "load_lemur": "llmnas_transfer.io.bundled",
+    "published_anchors": "llmnas_transfer.io.bundled",
+    "read_runs": "llmnas_transfer.io.runs",
+    "save_results": "llmnas_transfer.io.results",
+    "load_results": "llmnas_transfer.io.results",
+    "fit_runs": "llmnas_transfer.fit.inference",
+    "save_fit": "llmnas_transfer.fit.inference",
+    "load_fit": "llmnas_transfer.fit.inference",
+    "accuracy_table": "llmnas_transfer.summarize.tables",
+    "gaps_table": "llmnas_transfer.summarize.tables",
+    "novelty_table": "llmnas_transfer.summarize.tables",
+    "validity_table": "llmnas_transfer.summarize.tables",
+    "posterior_gaps": "llmnas_transfer.summarize.posterior",
+    "trajectory": "llmnas_transfer.summarize.posterior",
+    "check": "llmnas_transfer.summarize.posterior",
+    "run_study": "llmnas_transfer.study.reproduce",
+    "sweep": "llmnas_transfer.study.sweeps",
 }
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    """Load a public name from its module on first use and keep it (PEP 562)."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmnas_transfer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'llmnas_transfer' has no attribute {name!r}")
 
-__all__ = [
-    "DataFormatError",
-    "DynamicsParams",
-    "ModelDefaults",
-    "SettingEffects",
-    "UnknownSettingError",
-    "UserInputError",
-    "__version__",
-    "accuracy_table",
-    "check",
-    "fit_runs",
-    "load_fit",
-    "load_lemur",
-    "load_results",
-    "posterior_gaps",
-    "published_anchors",
-    "read_runs",
-    "run_study",
-    "save_fit",
-    "save_results",
-    "sweep",
-    "trajectory",
-    "classify_regime",
-    "dataset_names",
-    "gap_components",
-    "gaps_table",
-    "get_dataset",
-    "get_task",
-    "load_defaults",
-    "novelty_table",
-    "register_dataset",
-    "register_task",
-    "simulate",
-    "task_names",
-    "validity_table",
-]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+__all__ = sorted(
+    ["DataFormatError", "UnknownSettingError", "UserInputError", "__version__", *_PUBLIC]
+)

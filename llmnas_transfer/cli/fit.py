@@ -1,0 +1,244 @@
+"""CLI commands ``fit``, ``gaps``, ``trajectory`` and ``check`` (observed runs).
+
+Heavy modules (JAX, NumPyro, ArviZ) are imported inside the handlers: ``fit`` must set the
+number of JAX CPU devices (one per chain) before JAX starts.
+
+Example
+-------
+>>> import argparse
+>>> p = argparse.ArgumentParser(); sub = p.add_subparsers()
+>>> register(sub)
+>>> p.parse_args(["gaps", "fit.nc", "--format", "csv"]).format
+'csv'
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from llmnas_transfer.errors import UserInputError
+
+
+def _thresholds(text: str) -> tuple[float, float]:
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"thresholds must be two numbers like 0.10,0.20, got {text!r}") from None
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"thresholds must be two numbers, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _names(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def register(subparsers) -> None:
+    """Add ``fit``, ``gaps``, ``trajectory`` and ``check`` to the CLI."""
+    p = subparsers.add_parser(
+        "fit", help="fit observed runs (NUTS or SVI); writes a netCDF DataTree",
+        description="Fit the hierarchical refinement model to observed runs (CSV, Parquet "
+                    "or JSON Lines; see docs/data-format.md) and write an ArviZ DataTree.")
+    p.add_argument("runs", help="observed runs file (.csv, .parquet, .jsonl)")
+    p.add_argument("--out", required=True, help="output fit file (netCDF), e.g. fit.nc")
+    p.add_argument("--method", choices=("nuts", "svi"), default="nuts")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", default="cifar-10:classification",
+                   help="DATASET:TASK the gaps are relative to")
+    p.add_argument("--forecast", type=int, default=0, metavar="K",
+                   help="forecast K iterations past the data")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when a diagnostic check fails")
+    p.add_argument("--datasets", type=_names, default=[],
+                   help="extra datasets to predict (comma-separated)")
+    p.add_argument("--tasks", type=_names, default=[],
+                   help="extra tasks to predict (comma-separated)")
+    p.add_argument("--dataset-attrs", action="append", default=[], metavar="SPEC",
+                   help="attributes of a dataset not in the registry: "
+                        "NAME:modality=audio,resolution=64,num_classes=50 (repeatable)")
+    p.add_argument("--levels", metavar="FILE",
+                   help="side file (CSV/JSONL) with columns name,modality,resolution,"
+                        "num_classes for new datasets")
+    p.add_argument("--target-accept", type=float, default=0.9)
+    p.add_argument("--dense-mass", action=argparse.BooleanOptionalAction, default=True,
+                   help="NUTS dense (default) or diagonal mass matrix")
+    p.add_argument("--svi-steps", type=int, default=2000)
+    p.add_argument("--svi-learning-rate", type=float, default=0.01)
+    p.add_argument("--prior-draws", type=int, default=500)
+    p.add_argument("--progress", action="store_true", help="show NumPyro's progress bar")
+    p.set_defaults(func=_fit)
+
+    g = subparsers.add_parser("gaps", help="posterior transfer gaps and regime probabilities")
+    g.add_argument("fit", help="fit file written by 'llmnas-transfer fit'")
+    g.add_argument("--ci", type=float, default=0.94, help="HDI probability (default 0.94)")
+    g.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    g.add_argument("--thresholds", type=_thresholds, default=(0.10, 0.20),
+                   help="easy-below,hard-above (default 0.10,0.20)")
+    g.add_argument("--reference", default=None, help="DATASET:TASK (default: the fit's)")
+    g.add_argument("--iteration", type=int, default=None,
+                   help="iteration of the gaps (default: the last observed)")
+    g.add_argument("--out", default=None, help="write to this file instead of stdout")
+    g.set_defaults(func=_gaps)
+
+    t = subparsers.add_parser("trajectory", help="observed and forecast validity rates")
+    t.add_argument("fit")
+    t.add_argument("--ci", type=float, default=0.94)
+    t.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    t.add_argument("--out", default=None, help="write to this file instead of stdout")
+    t.set_defaults(func=_trajectory)
+
+    c = subparsers.add_parser("check", help="posterior predictive checks, plots, LOO")
+    c.add_argument("fit")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--ci", type=float, default=0.94)
+    c.set_defaults(func=_check)
+
+
+def _write_text(text: str, out: str | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+        return
+    path = Path(out)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserInputError(f"{out}: the folder {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _fit(args) -> int:
+    # everything that can be checked without JAX first (one-line errors, exit 2) ...
+    from llmnas_transfer.io.runs import parse_dataset_attrs, read_levels, read_runs
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserInputError(f"--out {out}: is a directory; give a file name such as fit.nc")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserInputError(f"--out {out}: the folder {parent} does not exist")
+    if not 1 <= args.chains <= 64:
+        raise UserInputError(f"--chains must be between 1 and 64, got {args.chains}")
+    attrs: dict = {}
+    if args.levels:
+        attrs.update(read_levels(args.levels))
+    for spec in args.dataset_attrs:
+        for k, v in parse_dataset_attrs(spec).items():
+            attrs.setdefault(k, {}).update(v)
+    runs = read_runs(args.runs)
+    # ... then the JAX devices, one per chain, before JAX starts: chains run in parallel
+    from llmnas_transfer.fit.inference import set_cpu_devices
+
+    if args.method == "nuts" and args.chains > 1:
+        n_dev = set_cpu_devices(args.chains)
+        if n_dev < args.chains:
+            print(f"note: {n_dev} JAX device(s) for {args.chains} chains; the chains run one "
+                  "after another", file=sys.stderr)
+    from llmnas_transfer.fit.inference import fit_runs, save_fit
+    from llmnas_transfer.summarize.posterior import diagnostics
+
+    print(runs.report(), file=sys.stderr)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    what = (f"sampling {args.chains} chains x ({args.warmup} warmup + {args.draws} draws)"
+            if args.method == "nuts" else f"SVI, {args.svi_steps} steps")
+    info: dict = {}
+    with console.status(what, spinner="dots") if not args.progress else _null():
+        dt = fit_runs(
+            runs, method=args.method, chains=args.chains, draws=args.draws,
+            warmup=args.warmup, seed=args.seed, reference=args.reference,
+            forecast=args.forecast, datasets=args.datasets, tasks=args.tasks,
+            dataset_attrs=attrs, target_accept=args.target_accept, dense_mass=args.dense_mass,
+            svi_steps=args.svi_steps, svi_learning_rate=args.svi_learning_rate,
+            prior_draws=args.prior_draws, progress=args.progress, info=info,
+        )
+    from llmnas_transfer.fit.inference import notices_of
+
+    for note in notices_of(dt):
+        print(f"note: {note}", file=sys.stderr)
+    save_fit(dt, out)
+    spec_obs = len(__import__("json").loads(dt.attrs["spec"])["observed"])
+    print(f"fit: {args.method}, {info['seconds_sampling']:.1f} s sampling, "
+          f"{info['seconds_total']:.1f} s in all ({info['chain_method']} chains); "
+          f"{spec_obs} settings with data; wrote {out}", file=sys.stderr)
+    diag = diagnostics(dt)
+    cols = [c for c in ("mean", "sd", "hdi94_lb", "hdi94_ub", "ess_bulk", "ess_tail", "r_hat")
+            if c in diag.summary.columns]
+    table = diag.summary[cols]
+    print(table.to_string(float_format=lambda x: f"{x:.3f}"))
+    print(diag.text())
+    if not diag.ok and args.strict:
+        print("llmnas-transfer fit: --strict: diagnostic checks failed (the fit file was "
+              "written for inspection)", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _load(path: str):
+    from llmnas_transfer.fit.inference import load_fit
+
+    return load_fit(path)
+
+
+def _gaps(args) -> int:
+    from llmnas_transfer.summarize.posterior import format_table, posterior_gaps
+
+    dt = _load(args.fit)
+    df = posterior_gaps(dt, ci=args.ci, thresholds=args.thresholds, reference=args.reference,
+                        iteration=args.iteration)
+    import json
+
+    spec = json.loads(dt.attrs["spec"])
+    if not spec["has_accuracy"]:
+        print("note: the runs have no accuracy data, so only validity gaps are reported",
+              file=sys.stderr)
+    _write_text(format_table(df, args.format), args.out)
+    return 0
+
+
+def _trajectory(args) -> int:
+    from llmnas_transfer.summarize.posterior import format_table, trajectory
+
+    dt = _load(args.fit)
+    _write_text(format_table(trajectory(dt, ci=args.ci), args.format), args.out)
+    return 0
+
+
+def _check(args) -> int:
+    from llmnas_transfer.summarize.posterior import check
+
+    dt = _load(args.fit)
+    res = check(dt, args.out, ci=args.ci)
+    loo = res["loo"]
+    print(f"LOO (per run): elpd {loo['elpd_loo']:.1f} (se {loo['se']:.1f}), p_loo "
+          f"{loo['p_loo']:.1f}, Pareto k above {loo['pareto_k_threshold']} for "
+          f"{loo['pareto_k_above_threshold']} of {loo['n_runs']} runs")
+    if loo["pareto_k_above_threshold"]:
+        print("warning: some runs are influential (high Pareto k): the LOO estimate is "
+              "unreliable for them; look at those runs in ppc_rates.png", file=sys.stderr)
+    ppc = res["ppc"]
+    extreme = ppc[(ppc["p_value"] < 0.01) | (ppc["p_value"] > 0.99)]
+    print(f"posterior predictive checks: {len(extreme)} of {len(ppc)} statistics with "
+          "p < 0.01 or p > 0.99")
+    print(res["diagnostics"].text())
+    print(f"wrote {len(res['files'])} outputs to {args.out}", file=sys.stderr)
+    return 0

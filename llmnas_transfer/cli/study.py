@@ -1,0 +1,172 @@
+"""CLI commands ``reproduce``, ``simulate`` and ``calibrate``.
+
+``llmnas-transfer reproduce --out DIR`` runs the whole study (see
+:func:`llmnas_transfer.study.reproduce.run_study`); ``simulate`` runs a custom grid and writes
+netCDF, Parquet or CSV (see :mod:`llmnas_transfer.io.results`); ``calibrate`` re-derives
+the shipped parameters file and prints the expected value of every target.
+
+A non-empty ``reproduce --out`` folder is refused unless it holds an earlier study
+(``study.json``) or ``--force`` is given.
+
+Example
+-------
+>>> from llmnas_transfer.cli import main
+>>> main(["simulate", "--out", "/nonexistent-dir/x.txt"])  # doctest: +SKIP
+2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from llmnas_transfer.errors import UserInputError
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    """``--datasets a,b c`` -> ``["a", "b", "c"]`` (``None`` keeps the built-ins)."""
+    if values is None:
+        return None
+    out = [v.strip() for chunk in values for v in chunk.split(",") if v.strip()]
+    if not out:
+        raise UserInputError("an empty name list was given; omit the option to use the built-ins")
+    return out
+
+
+def _defaults(path: str | None):
+    from llmnas_transfer.sim.params import load_defaults
+
+    return load_defaults(path) if path else None
+
+
+def _add_grid(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datasets", nargs="+", metavar="NAME",
+                   help="datasets, comma- or space-separated (default: the 8 built-ins)")
+    p.add_argument("--tasks", nargs="+", metavar="NAME",
+                   help="tasks, comma- or space-separated (default: the 4 built-ins)")
+    p.add_argument("--trials", type=int, default=15, help="independent trials (default 15)")
+    p.add_argument("--iterations", type=int, default=10,
+                   help="refinement iterations per trial (default 10)")
+    p.add_argument("--candidates", type=int, default=20,
+                   help="candidates generated per iteration (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--params", metavar="FILE",
+                   help="parameters JSON written by 'calibrate' (default: the shipped file)")
+
+
+def register(subparsers) -> None:
+    """Add ``reproduce``, ``simulate`` and ``calibrate`` to the CLI."""
+    p = subparsers.add_parser(
+        "reproduce", help="run the study: figures, tables and targets in one folder",
+        description="Simulate the study, write DIR/figures (five figures, PNG and PDF), "
+                    "DIR/tables (validity, accuracy, gaps, targets), DIR/results.nc and "
+                    "print a summary. A non-empty DIR is refused unless it holds an earlier "
+                    "study or --force is given.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_grid(p)
+    p.add_argument("--check-trials", type=int, default=2000, metavar="N",
+                   help="trials of the large-trial check of the targets (default 2000; "
+                        "0 judges the targets on the exact expected values only)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty folder that holds no earlier study")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress display")
+    p.set_defaults(func=_reproduce)
+
+    s = subparsers.add_parser(
+        "simulate", help="simulate a custom grid and save the results",
+        description="Simulate a dataset x task grid and write the results; the format "
+                    "follows the suffix of --out: .nc (netCDF), .parquet or .csv (tidy "
+                    "table; per-candidate values go to FILE.candidates.<suffix>).")
+    s.add_argument("--out", required=True, metavar="FILE", help="output .nc, .parquet or .csv")
+    _add_grid(s)
+    s.add_argument("--per-candidate", action="store_true",
+                   help="also keep every candidate's validity, accuracy and novelty")
+    s.add_argument("--chunk-size", type=int, metavar="N",
+                   help="trials per compiled call (results do not depend on it)")
+    s.add_argument("--bins", type=int, default=20,
+                   help="accuracy/novelty histogram bins (0 disables; default 20)")
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    s.set_defaults(func=_simulate)
+
+    c = subparsers.add_parser(
+        "calibrate", help="re-derive the default parameters from the paper's targets",
+        description="Fit the default parameters to data/targets.csv (optax on exact "
+                    "expectations), write them and print the expected value of every target.")
+    c.add_argument("--out", metavar="PATH",
+                   help="parameters file to write (default: the file the package ships)")
+    c.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000)")
+    c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    c.set_defaults(func=_calibrate)
+
+
+# ------------------------------------------------------------------ handlers
+def _reproduce(args: argparse.Namespace) -> int:
+    from llmnas_transfer.study import reproduce
+
+    outputs = reproduce.run_study(
+        args.seed, out_dir=args.out, num_trials=args.trials, num_iterations=args.iterations,
+        num_candidates=args.candidates, datasets=_names(args.datasets),
+        tasks=_names(args.tasks), check_trials=args.check_trials,
+        defaults=_defaults(args.params), force=args.force, progress=not args.no_progress,
+    )
+    reproduce.print_summary(outputs)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from llmnas_transfer.io import results as results_io
+    from llmnas_transfer.sim.candidates import simulate
+
+    out = Path(args.out)
+    write = results_io.writer_for(out)  # validates suffix and folder before simulating
+    ds = simulate(
+        args.seed, datasets=_names(args.datasets), tasks=_names(args.tasks),
+        num_trials=args.trials, num_iterations=args.iterations,
+        num_candidates=args.candidates, per_candidate=args.per_candidate, bins=args.bins,
+        chunk_size=args.chunk_size, defaults=_defaults(args.params),
+        progress=not args.no_progress,
+    )
+    path = write(ds)
+    extra = ""
+    if args.per_candidate and out.suffix.lower() != ".nc":
+        extra = f" (+ {results_io.candidates_path(path).name})"
+    print(f"wrote {path}{extra}: {ds.sizes['dataset']} datasets x {ds.sizes['task']} tasks x "
+          f"{ds.sizes['trial']} trials x {ds.sizes['iteration']} iterations x "
+          f"{int(ds['n_generated'])} candidates")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from llmnas_transfer.io import atomic
+    from llmnas_transfer.study import derive as calibrate
+
+    if not 1 <= args.steps <= 1_000_000:
+        raise UserInputError(f"--steps must be between 1 and 1000000, got {args.steps}")
+    out = Path(args.out) if args.out else calibrate.default_params_path()
+    if out.suffix.lower() != ".json":
+        raise UserInputError(f"{out}: the parameters file must end in .json")
+    out = atomic.check_writable(out)
+    res = calibrate.calibrate(steps=args.steps, progress=not args.no_progress)
+    with atomic.atomic_paths([out]) as (tmp,):
+        res.defaults.save(tmp)
+    _print_report(res.report)
+    fitted = res.report[res.report["fitted"]]
+    print(f"wrote {out}; {int(fitted['met'].sum())}/{len(fitted)} fitted targets met "
+          f"(expected values, tolerance 1.5 points)")
+    return 0
+
+
+def _print_report(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    tab = Table(title="Targets: paper value vs the model's expected value")
+    for col in ("target", "paper", "expected", "met", "fitted"):
+        tab.add_column(col)
+    for _, r in report.iterrows():
+        pv = r["paper_value"]
+        tab.add_row(str(r["target"]), f"{pv:.4g}" if isinstance(pv, float) else str(pv),
+                    f"{r['expected_value']:.4f}", "yes" if r["met"] else "NO",
+                    "yes" if r["fitted"] else "reported only")
+    Console(file=sys.stdout).print(tab)

@@ -1,0 +1,960 @@
+"""NumPyro model of observed runs; it reuses :mod:`llmnas_transfer.sim.dynamics`.
+
+The generative model is the simulator's (see :mod:`llmnas_transfer.sim.dynamics`)::
+
+    s_1 ~ N(0, init_sd^2),   s_{t+1} = transition_mean(s_t) + state_noise e_t
+    n_valid_t ~ Binomial(n_generated_t, sigmoid(validity_logit(s_t)))
+    logit acc ~ N(accuracy_logit(s_t), accuracy_noise^2)     (valid candidates)
+    logit nov ~ N(novelty_logit(s_t), novelty_noise^2)       (valid candidates)
+
+with the hierarchy of :class:`~llmnas_transfer.sim.params.SettingEffects`:
+``delta_{d,k} = D_d + C_k + G_{m(d),k}``, ``D_d = features_d . w + tau_D z_d`` (non-centred),
+``C_classification = 0``, ``G = 0`` for images and for classification,
+``alpha_{d,k} = a0 + features_d . w_a + tau_a z'_d + alpha_k`` and
+``nu_{d,k} = nu_{m(d)} + nu_k``.
+
+**The per-trial latent state is marginalised, not sampled.** Given the global parameters
+the state of one run is a one-dimensional Markov chain, so the likelihood of the run is
+computed exactly (up to a quadrature error far below Monte Carlo error) by a forward
+algorithm on a grid: at iteration ``t`` the grid is ``s = m_t + sqrt(v_t) x_j`` with
+``x_j`` equally spaced on ``[-width, width]`` and ``(m_t, v_t)`` the prior moments of the
+state (:func:`~llmnas_transfer.sim.dynamics.state_moments`); the transition matrix is the
+Gaussian kernel ``N(s' ; transition_mean(s), state_noise^2)`` between consecutive grids with
+normalised rows; the emission at each grid point is the binomial log-pmf of ``n_valid``
+plus the logit-normal accuracy and novelty log-likelihoods from sufficient statistics.
+All runs are filtered at once, one ``(runs, G) @ (G, G)`` product per iteration inside
+``lax.scan``, with per-step rescaling. NUTS then only sees the ~40-60 global parameters.
+
+Example
+-------
+>>> import jax.numpy as jnp
+>>> n, sz, szz, lj = accuracy_stats(jnp.asarray([0.3, 0.4]))
+>>> ll = logit_accuracy_loglik(n, jnp.asarray(-0.6), jnp.asarray(0.4), sz, szz, lj)
+>>> bool(jnp.isfinite(ll))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cache, partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from jax.scipy.special import gammaln
+from numpyro.distributions import constraints
+
+from llmnas_transfer.sim.dynamics import (
+    accuracy_logit,
+    key_words,
+    novelty_logit,
+    state_moments,
+    transition_mean,
+    validity_logit,
+)
+from llmnas_transfer.sim.expectation import expected
+from llmnas_transfer.sim.gaps import gap_components
+from llmnas_transfer.sim.params import FEATURE_NAMES, DynamicsParams, SettingEffects
+from llmnas_transfer.sim.summary import binomial
+from llmnas_transfer.sim.types import Array, PRNGKey
+
+_LOG_2PI = math.log(2.0 * math.pi)
+# jitted so that eager runs of the model (initialisation, ArviZ's trace) compile it once
+_expected = jax.jit(expected, static_argnums=2)
+
+#: default number of grid points of the marginalised state and the grid half-width (in
+#: prior standard deviations of the state at each iteration)
+GRID_SIZE = 32
+GRID_WIDTH = 5.0
+
+
+# --------------------------------------------------------------------------- accuracy
+def accuracy_stats(accuracy: Array, mask: Array | None = None, eps: float = 1e-4):
+    """Sufficient statistics of first-epoch accuracies on the logit scale.
+
+    Returns ``(n, sum_logit, sumsq_logit, sum_log_jacobian)``, summed over the last axis;
+    ``mask`` marks the entries that are observed. Accuracies are clipped to
+    ``[eps, 1 - eps]`` before the logit.
+
+    Example
+    -------
+    >>> n, sz, szz, lj = accuracy_stats(jnp.asarray([0.5, 0.5]))
+    >>> float(n), float(sz)
+    (2.0, 0.0)
+    """
+    a = jnp.clip(jnp.nan_to_num(accuracy, nan=0.5), eps, 1 - eps)
+    m = jnp.ones_like(a) if mask is None else mask.astype(a.dtype)
+    z = jnp.log(a) - jnp.log1p(-a)
+    logjac = -(jnp.log(a) + jnp.log1p(-a))  # d logit / d acc
+    return m.sum(-1), (m * z).sum(-1), (m * z * z).sum(-1), (m * logjac).sum(-1)
+
+
+def logit_accuracy_loglik(
+    n: Array, loc: Array, scale: Array, sum_z: Array, sumsq_z: Array, sum_logjac: Array
+) -> Array:
+    """Log-likelihood of ``n`` accuracies with ``logit(acc) ~ Normal(loc, scale)``.
+
+    Uses the sufficient statistics from :func:`accuracy_stats`; the Jacobian term makes it
+    a density on the accuracy scale. Broadcasts over leading axes.
+
+    Example
+    -------
+    >>> float(logit_accuracy_loglik(0.0, 0.0, 1.0, 0.0, 0.0, 0.0))
+    0.0
+    """
+    quad = sumsq_z - 2.0 * loc * sum_z + n * loc**2
+    return -0.5 * n * (_LOG_2PI + 2.0 * jnp.log(scale)) - 0.5 * quad / scale**2 + sum_logjac
+
+
+def normal_stats_loglik(stats: NormalStats, loc: Array, scale: Array) -> Array:
+    """Log-likelihood of logit-scale observations summarised by :class:`NormalStats`.
+
+    Candidate data (``k == n``) give exactly :func:`logit_accuracy_loglik`; a reported
+    mean of ``n`` values without their spread (``k == 1``) gives the density of the mean,
+    ``N(zbar ; loc, scale^2 / n)``.
+
+    Example
+    -------
+    >>> s = NormalStats(*(jnp.asarray(v) for v in (2.0, 2.0, 0.0, 0.5, 1.0)))
+    >>> bool(jnp.isclose(normal_stats_loglik(s, 0.0, 1.0),
+    ...                  logit_accuracy_loglik(2.0, 0.0, 1.0, 0.0, 0.5, 1.0)))
+    True
+    """
+    quad = stats.sumsq - 2.0 * loc * stats.sum + stats.n * loc**2
+    return (
+        -0.5 * stats.k * (_LOG_2PI + 2.0 * jnp.log(scale)) - 0.5 * quad / scale**2 + stats.const
+    )
+
+
+# --------------------------------------------------------------------------- data
+class NormalStats(NamedTuple):
+    """Sufficient statistics of logit-normal observations per (run, iteration).
+
+    ``k`` is the number of Normal terms in the likelihood (``n`` for candidate data, 1
+    for a reported mean), ``n`` the number of values behind them, ``sum``/``sumsq`` the
+    sum and sum of squares of the logit values (for a mean: ``n zbar`` and ``n zbar^2``),
+    and ``const`` the parameter-free part (log-Jacobian of the logit, or ``log(n)/2``).
+    """
+
+    k: Array
+    n: Array
+    sum: Array
+    sumsq: Array
+    const: Array
+
+
+class RunsData(NamedTuple):
+    """Observed runs, one row per run (a trial of a setting), one column per iteration.
+
+    Unobserved (run, iteration) cells have ``n_generated == 0`` and zero statistics.
+    """
+
+    dataset_idx: Array  # (run,) int32
+    task_idx: Array  # (run,) int32
+    n_generated: Array  # (run, iteration) float32
+    n_valid: Array  # (run, iteration) float32
+    accuracy: NormalStats  # (run, iteration) each
+    novelty: NormalStats  # (run, iteration) each
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Static description of the hierarchy: the levels, their attributes, the horizon.
+
+    Attributes
+    ----------
+    datasets, tasks : level names (every combination is a setting of the model).
+    modalities : modality of each dataset.
+    features : attribute features of each dataset
+        (:data:`~llmnas_transfer.sim.params.FEATURE_NAMES`).
+    observed : ``(dataset_index, task_index)`` of the settings with data.
+    reference : ``(dataset_index, task_index)`` the gaps are relative to.
+    num_iterations : observed iterations ``T`` (the runs' columns).
+    num_forecast : extra iterations to forecast ``K``; the horizon is ``T + K``.
+    gap_iteration : iteration at which the gaps are defined (default ``T``).
+    has_accuracy, has_novelty : whether those observations exist (else their parameters
+        are not part of the model).
+    grid_size, grid_width : grid of the marginalised state.
+    """
+
+    datasets: tuple[str, ...]
+    tasks: tuple[str, ...]
+    modalities: tuple[str, ...]
+    features: tuple[tuple[float, ...], ...]
+    observed: tuple[tuple[int, int], ...]
+    reference: tuple[int, int]
+    num_iterations: int
+    num_forecast: int = 0
+    gap_iteration: int | None = None
+    has_accuracy: bool = True
+    has_novelty: bool = False
+    grid_size: int = GRID_SIZE
+    grid_width: float = GRID_WIDTH
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def horizon(self) -> int:
+        return self.num_iterations + self.num_forecast
+
+    @property
+    def gap_t(self) -> int:
+        return self.num_iterations if self.gap_iteration is None else self.gap_iteration
+
+    @property
+    def free_tasks(self) -> tuple[int, ...]:
+        """Indices of tasks with a free complexity (all but classification)."""
+        return tuple(i for i, t in enumerate(self.tasks) if t != "classification")
+
+    @property
+    def free_modalities(self) -> tuple[str, ...]:
+        """Non-image modalities present (the ones with interaction and novelty effects)."""
+        return tuple(m for m in ("audio", "text") if m in self.modalities)
+
+    def coords(self) -> dict[str, list]:
+        """Coordinates of every named dim of the model."""
+        return {
+            "dataset": list(self.datasets),
+            "task": list(self.tasks),
+            "free_task": [self.tasks[i] for i in self.free_tasks],
+            "free_modality": list(self.free_modalities),
+            "feature": list(FEATURE_NAMES),
+            "horizon": list(range(1, self.horizon + 1)),
+            "iteration": list(range(1, self.num_iterations + 1)),
+        }
+
+    def to_attrs(self) -> dict:
+        """JSON-friendly description (stored in the fit file)."""
+        return {
+            "datasets": list(self.datasets), "tasks": list(self.tasks),
+            "modalities": list(self.modalities), "features": [list(f) for f in self.features],
+            "observed": [list(o) for o in self.observed], "reference": list(self.reference),
+            "num_iterations": self.num_iterations, "num_forecast": self.num_forecast,
+            "gap_iteration": self.gap_t, "has_accuracy": self.has_accuracy,
+            "has_novelty": self.has_novelty, "grid_size": self.grid_size,
+            "grid_width": self.grid_width,
+        }
+
+    @classmethod
+    def from_attrs(cls, d: dict) -> ModelSpec:
+        """Inverse of :meth:`to_attrs`."""
+        return cls(
+            tuple(d["datasets"]), tuple(d["tasks"]), tuple(d["modalities"]),
+            tuple(tuple(float(v) for v in f) for f in d["features"]),
+            tuple((int(a), int(b)) for a, b in d["observed"]),
+            (int(d["reference"][0]), int(d["reference"][1])),
+            int(d["num_iterations"]), int(d["num_forecast"]), int(d["gap_iteration"]),
+            bool(d["has_accuracy"]), bool(d["has_novelty"]), int(d["grid_size"]),
+            float(d["grid_width"]),
+        )
+
+
+# a ModelSpec is static metadata: JAX treats it as a leaf-less PyTree node, so it can be
+# passed to jitted functions (and to MCMC with jit_model_args) without being traced
+jax.tree_util.register_static(ModelSpec)
+
+
+# --------------------------------------------------------------------------- priors
+#: Priors of the model's sampled sites (logit scales). ``Normal(m, s)`` unless stated.
+PRIOR_TEXT: dict[str, str] = {
+    "kappa": "Beta(2, 5)",
+    "state_noise": "LogNormal(log 0.1, 0.5)",
+    "init_sd": "LogNormal(log 0.3, 0.5)",
+    "validity_slope": "Normal(1.5, 1)",
+    "difficulty_intercept": "Normal(0, 1.5) (the validity intercept b0 is absorbed: b0 = 0); "
+                            "integrated out, then drawn from its exact conditional",
+    "difficulty_coef": "Normal(0, 1) per feature; integrated out, then drawn from its exact "
+                       "conditional",
+    "difficulty_sd": "LogNormal(log 0.2, 0.6)",
+    "difficulty_observed": "MultivariateNormal(X m0, X diag(s0^2) X^T + difficulty_sd^2 I) "
+                           "over the datasets with data (the regression integrated out)",
+    "difficulty_regression_z": "Normal(0, 1) per coefficient (intercept first): "
+                               "(w0, w) = conditional mean + chol(conditional cov) z",
+    "difficulty_z": "Normal(0, 1) per dataset without data (non-centred residual)",
+    "task_complexity_free": "Normal(0.5, 1) per non-classification task",
+    "interaction_free": "Normal(0, 0.5) per non-image modality x non-classification task",
+    "accuracy_intercept": "Normal(-1, 1.5); integrated out, then drawn from its conditional",
+    "accuracy_coef": "Normal(0, 0.5) per feature; integrated out, then drawn from its "
+                     "conditional",
+    "accuracy_sd": "LogNormal(log 0.2, 0.6)",
+    "accuracy_level_observed": "MultivariateNormal(X m0, X diag(s0^2) X^T + accuracy_sd^2 I) "
+                               "over the datasets with data (the regression integrated out)",
+    "accuracy_regression_z": "Normal(0, 1) per coefficient, as difficulty_regression_z",
+    "accuracy_level_z": "Normal(0, 1) per dataset without data (non-centred residual)",
+    "task_accuracy_free": "Normal(0, 0.5) per non-classification task",
+    "accuracy_slope": "Normal(0.3, 0.5)",
+    "accuracy_noise": "LogNormal(log 0.4, 0.5)",
+    "novelty_intercept": "Normal(0, 1.5)",
+    "novelty_slope": "Normal(0, 1)",
+    "novelty_noise": "LogNormal(log 0.8, 0.5)",
+    "novelty_modality_free": "Normal(0, 0.5) per non-image modality",
+    "novelty_task_free": "Normal(0, 0.5) per non-classification task",
+}
+
+#: Scalar parameters of the dynamics recorded in the posterior.
+DYNAMICS_SITES: tuple[str, ...] = (
+    "kappa", "state_noise", "init_sd", "validity_slope",
+)
+ACCURACY_SITES: tuple[str, ...] = ("accuracy_slope", "accuracy_noise")
+NOVELTY_SITES: tuple[str, ...] = ("novelty_intercept", "novelty_slope", "novelty_noise")
+
+#: event dims of deterministic sites (they are created outside plates)
+DETERMINISTIC_DIMS: dict[str, list[str]] = {
+    "difficulty_coef": ["feature"],
+    "accuracy_coef": ["feature"],
+    "difficulty": ["dataset"],
+    "accuracy_level": ["dataset"],
+    "task_complexity": ["task"],
+    "task_accuracy": ["task"],
+    "validity_offset": ["dataset", "task"],
+    "accuracy_offset": ["dataset", "task"],
+    "novelty_offset": ["dataset", "task"],
+    "validity": ["dataset", "task", "horizon"],
+    "accuracy": ["dataset", "task", "horizon"],
+    "validity_gap": ["dataset", "task"],
+    "accuracy_gap": ["dataset", "task"],
+    "combined_gap": ["dataset", "task"],
+}
+
+
+# --------------------------------------------------------------------------- grid filter
+class StateGrid(NamedTuple):
+    """Discretised state: nodes ``s`` (T, G), row-stochastic transitions (T-1, G, G)."""
+
+    s: Array
+    trans: Array
+    init: Array
+
+
+def state_grid(params: DynamicsParams, num_iterations: int, grid_size: int = GRID_SIZE,
+               grid_width: float = GRID_WIDTH) -> StateGrid:
+    """Grid of the per-trial state: ``m_t + sqrt(v_t) x_j`` and its transition matrices.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> g = state_grid(load_defaults().dynamics_params(), 4, 16)
+    >>> g.s.shape, g.trans.shape
+    ((4, 16), (3, 16, 16))
+    """
+    x = jnp.linspace(-grid_width, grid_width, grid_size, dtype=jnp.float32)
+    m, v = state_moments(params, num_iterations)
+    s = m[:, None] + jnp.sqrt(v)[:, None] * x  # (T, G)
+    mu = transition_mean(s[:-1], params)  # (T-1, G) means of s_{t+1} from each node
+    z = (s[1:, None, :] - mu[:, :, None]) / params.state_noise
+    trans = jax.nn.softmax(-0.5 * z * z, axis=-1)
+    init = jax.nn.softmax(-0.5 * x * x)
+    return StateGrid(s, trans, init)
+
+
+def forward_filter(grid: StateGrid, log_em: Array) -> tuple[Array, Array]:
+    """Forward algorithm with per-step rescaling.
+
+    Parameters
+    ----------
+    grid : :class:`StateGrid` with ``T`` iterations.
+    log_em : (T, N, G) log emission densities (0 where nothing was observed).
+
+    Returns
+    -------
+    loglik : (N, T) ``log p(y_t | y_{1:t-1})``; its sum over ``t`` is the run's marginal
+        log-likelihood.
+    filtered : (T, N, G) filtering distributions ``p(s_t = node | y_{1:t})``.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> g = state_grid(load_defaults().dynamics_params(), 3, 8)
+    >>> ll, f = forward_filter(g, jnp.zeros((3, 2, 8)))
+    >>> bool(jnp.allclose(ll, 0.0, atol=1e-6)), f.shape
+    (True, (3, 2, 8))
+    """
+
+    def update(pred, e):
+        # the result does not depend on the shift, so no gradient flows through it
+        mx = jax.lax.stop_gradient(jnp.max(e, axis=-1, keepdims=True))
+        w = pred * jnp.exp(e - mx)
+        c = jnp.sum(w, axis=-1, keepdims=True)
+        return w / c, (jnp.log(c) + mx)[..., 0]
+
+    a1, l1 = update(jnp.broadcast_to(grid.init, log_em.shape[1:]), log_em[0])
+
+    def step(alpha, inp):
+        trans, e = inp
+        pred = alpha @ trans + 1e-30  # floor keeps far outliers finite
+        alpha, ll = update(pred, e)
+        return alpha, (alpha, ll)
+
+    _, (alphas, lls) = jax.lax.scan(step, a1, (grid.trans, log_em[1:]))
+    filtered = jnp.concatenate([a1[None], alphas], axis=0)
+    loglik = jnp.concatenate([l1[None], lls], axis=0)
+    return loglik.T, filtered
+
+
+def emission_loglik(
+    s: Array, params: DynamicsParams, effects: SettingEffects, rows: Array, data: RunsData,
+    *, n_valid: Array | None = None, use_accuracy: bool = True, use_novelty: bool = False,
+) -> tuple[Array, Array]:
+    """Log emission densities on the grid, split into a state-dependent and a constant part.
+
+    ``s`` is the (T, G) grid, ``effects`` the per-setting offsets (S,) and ``rows`` the
+    setting of each run (N,). The emission of run ``n`` at iteration ``t`` and node ``j``
+    is ``log_em[t, n, j] + const[n, t]``.
+
+    Only the log-sigmoid of the validity logit is evaluated on the grid, once per
+    (setting, iteration, node), and gathered to the runs. Everything else is a quadratic
+    in the state with per-(run, iteration) coefficients, because the validity logit and
+    the accuracy and novelty means are linear in ``s`` (their intercepts and slopes are
+    read off the :mod:`~llmnas_transfer.sim.dynamics` functions at ``s = 0`` and ``s = 1``).
+
+    Returns
+    -------
+    log_em : (T, N, G)
+    const : (N, T)
+    """
+    nv = data.n_valid if n_valid is None else n_valid
+    ng = data.n_generated
+    # validity: nv log p + (ng - nv) log(1 - p) = ng log p - (ng - nv) eta
+    eta = validity_logit(s[None], params, effects.validity_offset[:, None, None])  # (S,T,G)
+    log_p = -jax.nn.softplus(-eta)
+    per_run = jnp.take(jnp.swapaxes(log_p, 0, 1), rows, axis=1)  # (T, N, G)
+    eta0 = validity_logit(0.0, params, effects.validity_offset)[rows]  # (N,) intercepts
+    eta_slope = validity_logit(1.0, params, 0.0) - validity_logit(0.0, params, 0.0)
+    lin = -(ng - nv) * eta_slope  # coefficient of s, (N, T)
+    quad = jnp.zeros_like(lin)  # coefficient of s^2
+    const = gammaln(ng + 1.0) - gammaln(nv + 1.0) - gammaln(ng - nv + 1.0) \
+        - (ng - nv) * eta0[:, None]
+
+    def normal_part(st: NormalStats, mean_fn, offset, scale):
+        # sum over values of log N(z; c + m s, scale^2) = fixed + lin * s + quad * s^2
+        c = mean_fn(0.0, params, offset)[rows][:, None]
+        m = mean_fn(1.0, params, 0.0) - mean_fn(0.0, params, 0.0)
+        inv = 1.0 / scale**2
+        fixed = (-0.5 * st.k * (_LOG_2PI + 2.0 * jnp.log(scale))
+                 - 0.5 * inv * (st.sumsq - 2.0 * c * st.sum + st.n * c**2) + st.const)
+        return fixed, inv * m * (st.sum - st.n * c), -0.5 * inv * st.n * m**2
+
+    if use_accuracy:
+        f, a, b = normal_part(data.accuracy, accuracy_logit, effects.accuracy_offset,
+                              params.accuracy_noise)
+        const, lin, quad = const + f, lin + a, quad + b
+    if use_novelty:
+        f, a, b = normal_part(data.novelty, novelty_logit, effects.novelty_offset,
+                              params.novelty_noise)
+        const, lin, quad = const + f, lin + a, quad + b
+    sg = s[:, None, :]  # (T, 1, G)
+    log_em = ng.T[..., None] * per_run + lin.T[..., None] * sg + quad.T[..., None] * sg * sg
+    return log_em, const
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def runs_loglik(
+    params: DynamicsParams, effects: SettingEffects, data: RunsData, spec: ModelSpec,
+    n_valid: Array | None = None,
+) -> Array:
+    """Marginal log-likelihood contributions ``log p(y_t | y_{1:t-1})`` of each run, (N, T).
+
+    ``effects`` are the full-grid setting effects (dataset-major, ``D*K`` rows).
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> d = load_defaults()
+    >>> spec = ModelSpec(("cifar-10",), ("classification",), ("image",), ((0.,) * 4,),
+    ...                  ((0, 0),), (0, 0), 2, has_accuracy=False)
+    >>> z = jnp.zeros((1, 2))
+    >>> data = RunsData(jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32), z + 10, z + 6,
+    ...                 NormalStats(z, z, z, z, z), NormalStats(z, z, z, z, z))
+    >>> runs_loglik(d.dynamics_params(), d.effects(["cifar-10"], ["classification"]),
+    ...             data, spec).shape
+    (1, 2)
+    """
+    grid = state_grid(params, spec.num_iterations, spec.grid_size, spec.grid_width)
+    rows = data.dataset_idx * len(spec.tasks) + data.task_idx
+    log_em, const = emission_loglik(
+        grid.s, params, effects, rows, data, n_valid=n_valid,
+        use_accuracy=spec.has_accuracy, use_novelty=spec.has_novelty,
+    )
+    ll, _ = forward_filter(grid, log_em)
+    return ll + const
+
+
+def binomial_counts(key: PRNGKey, n: Array, p: Array) -> Array:
+    """Exact ``Binomial(n, p)`` draws as float32, one random stream per element.
+
+    Uses the library's sampler (:func:`llmnas_transfer.sim.summary.binomial`: inversion or
+    BTRS), about 5x faster on CPU than ``jax.random.binomial`` for the counts of the
+    predictive checks and forecasts.
+
+    Example
+    -------
+    >>> k = binomial_counts(jax.random.key(0), jnp.full((2, 3), 20.0), jnp.full((2, 3), 0.4))
+    >>> k.shape, k.dtype, bool(((k >= 0) & (k <= 20)).all())
+    ((2, 3), dtype('float32'), True)
+    """
+    shape = jnp.broadcast_shapes(jnp.shape(n), jnp.shape(p))
+    k0, k1 = key_words(key)
+    stream = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
+    return binomial(k0, k1, stream, jnp.broadcast_to(n, shape),
+                    jnp.broadcast_to(p, shape)).astype(jnp.float32)
+
+
+class MarginalRuns(dist.Distribution):
+    """Validity counts of runs with the latent state marginalised (batch shape (N, T)).
+
+    ``log_prob`` is the forward-algorithm decomposition ``log p(y_t | y_{1:t-1})`` (it
+    also accounts for the accuracy and novelty statistics carried in ``data``);
+    ``sample`` draws fresh states from the dynamics and binomial counts (used for prior
+    and posterior predictive checks).
+    """
+
+    support = constraints.nonnegative_integer
+    pytree_data_fields = ("params", "effects", "data")
+    pytree_aux_fields = ("spec",)
+
+    def __init__(self, params: DynamicsParams, effects: SettingEffects, data: RunsData,
+                 spec: ModelSpec, *, validate_args=None):
+        self.params, self.effects, self.data, self.spec = params, effects, data, spec
+        super().__init__(batch_shape=jnp.shape(data.n_generated), event_shape=(),
+                         validate_args=validate_args)
+
+    def log_prob(self, value):
+        return runs_loglik(self.params, self.effects, self.data, self.spec, n_valid=value)
+
+    def sample(self, key, sample_shape=()):
+        shape = tuple(sample_shape) + self.batch_shape
+        k_s, k_b = jax.random.split(key)
+        z = jnp.moveaxis(jax.random.normal(k_s, shape, jnp.float32), -1, 0)  # (T, ..., N)
+        p = self.params
+
+        def body(s, z_next):
+            nxt = transition_mean(s, p) + p.state_noise * z_next
+            return nxt, nxt
+
+        s0 = p.init_sd * z[0]
+        _, rest = jax.lax.scan(body, s0, z[1:])
+        s = jnp.moveaxis(jnp.concatenate([s0[None], rest], axis=0), 0, -1)
+        row = self.data.dataset_idx * len(self.spec.tasks) + self.data.task_idx
+        prob = jax.nn.sigmoid(validity_logit(s, p, self.effects.validity_offset[row][:, None]))
+        n = jnp.broadcast_to(self.data.n_generated, shape)
+        return binomial_counts(k_b, n, prob)
+
+
+# --------------------------------------------------------------------------- model
+def _features(spec: ModelSpec) -> Array:
+    return jnp.asarray(np.asarray(spec.features, np.float32).reshape(len(spec.datasets), -1))
+
+
+def _scatter(n: int, idx: tuple[int, ...], values: Array | None) -> Array:
+    out = jnp.zeros((n,), jnp.float32)
+    if idx and values is not None:
+        out = out.at[jnp.asarray(idx)].set(values)
+    return out
+
+
+def observed_datasets(spec: ModelSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Indices of datasets with data in some setting, and of those without."""
+    seen = sorted({d for d, _ in spec.observed})
+    return tuple(seen), tuple(i for i in range(len(spec.datasets)) if i not in seen)
+
+
+class LevelPrior(NamedTuple):
+    """Prior of a dataset-level effect ``L_d = x_d . beta + tau eps_d`` (``x_d = (1,
+    features_d)``, ``beta ~ N(mean, diag(sd^2))``, ``eps_d ~ N(0, 1)``)."""
+
+    mean: Array  # (P,) prior means of (intercept, coefficients)
+    sd: Array  # (P,) prior standard deviations
+
+
+#: priors of the two attribute regressions (intercept first, then one per feature)
+#: (NumPy arrays: no JAX backend is started on import)
+DIFFICULTY_PRIOR = LevelPrior(np.asarray([0.0, 0, 0, 0, 0], np.float32),
+                              np.asarray([1.5, 1, 1, 1, 1], np.float32))
+ACCURACY_PRIOR = LevelPrior(np.asarray([-1.0, 0, 0, 0, 0], np.float32),
+                            np.asarray([1.5, 0.5, 0.5, 0.5, 0.5], np.float32))
+
+
+def _design(spec: ModelSpec) -> Array:
+    """(D, P) design matrix of the dataset levels: a column of ones, then the features."""
+    return jnp.concatenate([jnp.ones((len(spec.datasets), 1), jnp.float32), _features(spec)],
+                           axis=1)
+
+
+def level_marginal(prior: LevelPrior, tau: Array, spec: ModelSpec) -> tuple[Array, Array]:
+    """Mean and covariance of the observed datasets' levels with ``beta`` integrated out.
+
+    ``L_obs ~ N(X_o m, X_o diag(s^2) X_o^T + tau^2 I)``. Sampling the levels from this
+    marginal (and ``beta`` from its exact conditional, :func:`level_regression`) removes
+    the funnel between ``tau`` and the coefficients that a model sampling ``beta`` and the
+    levels jointly has when there are about as many datasets as coefficients.
+    """
+    obs, _ = observed_datasets(spec)
+    x = _design(spec)[jnp.asarray(obs)]
+    cov = (x * prior.sd**2) @ x.T + tau**2 * jnp.eye(len(obs), dtype=jnp.float32)
+    return x @ prior.mean, cov
+
+
+def level_regression(prior: LevelPrior, tau: Array, observed: Array, z: Array,
+                     spec: ModelSpec) -> Array:
+    """``beta`` given the observed levels and ``tau``: ``m + chol(C) z`` (exact conditional).
+
+    ``C = (diag(s^-2) + X_o^T X_o / tau^2)^-1`` and ``m = C (m0 / s^2 + X_o^T L_obs / tau^2)``;
+    with ``z ~ N(0, I)`` the result is a draw of ``beta | L_obs, tau``.
+
+    Example
+    -------
+    >>> spec = ModelSpec(("cifar-10", "mnist"), ("classification",), ("image",) * 2,
+    ...                  ((0.0, 0.0, 5.0, 1.0), (0.0, 0.0, 4.8, 1.0)), ((0, 0), (1, 0)),
+    ...                  (0, 0), 3)
+    >>> level_regression(DIFFICULTY_PRIOR, 0.2, jnp.zeros(2), jnp.zeros(5), spec).shape
+    (5,)
+    """
+    obs, _ = observed_datasets(spec)
+    x = _design(spec)[jnp.asarray(obs)]
+    prec = jnp.diag(prior.sd**-2) + x.T @ x / tau**2
+    chol = jnp.linalg.cholesky(prec)
+    rhs = prior.mean / prior.sd**2 + x.T @ observed / tau**2
+    m = jax.scipy.linalg.cho_solve((chol, True), rhs)
+    return m + jax.scipy.linalg.solve_triangular(chol.T, z, lower=False)
+
+
+def _sample_dataset_level(name: str, prefix: str, prior: LevelPrior, tau: Array,
+                          spec: ModelSpec) -> dict:
+    """Dataset levels of one regression: the observed datasets' levels from their marginal
+    (centred: the data pin them down), the regression coefficients through the standard
+    normal ``{prefix}_regression_z`` (non-centred about their exact conditional), the
+    unobserved datasets' levels through ``{name}_z`` (non-centred residuals)."""
+    obs, unobs = observed_datasets(spec)
+    loc, cov = level_marginal(prior, tau, spec)
+    out = {name + "_observed": numpyro.sample(
+        name + "_observed", dist.MultivariateNormal(loc, covariance_matrix=cov))}
+    with numpyro.plate(prefix + "_regression", prior.mean.shape[0]):
+        out[prefix + "_regression_z"] = numpyro.sample(prefix + "_regression_z",
+                                                       dist.Normal(0.0, 1.0))
+    if unobs:
+        with numpyro.plate("unobserved_dataset", len(unobs)):
+            out[name + "_z"] = numpyro.sample(name + "_z", dist.Normal(0.0, 1.0))
+    return out
+
+
+def _compose_level(raw: dict, name: str, prefix: str, prior: LevelPrior, tau: Array,
+                   spec: ModelSpec) -> tuple[Array, Array]:
+    """(levels of every dataset, regression coefficients ``beta``) from the raw sites."""
+    obs, unobs = observed_datasets(spec)
+    observed = raw[name + "_observed"]
+    beta = level_regression(prior, tau, observed, raw[prefix + "_regression_z"], spec)
+    out = jnp.zeros(len(spec.datasets), jnp.float32).at[jnp.asarray(obs)].set(observed)
+    if unobs:
+        u = jnp.asarray(unobs)
+        out = out.at[u].set(_design(spec)[u] @ beta + tau * raw[name + "_z"])
+    return out, beta
+
+
+@partial(jax.jit, static_argnames=("spec", "full"))
+def derived_quantities(raw: dict, spec: ModelSpec, full: bool = True) -> dict:
+    """Everything the model computes from its sampled sites, in one compiled function.
+
+    Returns the deterministic sites (difficulties, offsets, expected validity and accuracy
+    per setting and iteration, gaps) plus ``"params"`` and ``"effects"`` for the
+    likelihood.
+    """
+    f32 = jnp.float32
+    nd, nk = len(spec.datasets), len(spec.tasks)
+    free_t, free_m = spec.free_tasks, spec.free_modalities
+    out: dict = {}
+    out["difficulty"], beta = _compose_level(raw, "difficulty", "difficulty", DIFFICULTY_PRIOR,
+                                             raw["difficulty_sd"], spec)
+    out["difficulty_intercept"], out["difficulty_coef"] = beta[0], beta[1:]
+    out["task_complexity"] = _scatter(nk, free_t, raw.get("task_complexity_free"))
+    inter = jnp.zeros((nd, nk), f32)
+    if "interaction_free" in raw:
+        g = raw["interaction_free"]
+        for i, m in enumerate(spec.modalities):
+            if m in free_m:
+                inter = inter.at[i, jnp.asarray(free_t)].set(g[free_m.index(m)])
+    delta = out["difficulty"][:, None] + out["task_complexity"][None, :] + inter
+    out["validity_offset"] = delta
+    if spec.has_accuracy:
+        level, beta = _compose_level(raw, "accuracy_level", "accuracy", ACCURACY_PRIOR,
+                                     raw["accuracy_sd"], spec)
+        out["accuracy_intercept"], out["accuracy_coef"] = beta[0], beta[1:]
+        task_acc = _scatter(nk, free_t, raw.get("task_accuracy_free"))
+        alpha = level[:, None] + task_acc[None, :]
+        out.update(accuracy_level=level, task_accuracy=task_acc, accuracy_offset=alpha)
+        lam, sig_a = raw["accuracy_slope"], raw["accuracy_noise"]
+    else:  # no accuracy data: the accuracy part is not in the model
+        alpha = jnp.full((nd, nk), -1.0, f32)
+        lam, sig_a = f32(0.0), f32(1.0)
+    if spec.has_novelty:
+        nu_m = jnp.zeros(nd, f32)
+        if "novelty_modality_free" in raw:
+            for i, m in enumerate(spec.modalities):
+                if m in free_m:
+                    nu_m = nu_m.at[i].set(raw["novelty_modality_free"][free_m.index(m)])
+        nu = nu_m[:, None] + _scatter(nk, free_t, raw.get("novelty_task_free"))[None, :]
+        out["novelty_offset"] = nu
+        nu0, nus, sig_n = raw["novelty_intercept"], raw["novelty_slope"], raw["novelty_noise"]
+    else:
+        nu = jnp.zeros((nd, nk), f32)
+        nu0, nus, sig_n = f32(0.0), f32(0.0), f32(1.0)
+    # b0 = 0: the validity intercept is absorbed into the difficulties (only b0 - D_d is
+    # identified by data)
+    params = DynamicsParams(raw["kappa"], raw["state_noise"], raw["init_sd"],
+                            jnp.zeros_like(raw["kappa"]), raw["validity_slope"], lam, sig_a,
+                            nu0, nus, sig_n)
+    effects = SettingEffects(delta.reshape(-1), alpha.reshape(-1), nu.reshape(-1))
+    if not full:  # only what the likelihood needs
+        return {"params": params, "effects": effects}
+    # setting-level expectations and transfer gaps (a new trial of each setting)
+    ev = expected(params, effects, spec.horizon)
+    v = ev.validity.reshape(nd, nk, spec.horizon)
+    out["validity"] = v
+    t, (ri, rk) = spec.gap_t - 1, spec.reference
+    if spec.has_accuracy:
+        a = ev.accuracy.reshape(nd, nk, spec.horizon)
+        out["accuracy"] = a
+        g = gap_components(v[..., t], a[..., t], v[ri, rk, t], a[ri, rk, t])
+        for name in ("validity_gap", "accuracy_gap", "combined_gap"):
+            out[name] = g[name]
+    else:  # without accuracy data only the validity gap is defined by the data
+        out["validity_gap"] = 1.0 - v[..., t] / v[ri, rk, t]
+    out["params"], out["effects"] = params, effects
+    return out
+
+
+#: priors of the scalar sites of :func:`runs_model` (kept in one place: the model samples
+#: them, and the mode search and the SVI guide start at their medians)
+SCALAR_PRIORS: dict[str, dist.Distribution] = {
+    "kappa": dist.Beta(2.0, 5.0),
+    "state_noise": dist.LogNormal(math.log(0.1), 0.5),
+    "init_sd": dist.LogNormal(math.log(0.3), 0.5),
+    "validity_slope": dist.Normal(1.5, 1.0),
+    "difficulty_sd": dist.LogNormal(math.log(0.2), 0.6),
+    "accuracy_sd": dist.LogNormal(math.log(0.2), 0.6),
+    "accuracy_slope": dist.Normal(0.3, 0.5),
+    "accuracy_noise": dist.LogNormal(math.log(0.4), 0.5),
+    "novelty_intercept": dist.Normal(0.0, 1.5),
+    "novelty_slope": dist.Normal(0.0, 1.0),
+    "novelty_noise": dist.LogNormal(math.log(0.8), 0.5),
+}
+
+
+@cache
+def _prior_medians() -> tuple[tuple[str, float], ...]:
+    out = []
+    for name, d in SCALAR_PRIORS.items():
+        if isinstance(d, dist.LogNormal):
+            out.append((name, math.exp(float(d.loc))))
+        elif isinstance(d, dist.Normal):
+            out.append((name, float(d.loc)))
+        elif isinstance(d, dist.Beta):  # no closed form: bisection on the CDF
+            lo, hi = 0.0, 1.0
+            for _ in range(40):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if float(d.cdf(mid)) < 0.5 else (lo, mid)
+            out.append((name, 0.5 * (lo + hi)))
+        else:
+            raise TypeError(f"no median rule for the prior of {name}: {type(d).__name__}")
+    return tuple(out)
+
+
+def prior_medians() -> dict[str, float]:
+    """Medians of :data:`SCALAR_PRIORS` (closed form, or bisection on the Beta's CDF).
+
+    Example
+    -------
+    >>> m = prior_medians()
+    >>> round(m["state_noise"], 4), round(m["validity_slope"], 4), round(m["kappa"], 3)
+    (0.1, 1.5, 0.264)
+    """
+    return dict(_prior_medians())  # a fresh dict: callers may change it
+
+
+def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
+               subsample_size: int | None = None, deterministic: bool = True) -> None:
+    """The hierarchical model of observed runs (generative when ``n_valid`` is ``None``).
+
+    Parameters
+    ----------
+    data : :class:`RunsData` (``data.n_valid`` is ignored; pass the counts as ``n_valid``).
+    spec : :class:`ModelSpec`.
+    n_valid : observed valid counts (run, iteration), or ``None`` to draw them.
+    subsample_size : runs per SVI step (mini-batching over runs); ``None`` uses all.
+
+    Example
+    -------
+    >>> from numpyro.infer import Predictive
+    >>> spec = ModelSpec(("cifar-10",), ("classification",), ("image",), ((0.,) * 4,),
+    ...                  ((0, 0),), (0, 0), 3, has_accuracy=False)
+    >>> z = jnp.zeros((2, 3))
+    >>> data = RunsData(jnp.zeros(2, jnp.int32), jnp.zeros(2, jnp.int32), z + 10, z,
+    ...                 NormalStats(z, z, z, z, z), NormalStats(z, z, z, z, z))
+    >>> draws = Predictive(runs_model, num_samples=5)(jax.random.key(0), data, spec=spec)
+    >>> draws["n_valid"].shape
+    (5, 2, 3)
+    """
+    free_t, free_m = spec.free_tasks, spec.free_modalities
+    raw: dict = {}
+
+    def site(name, d):
+        raw[name] = numpyro.sample(name, d)
+
+    for name in ("kappa", "state_noise", "init_sd", "validity_slope"):
+        site(name, SCALAR_PRIORS[name])
+    # validity offsets: D_d + C_k + G_{m(d), k}, D_d ~ N(w0 + features_d . w, tau_D)
+    # (w0, w) ~ N(DIFFICULTY_PRIOR) are integrated out of the observed levels' prior and
+    # drawn from their exact conditional (see level_marginal / level_regression)
+    site("difficulty_sd", SCALAR_PRIORS["difficulty_sd"])
+    raw.update(_sample_dataset_level("difficulty", "difficulty", DIFFICULTY_PRIOR,
+                                     raw["difficulty_sd"], spec))
+    if free_t:
+        with numpyro.plate("free_task", len(free_t)):
+            site("task_complexity_free", dist.Normal(0.5, 1.0))
+    if free_t and free_m:
+        with numpyro.plate("free_modality", len(free_m), dim=-2), \
+                numpyro.plate("free_task", len(free_t), dim=-1):
+            site("interaction_free", dist.Normal(0.0, 0.5))
+    # accuracy offsets: alpha_d + alpha_k, alpha_d ~ N(a0 + features_d . w_a, tau_a)
+    if spec.has_accuracy:
+        site("accuracy_sd", SCALAR_PRIORS["accuracy_sd"])
+        raw.update(_sample_dataset_level("accuracy_level", "accuracy",
+                                         ACCURACY_PRIOR, raw["accuracy_sd"], spec))
+        if free_t:
+            with numpyro.plate("free_task", len(free_t)):
+                site("task_accuracy_free", dist.Normal(0.0, 0.5))
+        site("accuracy_slope", SCALAR_PRIORS["accuracy_slope"])
+        site("accuracy_noise", SCALAR_PRIORS["accuracy_noise"])
+    # novelty offsets: nu_{m(d)} + nu_k
+    if spec.has_novelty:
+        for name in ("novelty_intercept", "novelty_slope", "novelty_noise"):
+            site(name, SCALAR_PRIORS[name])
+        if free_m:
+            with numpyro.plate("free_modality", len(free_m)):
+                site("novelty_modality_free", dist.Normal(0.0, 0.5))
+        if free_t:
+            with numpyro.plate("free_task", len(free_t)):
+                site("novelty_task_free", dist.Normal(0.0, 0.5))
+
+    det = derived_quantities(raw, spec, full=deterministic)
+    if deterministic:
+        for name, value in det.items():
+            if name not in ("params", "effects"):
+                numpyro.deterministic(name, value)
+
+    # likelihood: one row per run, the state marginalised by the grid filter
+    n_runs, n_it = data.n_generated.shape
+    with numpyro.plate("run", n_runs, dim=-2, subsample_size=subsample_size) as idx:
+        sub = data if subsample_size is None else jax.tree.map(lambda x: x[idx], data)
+        obs = None if n_valid is None else (n_valid if subsample_size is None else n_valid[idx])
+        with numpyro.plate("iteration", n_it, dim=-1):
+            numpyro.sample("n_valid", MarginalRuns(det["params"], det["effects"], sub, spec),
+                           obs=obs)
+
+
+# --------------------------------------------------------------------------- helpers
+def params_from_sample(sample: dict, spec: ModelSpec) -> tuple[DynamicsParams, SettingEffects]:
+    """Rebuild the dynamics and full-grid setting effects from one posterior draw.
+
+    ``sample`` must hold the scalar sites and the ``validity_offset``/``accuracy_offset``
+    deterministics; novelty is taken from the draw when modelled.
+    """
+    f = jnp.float32
+    get = sample.get
+    params = DynamicsParams(
+        sample["kappa"], sample["state_noise"], sample["init_sd"],
+        jnp.zeros_like(sample["kappa"]), sample["validity_slope"],
+        get("accuracy_slope", f(0.0)), get("accuracy_noise", f(1.0)),
+        get("novelty_intercept", f(0.0)), get("novelty_slope", f(0.0)),
+        get("novelty_noise", f(1.0)),
+    )
+    nd, nk = len(spec.datasets), len(spec.tasks)
+    nu = sample.get("novelty_offset", jnp.zeros((nd, nk), f))
+    alpha = sample.get("accuracy_offset", jnp.zeros((nd, nk), f))
+    effects = SettingEffects(
+        jnp.reshape(sample["validity_offset"], (-1,)),
+        jnp.reshape(alpha, (-1,)),
+        jnp.reshape(nu, (-1,)),
+    )
+    return params, effects
+
+
+def forecast_runs(
+    key: PRNGKey, params: DynamicsParams, effects: SettingEffects, data: RunsData,
+    spec: ModelSpec, n_generated: Array,
+) -> Array:
+    """Posterior predictive validity counts of the observed runs over the horizon.
+
+    The states are drawn from their conditional distribution given the run's data
+    (forward filtering, backward sampling on the grid), then continued ``K`` iterations
+    past the data; counts are drawn with ``n_generated`` (N, T + K) candidates.
+
+    Returns (N, T + K) counts (float32).
+    """
+    horizon = spec.horizon
+    grid = state_grid(params, horizon, spec.grid_size, spec.grid_width)
+    row = data.dataset_idx * len(spec.tasks) + data.task_idx
+    pad = ((0, 0), (0, spec.num_forecast))
+    padded = jax.tree.map(lambda x: jnp.pad(x, pad) if jnp.ndim(x) == 2 else x, data)
+    log_em, _ = emission_loglik(
+        grid.s, params, effects, row, padded,
+        use_accuracy=spec.has_accuracy, use_novelty=spec.has_novelty,
+    )
+    _, filt = forward_filter(grid, log_em)  # (H, N, G)
+    keys = jax.random.split(key, horizon + 1)
+    j_last = jax.random.categorical(keys[horizon], jnp.log(filt[-1] + 1e-30), axis=-1)
+
+    def back(j_next, inp):
+        f_t, trans_t, k = inp
+        logits = jnp.log(f_t + 1e-30) + jnp.log(trans_t[:, j_next].T + 1e-30)
+        j = jax.random.categorical(k, logits, axis=-1)
+        return j, j
+
+    _, js = jax.lax.scan(back, j_last, (filt[:-1], grid.trans, keys[: horizon - 1]),
+                         reverse=True)
+    idx = jnp.concatenate([js, j_last[None]], axis=0)  # (H, N)
+    s = jnp.take_along_axis(grid.s, idx, axis=1)  # (H, N)
+    prob = jax.nn.sigmoid(validity_logit(s, params, effects.validity_offset[row][None, :]))
+    return binomial_counts(keys[-1], n_generated.T, prob).T
+
+
+def forecast_n_generated(data: RunsData, num_forecast: int) -> np.ndarray:
+    """Candidates per (run, iteration) behind the predictive pooled rates, (N, T + K).
+
+    Where some run of a setting was observed at iteration ``t``, the observed counts
+    (0 for the runs without data at ``t``), so that the predictive pooled rate compares
+    with the observed one. Elsewhere (iterations no run of the setting observed, and the
+    forecast iterations) every run with its nearest observed ``n_generated`` (the last one
+    before ``t``, else the first one after).
+
+    Example
+    -------
+    >>> z = np.zeros((2, 3), np.float32)
+    >>> ng = np.asarray([[0, 10, 0], [0, 20, 30]], np.float32)
+    >>> d = RunsData(np.zeros(2, np.int32), np.zeros(2, np.int32), ng, z,
+    ...              NormalStats(z, z, z, z, z), NormalStats(z, z, z, z, z))
+    >>> forecast_n_generated(d, 1).tolist()
+    [[10.0, 10.0, 0.0, 10.0], [20.0, 20.0, 30.0, 30.0]]
+    """
+    ng = np.asarray(data.n_generated, np.float32)
+    n, T = ng.shape
+    nearest = np.zeros_like(ng)
+    last = np.zeros(n, np.float32)
+    for t in range(T):
+        last = np.where(ng[:, t] > 0, ng[:, t], last)
+        nearest[:, t] = last
+    nxt = np.zeros(n, np.float32)
+    for t in range(T - 1, -1, -1):
+        nxt = np.where(ng[:, t] > 0, ng[:, t], nxt)
+        nearest[:, t] = np.where(nearest[:, t] > 0, nearest[:, t], nxt)
+    setting = np.asarray(data.dataset_idx, np.int64) * 100_003 + np.asarray(data.task_idx)
+    out = np.empty_like(ng)
+    for s in np.unique(setting):
+        rows = setting == s
+        seen = (ng[rows] > 0).any(axis=0)  # (T,)
+        out[rows] = np.where(seen[None, :], ng[rows], nearest[rows])
+    fut = np.repeat(nearest[:, -1:], num_forecast, axis=1)
+    return np.concatenate([out, fut], axis=1)

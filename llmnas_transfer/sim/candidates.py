@@ -1,0 +1,468 @@
+"""Simulate refinement runs: ``lax.scan`` over iterations, ``vmap`` over trials and settings.
+
+Streams: the key of a setting is ``fold_in(key, setting_id(dataset, task))``, the key of a
+trial is ``fold_in(setting_key, trial_index)`` and the key of an iteration is
+``fold_in(trial_key, iteration)``. A trial's outcome therefore depends only on the seed,
+the setting's names and the trial index: adding settings, trials or iterations, or
+changing the chunk size, never changes numbers already produced.
+
+Example
+-------
+>>> from llmnas_transfer import simulate
+>>> ds = simulate(0, datasets=["cifar-10"], tasks=["classification"], num_trials=4,
+...               num_iterations=3, num_candidates=5)
+>>> dict(ds.sizes)
+{'dataset': 1, 'task': 1, 'trial': 4, 'iteration': 3, 'accuracy_bin': 20, 'novelty_bin': 20}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.progress import progress_bar
+from llmnas_transfer.sim import registry
+from llmnas_transfer.sim.dynamics import (
+    Candidates,
+    SimState,
+    draw_candidates_many,
+    init_state,
+    step,
+    transition,
+)
+from llmnas_transfer.sim.params import DynamicsParams, ModelDefaults, SettingEffects, load_defaults
+from llmnas_transfer.sim.types import Array, PRNGKey
+
+MAX_TRIALS = 10**9
+MAX_ITERATIONS = 10_000
+MAX_CANDIDATES = 10**6
+MAX_RESULT_BYTES = 4 * 2**30  # results held in host memory at once
+DEFAULT_CHUNK = 1024
+
+
+class IterationSummary(NamedTuple):
+    """Sufficient statistics of one (trial, iteration); sums run over valid candidates."""
+
+    n_valid: Array
+    accuracy_sum: Array
+    accuracy_sumsq: Array
+    novelty_sum: Array
+    novelty_sumsq: Array
+    state: Array
+    p_valid: Array
+    accuracy_hist: Array
+    novelty_hist: Array
+
+
+def _hist(x: Array, valid: Array, bins: int) -> Array:
+    # one-hot counts (a compare per bin) vectorise better on CPU than a scatter-add
+    idx = jnp.clip(jnp.floor(jnp.where(valid, x, 0.0) * bins).astype(jnp.int32), 0, bins - 1)
+    idx = jnp.where(valid, idx, bins)
+    onehot = idx[..., None, :] == jnp.arange(bins, dtype=jnp.int32)[:, None]
+    return jnp.sum(onehot, axis=-1, dtype=jnp.int32)
+
+
+def summarize_candidates(c: Candidates, bins: int) -> IterationSummary:
+    """Reduce one iteration's candidates to :class:`IterationSummary`."""
+    acc = jnp.where(c.valid, c.accuracy, 0.0)
+    nov = jnp.where(c.valid, c.novelty, 0.0)
+    return IterationSummary(
+        jnp.sum(c.valid, dtype=jnp.int32),
+        jnp.sum(acc), jnp.sum(acc * acc), jnp.sum(nov), jnp.sum(nov * nov),
+        c.state, c.p_valid,
+        _hist(c.accuracy, c.valid, bins) if bins else jnp.zeros((0,), jnp.int32),
+        _hist(c.novelty, c.valid, bins) if bins else jnp.zeros((0,), jnp.int32),
+    )
+
+
+_UNROLL_HIST = 64  # candidates per iteration up to which the histogram loop is unrolled
+
+
+def _hist_many(x: Array, valid: Array, bins: int) -> Array:
+    """Histogram counts per lane of ``x`` (candidate axis first); returns ``(L, bins)``."""
+    idx = jnp.clip(jnp.floor(jnp.where(valid, x, 0.0) * bins).astype(jnp.int32), 0, bins - 1)
+    idx = jnp.where(valid, idx, bins)
+    edges = jnp.arange(bins, dtype=jnp.int32).reshape((bins,) + (1,) * (idx.ndim - 1))
+    if idx.shape[0] <= _UNROLL_HIST:
+        # elementwise adds over the few candidates: one fused loop, vectorised over lanes
+        counts = jnp.zeros((bins,) + idx.shape[1:], jnp.int32)
+        for j in range(idx.shape[0]):
+            counts = counts + (idx[j][None] == edges).astype(jnp.int32)
+    else:  # many candidates: a rolled loop keeps the program small
+        counts = jax.lax.fori_loop(
+            0, idx.shape[0],
+            lambda j, c: c + (jax.lax.dynamic_index_in_dim(idx, j, 0, keepdims=True)
+                              == edges).astype(jnp.int32),
+            jnp.zeros((bins,) + idx.shape[1:], jnp.int32))
+    return jnp.moveaxis(counts, 0, -1)
+
+
+def _tree_sum0(x: Array) -> Array:
+    """Sum over axis 0 by a fixed pairwise tree of elementwise adds.
+
+    ``jnp.sum`` lets XLA pick the summation order, and its choice can change with the
+    number of lanes; this order does not, so per-trial sums are the same bits whatever
+    the chunk size (which streaming sweeps rely on).
+    """
+    while x.shape[0] > 1:
+        if x.shape[0] % 2:
+            x = jnp.concatenate([x, jnp.zeros_like(x[:1])], 0)
+        h = x.shape[0] // 2
+        x = x[:h] + x[h:]
+    return x[0]
+
+
+def summarize_many(c: Candidates, bins: int) -> IterationSummary:
+    """:func:`summarize_candidates` for many lanes (``Candidates`` from
+    :func:`~llmnas_transfer.sim.dynamics.draw_candidates_many`, candidate axis first)."""
+    acc = jnp.where(c.valid, c.accuracy, 0.0)
+    nov = jnp.where(c.valid, c.novelty, 0.0)
+    lanes = c.valid.shape[1:]
+    return IterationSummary(
+        jnp.sum(c.valid, axis=0, dtype=jnp.int32),  # integers: exact in any order
+        _tree_sum0(acc), _tree_sum0(acc * acc), _tree_sum0(nov), _tree_sum0(nov * nov),
+        c.state, c.p_valid,
+        _hist_many(c.accuracy, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
+        _hist_many(c.novelty, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
+    )
+
+
+def simulate_trial(
+    key: PRNGKey,
+    params: DynamicsParams,
+    effects: SettingEffects,
+    *,
+    num_iterations: int,
+    num_candidates: int,
+    bins: int = 20,
+    per_candidate: bool = False,
+) -> tuple[IterationSummary, Candidates | None]:
+    """One trial of one setting: scan :func:`~llmnas_transfer.sim.dynamics.step` over iterations.
+
+    Returns per-iteration summaries (leading axis ``iteration``) and, if asked, the
+    per-candidate draws (``iteration x candidate``).
+    """
+    state = init_state(jax.random.fold_in(key, 0), params)
+    iter_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(
+        jnp.arange(1, num_iterations + 1, dtype=jnp.uint32)
+    )
+
+    def body(carry: SimState, k: PRNGKey):
+        nxt, cands = step(k, carry, params, effects, num_candidates=num_candidates)
+        out = summarize_candidates(cands, bins)
+        return nxt, (out, cands if per_candidate else None)
+
+    _, (summ, cands) = jax.lax.scan(body, state, iter_keys)
+    return summ, cands
+
+
+PATHS = ("candidates", "summary")
+
+
+def chunk_kernel(
+    key: PRNGKey,
+    params: DynamicsParams,
+    effects: SettingEffects,
+    setting_ids: Array,
+    trial_ids: Array,
+    *,
+    num_iterations: int,
+    num_candidates: int,
+    bins: int = 20,
+    per_candidate: bool = False,
+    path: str = "candidates",
+) -> tuple[IterationSummary, Candidates | None]:
+    """Un-jitted body of :func:`simulate_chunk` (also traced by the streaming sweep)."""
+    if path == "summary":
+        from llmnas_transfer.sim.summary import summary_chunk
+
+        return summary_chunk(key, params, effects, setting_ids, trial_ids,
+                             num_iterations=num_iterations, num_candidates=num_candidates,
+                             bins=bins), None
+
+    # The scan over iterations runs outside the vmap over trials (same keys and numbers as
+    # vmapping simulate_trial): each step works on all trials of the chunk at once and the
+    # stacked per-candidate output needs no transpose.
+    def one_setting(eff: SettingEffects, sid: Array):
+        skey = jax.random.fold_in(key, sid)
+        tkeys = jax.vmap(lambda tid: jax.random.fold_in(skey, tid))(trial_ids)
+        state0 = jax.vmap(lambda k: init_state(jax.random.fold_in(k, 0), params))(tkeys)
+
+        def body(state: SimState, t: Array):
+            # dynamics.step for every trial at once: same keys, same draws
+            ikeys = jax.vmap(lambda k: jax.random.fold_in(k, t))(tkeys)
+            pairs = jax.vmap(jax.random.split)(ikeys)
+            cands = draw_candidates_many(pairs[:, 0], state.refinement, params, eff,
+                                         num_candidates)
+            nxt = jax.vmap(lambda k, s: transition(k, s, params))(pairs[:, 1], state)
+            out = summarize_many(cands, bins)
+            return nxt, (out, cands if per_candidate else None)
+
+        _, ys = jax.lax.scan(body, state0, jnp.arange(1, num_iterations + 1, dtype=jnp.uint32))
+        return ys
+
+    summ, cands = jax.vmap(one_setting)(effects, setting_ids)  # (setting, iteration, ...)
+    return jax.tree.map(lambda x: jnp.moveaxis(x, 1, 2), summ), cands
+
+
+@partial(
+    jax.jit,
+    static_argnames=("num_iterations", "num_candidates", "bins", "per_candidate", "path"),
+)
+def simulate_chunk(
+    key: PRNGKey,
+    params: DynamicsParams,
+    effects: SettingEffects,
+    setting_ids: Array,
+    trial_ids: Array,
+    *,
+    num_iterations: int,
+    num_candidates: int,
+    bins: int = 20,
+    per_candidate: bool = False,
+    path: str = "candidates",
+) -> tuple[IterationSummary, Candidates | None]:
+    """Jitted kernel: settings (outer vmap) x trials (inner vmap) x iterations (scan).
+
+    Summary leaves have shape ``(setting, trial, iteration, ...)``; per-candidate leaves
+    (when ``per_candidate``) have shape ``(setting, iteration, candidate, trial)`` for
+    ``valid``, ``accuracy`` and ``novelty`` and ``(setting, iteration, trial)`` for
+    ``p_valid`` and ``state``: the order the kernel produces them in, trials on the minor
+    axis (:func:`simulate` rearranges them as a view on the host).
+    ``path="summary"`` draws each pair's summaries directly
+    (:mod:`llmnas_transfer.sim.summary`); it has no per-candidate output.
+    """
+    return chunk_kernel(key, params, effects, setting_ids, trial_ids,
+                        num_iterations=num_iterations, num_candidates=num_candidates,
+                        bins=bins, per_candidate=per_candidate, path=path)
+
+
+def as_key(seed: int | PRNGKey) -> PRNGKey:
+    """Turn an integer seed (or a key) into a typed PRNG key."""
+    if isinstance(seed, (int, np.integer)):
+        if seed < 0 or seed >= 2**63:
+            raise UserInputError(f"seed must be a non-negative integer below 2**63, got {seed}")
+        return jax.random.key(int(seed))
+    if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+        return seed
+    if isinstance(seed, jax.Array) and seed.dtype == jnp.uint32 and seed.shape == (2,):
+        return jax.random.wrap_key_data(seed)
+    raise UserInputError(f"seed must be an integer or a jax PRNG key, got {type(seed).__name__}")
+
+
+def _check_size(name: str, value: int, upper: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise UserInputError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise UserInputError(f"{name} must be at least 1, got {value}")
+    if value > upper:
+        raise UserInputError(f"{name}={value} is absurdly large (limit {upper})")
+    return int(value)
+
+
+def simulate(
+    key: int | PRNGKey = 0,
+    *,
+    datasets: Sequence[str] | str | None = None,
+    tasks: Sequence[str] | str | None = None,
+    num_trials: int = 15,
+    num_iterations: int = 10,
+    num_candidates: int = 20,
+    trial_offset: int = 0,
+    per_candidate: bool = False,
+    bins: int = 20,
+    chunk_size: int | None = None,
+    defaults: ModelDefaults | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+    path: str = "candidates",
+) -> xr.Dataset:
+    """Simulate every (dataset, task) cell and return an :class:`xarray.Dataset`.
+
+    Parameters
+    ----------
+    key : integer seed or PRNG key.
+    datasets, tasks : registry names (``None`` = the built-ins; a comma-separated string
+        is accepted).
+    num_trials, num_iterations, num_candidates : trials per setting, refinement
+        iterations, candidates generated per iteration.
+    trial_offset : index of the first trial (trials ``offset .. offset+R-1`` are run).
+    per_candidate : also return per-candidate ``valid``, ``accuracy``, ``novelty``.
+    bins : number of fixed accuracy/novelty histogram bins on [0, 1] (0 disables).
+    chunk_size : trials per compiled call (results do not depend on it).
+    defaults : parameters; the shipped calibrated defaults if ``None``.
+    progress : ``True`` for a rich progress bar, or a callback ``f(done, total)``.
+    path : ``"candidates"`` draws every candidate (exact; needed for ``per_candidate``);
+        ``"summary"`` draws each (trial, iteration)'s summaries directly, at a cost that
+        does not grow with ``num_candidates`` (:mod:`llmnas_transfer.sim.summary`: exact
+        counts and histograms, accuracy/novelty sums exact up to 16 valid candidates and a
+        tested normal approximation beyond).
+
+    Returns
+    -------
+    xarray.Dataset with dims ``(dataset, task, trial, iteration)`` holding ``n_valid``,
+    ``validity_rate``, accuracy and novelty sums, means and sds over valid candidates,
+    the latent ``state``, ``p_valid``, histograms, and (optionally) per-candidate values.
+
+    Example
+    -------
+    >>> ds = simulate(1, datasets="cifar-10,audioset", tasks="classification",
+    ...               num_trials=3, num_iterations=2, num_candidates=4, per_candidate=True)
+    >>> ds["valid"].dims
+    ('dataset', 'task', 'trial', 'iteration', 'candidate')
+    """
+    num_trials = _check_size("num_trials", num_trials, MAX_TRIALS)
+    num_iterations = _check_size("num_iterations", num_iterations, MAX_ITERATIONS)
+    num_candidates = _check_size("num_candidates", num_candidates, MAX_CANDIDATES)
+    if isinstance(trial_offset, bool) or not isinstance(trial_offset, (int, np.integer)) \
+            or trial_offset < 0 or trial_offset + num_trials > 2**31 - 1:
+        raise UserInputError(f"trial_offset must be a non-negative integer, got {trial_offset!r}")
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 0 <= bins <= 1000:
+        raise UserInputError(f"bins must be an integer in [0, 1000], got {bins!r}")
+    if path not in PATHS:
+        raise UserInputError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+    if path == "summary" and per_candidate:
+        raise UserInputError("per_candidate=True needs path='candidates' (the summary path "
+                             "never draws individual candidates)")
+    key = as_key(key)
+    defaults = defaults or load_defaults()
+    ds_list, task_list = registry.resolve(datasets, tasks)
+    params = defaults.dynamics_params()
+    effects = defaults.effects([d.name for d in ds_list], [t.name for t in task_list])
+    n_set = len(ds_list) * len(task_list)
+    sids = np.array(
+        [registry.setting_id(d.name, t.name) for d in ds_list for t in task_list], np.uint32
+    )
+
+    per_trial_bytes = n_set * num_iterations * (4 * 7 + 8 * bins)
+    if per_candidate:
+        per_trial_bytes += n_set * num_iterations * num_candidates * 9
+    total = per_trial_bytes * num_trials
+    if total > MAX_RESULT_BYTES:
+        raise UserInputError(
+            f"the requested results need about {total / 2**30:.1f} GiB in memory "
+            f"(limit {MAX_RESULT_BYTES / 2**30:.0f} GiB); reduce num_trials, drop "
+            "per_candidate/bins, or stream summaries with llmnas_transfer.study.sweeps"
+        )
+    if chunk_size is None:
+        budget = max(1, (256 * 2**20) // max(per_trial_bytes, 1))
+        # the candidate path holds (setting, candidate, trial) arrays at each iteration
+        work = 2**24 // (n_set * num_candidates) if path == "candidates" else DEFAULT_CHUNK
+        chunk_size = int(min(num_trials, DEFAULT_CHUNK, budget, max(1, work)))
+    chunk_size = _check_size("chunk_size", chunk_size, MAX_TRIALS)
+    chunk_size = min(chunk_size, num_trials)
+
+    n_chunks = math.ceil(num_trials / chunk_size)
+    summaries, cand_chunks = [], []
+    bar = progress_bar(progress, n_chunks, label="simulating", unit="chunks", min_total=2)
+    try:
+        for c in range(n_chunks):
+            lo = trial_offset + c * chunk_size
+            ids = np.arange(lo, lo + chunk_size, dtype=np.int32)
+            summ, cands = simulate_chunk(
+                key, params, effects, jnp.asarray(sids), jnp.asarray(ids),
+                num_iterations=num_iterations, num_candidates=num_candidates,
+                bins=bins, per_candidate=per_candidate, path=path,
+            )
+            n_keep = min(chunk_size, num_trials - c * chunk_size)
+            summaries.append(jax.tree.map(lambda x, n=n_keep: np.asarray(x[:, :n]), summ))
+            if per_candidate:  # (setting, iteration, [candidate,] trial)
+                cand_chunks.append(
+                    jax.tree.map(lambda x, n=n_keep: np.asarray(x[..., :n]), cands))
+            bar(c + 1, n_chunks)
+    finally:
+        bar(None, n_chunks)
+    summ = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *summaries)
+    cands = (  # concatenate over trials, then view as (setting, trial, iteration, ...)
+        jax.tree.map(lambda *xs: np.moveaxis(np.concatenate(xs, axis=-1), -1, 1),
+                     *cand_chunks)
+        if per_candidate else None
+    )
+    return to_dataset(
+        summ, cands, [d.name for d in ds_list], [t.name for t in task_list],
+        trial_ids=np.arange(trial_offset, trial_offset + num_trials),
+        num_candidates=num_candidates, attrs={
+            "seed": str(jax.random.key_data(key).tolist()),
+            "num_candidates": num_candidates,
+            "path": path,
+            "model": "llmnas_transfer state-space refinement model",
+        },
+    )
+
+
+def to_dataset(
+    summ: IterationSummary,
+    cands: Candidates | None,
+    datasets: list[str],
+    tasks: list[str],
+    *,
+    trial_ids: np.ndarray,
+    num_candidates: int,
+    attrs: dict | None = None,
+) -> xr.Dataset:
+    """Arrange kernel outputs ``(setting, trial, iteration, ...)`` as an xarray Dataset."""
+    nd, nt = len(datasets), len(tasks)
+
+    def grid(x):
+        x = np.asarray(x)
+        return x.reshape((nd, nt) + x.shape[1:])
+
+    dims = ("dataset", "task", "trial", "iteration")
+    n_valid = grid(summ.n_valid)
+    nv = np.where(n_valid > 0, n_valid, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc_mean = grid(summ.accuracy_sum) / nv
+        acc_var = grid(summ.accuracy_sumsq) / nv - acc_mean**2
+        nov_mean = grid(summ.novelty_sum) / nv
+        nov_var = grid(summ.novelty_sumsq) / nv - nov_mean**2
+    n_iter = n_valid.shape[3]
+    data = {
+        "n_valid": (dims, n_valid),
+        "validity_rate": (dims, n_valid / float(num_candidates)),
+        "accuracy_sum": (dims, grid(summ.accuracy_sum)),
+        "accuracy_sumsq": (dims, grid(summ.accuracy_sumsq)),
+        "accuracy_mean": (dims, acc_mean),
+        "accuracy_sd": (dims, np.sqrt(np.clip(acc_var, 0, None))),
+        "novelty_sum": (dims, grid(summ.novelty_sum)),
+        "novelty_sumsq": (dims, grid(summ.novelty_sumsq)),
+        "novelty_mean": (dims, nov_mean),
+        "novelty_sd": (dims, np.sqrt(np.clip(nov_var, 0, None))),
+        "state": (dims, grid(summ.state)),
+        "p_valid": (dims, grid(summ.p_valid)),
+    }
+    coords = {
+        "dataset": list(datasets), "task": list(tasks),
+        "trial": np.asarray(trial_ids, np.int64),
+        "iteration": np.arange(1, n_iter + 1),
+    }
+    bins = np.asarray(summ.accuracy_hist).shape[-1]
+    if bins:
+        edges = np.linspace(0, 1, bins + 1)
+        data["accuracy_hist"] = (dims + ("accuracy_bin",), grid(summ.accuracy_hist))
+        data["novelty_hist"] = (dims + ("novelty_bin",), grid(summ.novelty_hist))
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        coords["accuracy_bin"] = centres
+        coords["novelty_bin"] = centres
+    if cands is not None:
+        cdims = dims + ("candidate",)
+        data["valid"] = (cdims, grid(cands.valid))
+        data["accuracy"] = (cdims, grid(cands.accuracy))
+        data["novelty"] = (cdims, grid(cands.novelty))
+        coords["candidate"] = np.arange(num_candidates)
+    out = xr.Dataset(data, coords=coords, attrs=dict(attrs or {}))
+    out["n_generated"] = xr.DataArray(num_candidates)
+    units = {
+        "validity_rate": "fraction of generated candidates",
+        "accuracy_mean": "first-epoch accuracy (fraction)",
+        "novelty_mean": "structural novelty score in [0, 1]",
+    }
+    for k, u in units.items():
+        out[k].attrs["units"] = u
+    return out

@@ -1,0 +1,251 @@
+"""Parameter PyTrees and the shipped, calibrated defaults.
+
+Two NamedTuples carry everything the dynamics read:
+
+* :class:`DynamicsParams` - global refinement dynamics and emission slopes (scalars).
+* :class:`SettingEffects` - per-setting offsets, one entry per (dataset, task) cell.
+
+:class:`ModelDefaults` is the calibrated parameter file (``data/default_params.json``)
+turned into an object that builds :class:`SettingEffects` for any list of registered
+datasets and tasks, including user-registered ones (through the attribute regression).
+
+Example
+-------
+>>> from llmnas_transfer.sim.params import load_defaults
+>>> d = load_defaults()
+>>> eff = d.effects(["cifar-10", "audioset"], ["classification"])
+>>> eff.validity_offset.shape
+(2,)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.sim import registry
+from llmnas_transfer.sim.types import Array
+
+DEFAULT_PARAMS_FILE = "default_params.json"
+
+
+class DynamicsParams(NamedTuple):
+    """Global refinement dynamics (all scalars).
+
+    State: ``s_1 ~ N(0, init_sd^2)``, ``s_{t+1} = s_t + kappa (1 - s_t) + state_noise e_t``.
+    Emissions: ``logit P(valid) = validity_intercept + validity_slope s_t - delta``,
+    ``logit acc = alpha + accuracy_slope s_t + accuracy_noise z``,
+    ``logit novelty = nu + novelty_slope s_t + novelty_noise z'``.
+    """
+
+    kappa: Array
+    state_noise: Array
+    init_sd: Array
+    validity_intercept: Array
+    validity_slope: Array
+    accuracy_slope: Array
+    accuracy_noise: Array
+    novelty_intercept: Array
+    novelty_slope: Array
+    novelty_noise: Array
+
+
+class SettingEffects(NamedTuple):
+    """Per-setting offsets; each field has a leading ``setting`` axis (or is a scalar).
+
+    ``validity_offset`` is ``delta = D_d + C_k + G_{m(d),k}`` (subtracted from the validity
+    logit), ``accuracy_offset`` is ``alpha_d + alpha_k`` and ``novelty_offset`` is
+    ``nu_{m(d)} + nu_k``.
+    """
+
+    validity_offset: Array
+    accuracy_offset: Array
+    novelty_offset: Array
+
+
+def dynamics_from_dict(d: dict[str, float]) -> DynamicsParams:
+    """Build :class:`DynamicsParams` (float32 scalars) from a plain mapping."""
+    missing = [f for f in DynamicsParams._fields if f not in d]
+    if missing:
+        raise UserInputError(f"dynamics parameters missing: {', '.join(missing)}")
+    return DynamicsParams(**{f: jnp.asarray(d[f], jnp.float32) for f in DynamicsParams._fields})
+
+
+def dynamics_to_dict(p: DynamicsParams) -> dict[str, float]:
+    """Plain-float mapping of :class:`DynamicsParams`."""
+    return {f: float(getattr(p, f)) for f in DynamicsParams._fields}
+
+
+FEATURE_NAMES: tuple[str, ...] = ("audio", "text", "log2_image_resolution", "log10_classes")
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """Calibrated default parameters, keyed by dataset and task names.
+
+    ``difficulty_coef`` and ``accuracy_coef`` are the attribute regressions (over
+    :data:`FEATURE_NAMES`) used for datasets without a fitted residual. Built-in datasets
+    carry fitted residuals on top of the regression.
+    """
+
+    dynamics: dict[str, float]
+    difficulty_coef: dict[str, float]
+    difficulty_residual: dict[str, float]
+    accuracy_intercept: float
+    accuracy_coef: dict[str, float]
+    accuracy_residual: dict[str, float]
+    task_complexity: dict[str, float]
+    task_accuracy_offset: dict[str, float]
+    interaction: dict[str, dict[str, float]]
+    novelty_modality: dict[str, float]
+    novelty_task: dict[str, float]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- pieces
+    def dynamics_params(self) -> DynamicsParams:
+        """The global dynamics as a PyTree of float32 scalars."""
+        return dynamics_from_dict(self.dynamics)
+
+    def dataset_difficulty(self, ds: registry.Dataset) -> float:
+        """``D_d``: fitted for built-ins, attribute regression for others."""
+        if ds.difficulty is not None:
+            return float(ds.difficulty)
+        x = ds.features()
+        base = sum(self.difficulty_coef[n] * v for n, v in zip(FEATURE_NAMES, x, strict=True))
+        return base + self.difficulty_residual.get(ds.name, 0.0)
+
+    def dataset_accuracy(self, ds: registry.Dataset) -> float:
+        """``alpha_d`` (logit scale): fitted for built-ins, regression for others."""
+        if ds.accuracy_level is not None:
+            return float(ds.accuracy_level)
+        x = ds.features()
+        base = self.accuracy_intercept + sum(
+            self.accuracy_coef[n] * v for n, v in zip(FEATURE_NAMES, x, strict=True)
+        )
+        return base + self.accuracy_residual.get(ds.name, 0.0)
+
+    def _task_value(self, table: dict[str, float], task: registry.Task, override) -> float:
+        if override is not None:
+            return float(override)
+        if task.name in table:
+            return table[task.name]
+        others = [v for k, v in table.items() if k != "classification"]
+        return float(np.mean(others)) if others else 0.0
+
+    def task_complexity_of(self, task: registry.Task) -> float:
+        """``C_k``; unknown tasks get the mean of built-in non-classification tasks."""
+        return self._task_value(self.task_complexity, task, task.complexity)
+
+    def task_accuracy_of(self, task: registry.Task) -> float:
+        """``alpha_k``; unknown tasks get the mean of built-in non-classification tasks."""
+        return self._task_value(self.task_accuracy_offset, task, task.accuracy_offset)
+
+    def interaction_of(self, ds: registry.Dataset, task: registry.Task) -> float:
+        """``G_{m(d),k}``: zero for images and for classification."""
+        if ds.modality in task.interaction:
+            return float(task.interaction[ds.modality])
+        row = self.interaction.get(ds.modality, {})
+        if task.name in row:
+            return row[task.name]
+        if ds.modality == "image" or task.name == "classification":
+            return 0.0
+        others = [v for k, v in row.items() if k != "classification"]
+        return float(np.mean(others)) if others else 0.0
+
+    # ---------------------------------------------------------------- grid
+    def effects(
+        self,
+        datasets: list[str] | tuple[str, ...] | None = None,
+        tasks: list[str] | tuple[str, ...] | None = None,
+    ) -> SettingEffects:
+        """:class:`SettingEffects` for the dataset x task grid, dataset-major order.
+
+        Example
+        -------
+        >>> e = load_defaults().effects(["cifar-10"], ["classification", "generation"])
+        >>> bool(e.validity_offset[1] > e.validity_offset[0])
+        True
+        """
+        ds_list, task_list = registry.resolve(datasets, tasks)
+        v, a, n = [], [], []
+        for ds in ds_list:
+            for t in task_list:
+                v.append(
+                    self.dataset_difficulty(ds) + self.task_complexity_of(t)
+                    + self.interaction_of(ds, t)
+                )
+                a.append(self.dataset_accuracy(ds) + self.task_accuracy_of(t))
+                n.append(
+                    self.novelty_modality.get(ds.modality, 0.0)
+                    + self._task_value(self.novelty_task, t, None)
+                )
+        return SettingEffects(
+            jnp.asarray(v, jnp.float32), jnp.asarray(a, jnp.float32), jnp.asarray(n, jnp.float32)
+        )
+
+    # ---------------------------------------------------------------- io
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable mapping (the format of ``default_params.json``)."""
+        return {
+            "dynamics": self.dynamics,
+            "difficulty_coef": self.difficulty_coef,
+            "difficulty_residual": self.difficulty_residual,
+            "accuracy_intercept": self.accuracy_intercept,
+            "accuracy_coef": self.accuracy_coef,
+            "accuracy_residual": self.accuracy_residual,
+            "task_complexity": self.task_complexity,
+            "task_accuracy_offset": self.task_accuracy_offset,
+            "interaction": self.interaction,
+            "novelty_modality": self.novelty_modality,
+            "novelty_task": self.novelty_task,
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelDefaults:
+        """Inverse of :meth:`to_dict`."""
+        try:
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k != "provenance"},
+                       provenance=d.get("provenance", {}))
+        except KeyError as exc:
+            raise UserInputError(f"parameter file lacks the field {exc.args[0]!r}") from None
+
+    def save(self, path: str | Path) -> None:
+        """Write the parameters as JSON (atomically)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise UserInputError(f"{path}: cannot write parameters ({exc.strerror})") from None
+
+
+def load_defaults(path: str | Path | None = None) -> ModelDefaults:
+    """Load the shipped calibrated defaults, or a parameters file written by ``calibrate``.
+
+    Example
+    -------
+    >>> load_defaults().dynamics["kappa"] > 0
+    True
+    """
+    try:
+        if path is None:
+            text = resources.files("llmnas_transfer.data").joinpath(DEFAULT_PARAMS_FILE).read_text()
+            src = "<package>/" + DEFAULT_PARAMS_FILE
+        else:
+            src = str(path)
+            text = Path(path).read_text()
+        return ModelDefaults.from_dict(json.loads(text))
+    except FileNotFoundError:
+        raise UserInputError(f"{src}: parameters file not found") from None
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"{src}: line {exc.lineno}: not valid JSON ({exc.msg})") from None

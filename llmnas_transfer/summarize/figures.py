@@ -1,0 +1,700 @@
+"""The study's five figures, drawn from :func:`llmnas_transfer.sim.candidates` results.
+
+matplotlib is imported inside the functions (never at module import) and only through
+its object-oriented API (:class:`matplotlib.figure.Figure`, no ``pyplot``), so the
+figures render on any backend, including headless ``Agg``, and nothing is left open.
+
+=====  ===========================================  =====================================
+Fig.   Function                                     Content
+=====  ===========================================  =====================================
+1      :func:`plot_validity_trajectories`           validity per iteration per dataset,
+                                                    mean over trials +- 1.96 SE bands
+2      :func:`plot_validity_by_task`                final validity per task, mean over
+                                                    the image datasets, +- 1.96 SE
+3      :func:`plot_accuracy_distributions`          first-epoch accuracy of valid
+                                                    candidates, violins per dataset
+4      :func:`plot_transfer_gaps`                   combined gap split into validity and
+                                                    accuracy components, regime lines
+5      :func:`plot_validity_heatmap`                final validity of every cell
+=====  ===========================================  =====================================
+
+:func:`save_figure` writes PNG and PDF (atomically); :func:`study_figures` draws and saves
+all five.
+
+Example
+-------
+>>> from llmnas_transfer import simulate
+>>> r = simulate(0, datasets="cifar-10,audioset", tasks="classification,generation",
+...              num_trials=4, num_iterations=3, num_candidates=10)
+>>> fig = plot_validity_heatmap(r)
+>>> fig.axes[0].get_title()
+'Final validity rate (iteration 3)'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from llmnas_transfer.errors import UnknownSettingError, UserInputError
+from llmnas_transfer.io.atomic import atomic_paths, check_writable
+from llmnas_transfer.sim import gaps, registry
+from llmnas_transfer.summarize import tables as metrics
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+#: file stems of the five study figures, in order
+FIGURE_NAMES: tuple[str, ...] = (
+    "fig1_validity_trajectories",
+    "fig2_validity_by_task",
+    "fig3_accuracy_distributions",
+    "fig4_transfer_gaps",
+    "fig5_heatmap",
+)
+#: iteration at which the paper reports its values
+PAPER_ITERATION = 10
+_Z95 = 1.959963984540054
+_LINESTYLE = {"image": "-", "audio": "--", "text": "-.", "unknown": ":"}
+_REGIME_COLOURS = {"easy": "#d9f0d3", "moderate": "#fee8c8", "hard": "#fbd0d0"}
+
+
+# ------------------------------------------------------------------ helpers
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _caption(fig: Figure, text: str) -> None:
+    """A wrapped caption under the axes (kept inside the figure by constrained layout)."""
+    import textwrap
+
+    width = int(fig.get_figwidth() * 15)
+    fig.supxlabel(textwrap.fill(text, width), fontsize=7.5, ha="left", x=0.01,
+                  multialignment="left")
+
+
+def _legend(ax, **kwargs) -> None:
+    """A legend when there is something to put in it (avoids matplotlib's warning)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
+def _modality(name: str) -> str:
+    try:
+        return registry.get_dataset(str(name)).modality
+    except UnknownSettingError:
+        return "unknown"
+
+
+def _colours(names: Sequence[str]) -> dict[str, tuple]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"] if len(names) <= 10 else colormaps["tab20"]
+    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+
+def _pick_task(ds: xr.Dataset, task: str | None) -> str:
+    tasks = [str(t) for t in ds["task"].values]
+    if task is None:
+        return "classification" if "classification" in tasks else tasks[0]
+    if task.lower() not in tasks:
+        raise UserInputError(f"task {task!r} is not in the results (tasks: {', '.join(tasks)})")
+    return task.lower()
+
+
+def _pick_datasets(ds: xr.Dataset, datasets: Sequence[str] | None) -> list[str]:
+    have = [str(d) for d in ds["dataset"].values]
+    if datasets is None:
+        return have
+    want = [d.lower() for d in ([datasets] if isinstance(datasets, str) else datasets)]
+    missing = [d for d in want if d not in have]
+    if missing:
+        raise UserInputError(
+            f"dataset(s) {', '.join(missing)} not in the results (have: {', '.join(have)})"
+        )
+    return want
+
+
+def _check_results(ds: xr.Dataset) -> None:
+    if not isinstance(ds, xr.Dataset):
+        raise UserInputError(f"expected the xarray.Dataset from simulate, got {type(ds).__name__}")
+    need = {"validity_rate", "n_valid", "accuracy_sum", "n_generated"}
+    missing = sorted(need - set(ds.data_vars))
+    if missing:
+        raise UserInputError(f"results lack the variable(s) {', '.join(missing)}")
+
+
+def paper_values() -> dict[str, dict]:
+    """The paper's reported values read from the shipped ``targets.csv``.
+
+    Returns ``{"validity": {(dataset, task): value}, "task_validity": {task: value}}``
+    (fractions, at iteration 10).
+
+    Example
+    -------
+    >>> paper_values()["validity"][("cifar-10", "classification")]
+    0.765
+    """
+    ref = resources.files("llmnas_transfer.data").joinpath("targets.csv")
+    with resources.as_file(ref) as p:
+        t = pd.read_csv(p)
+    t = t[(t["kind"] == "equal") & (t["iteration"] == "final") & (t["weight"] > 0)]
+    out: dict[str, dict] = {"validity": {}, "task_validity": {}}
+    for _, r in t.iterrows():
+        if r["quantity"] == "validity":
+            out["validity"][(r["dataset"], r["task"])] = float(r["value"])
+        elif r["quantity"] == "task_validity":
+            out["task_validity"][r["task"]] = float(r["value"])
+    return out
+
+
+def _final_iteration(ds: xr.Dataset, iteration: int | None) -> int:
+    return metrics._resolve_iteration(ds, iteration)
+
+
+def _protocol(ds: xr.Dataset) -> str:
+    return (f"{ds.sizes['trial']} trials x {int(ds['n_generated'])} candidates per iteration")
+
+
+# ------------------------------------------------------------------ figure 1
+def plot_validity_trajectories(
+    ds: xr.Dataset,
+    *,
+    task: str | None = None,
+    datasets: Sequence[str] | None = None,
+    ci: float = 0.95,
+    validity: pd.DataFrame | None = None,
+    paper: bool = True,
+) -> Figure:
+    """Figure 1: validity rate per refinement iteration, one line per dataset.
+
+    Lines are the mean over trials; shaded bands the ``ci`` normal interval
+    (mean +- z SE, SE = Monte Carlo standard error over trials). Crosses mark the
+    paper's reported values at iteration 10 when ``paper`` is true.
+
+    Parameters
+    ----------
+    ds : results of :func:`llmnas_transfer.sim.candidates`.
+    task : task to show (classification when present, else the first).
+    datasets : subset of datasets (all in ``ds`` by default).
+    ci : coverage of the bands.
+    validity : a precomputed :func:`llmnas_transfer.summarize.tables.validity_table` (optional).
+    paper : mark the paper's values.
+
+    Example
+    -------
+    >>> from llmnas_transfer import simulate
+    >>> r = simulate(0, datasets="cifar-10,svhn", tasks="classification", num_trials=3,
+    ...              num_iterations=4, num_candidates=8)
+    >>> plot_validity_trajectories(r).axes[0].get_ylabel()
+    'Validity rate (%)'
+    """
+    _check_results(ds)
+    task = _pick_task(ds, task)
+    names = _pick_datasets(ds, datasets)
+    vt = metrics.validity_table(ds, ci=ci) if validity is None else validity
+    vt = vt[vt["task"] == task]
+    colours = _colours(names)
+    fig = _figure(8.0, 5.0)
+    ax = fig.add_subplot()
+    pv = paper_values()["validity"] if paper else {}
+    its = ds["iteration"].values
+    marked = False
+    for d in names:
+        sub = vt[vt["dataset"] == d].sort_values("iteration")
+        x = sub["iteration"].to_numpy()
+        m = 100 * sub["validity_mean"].to_numpy()
+        lo = 100 * sub["ci_low"].to_numpy()
+        hi = 100 * sub["ci_high"].to_numpy()
+        ls = _LINESTYLE[_modality(d)]
+        ax.plot(x, m, ls, color=colours[d], lw=1.8, marker="o", ms=3, label=d)
+        if np.isfinite(lo).any():
+            ax.fill_between(x, lo, hi, color=colours[d], alpha=0.15, lw=0)
+        if (d, task) in pv and PAPER_ITERATION in its:
+            ax.plot([PAPER_ITERATION], [100 * pv[(d, task)]], "x", color=colours[d], ms=10,
+                    mew=2.2)
+            marked = True
+    if marked:  # one black legend entry for the paper's values
+        ax.plot([], [], "x", color="k", ms=8, mew=2, label="paper (section 3.1)")
+    ax.set_xlabel("Refinement iteration")
+    ax.set_ylabel("Validity rate (%)")
+    ax.set_xticks(its if len(its) <= 20 else its[:: max(1, len(its) // 10)])
+    ax.set_title(f"Validity trajectories per dataset ({task})")
+    ax.grid(alpha=0.3)
+    _legend(ax, ncol=2, fontsize=8, loc="lower right", title="dataset", title_fontsize=8)
+    _caption(
+        fig,
+        f"Lines: mean over trials; bands: {round(100 * ci)}% interval (mean $\\pm$ "
+        f"{_z(ci):.2f} SE). Solid: image, dashed: audio, dash-dot: text. {_protocol(ds)}.",
+    )
+    return fig
+
+
+def _z(ci: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + ci / 2))
+
+
+# ------------------------------------------------------------------ figure 2
+def task_validity(
+    ds: xr.Dataset, *, iteration: int | None = None, average_over: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Final validity per task averaged over datasets, with its Monte Carlo SE.
+
+    The default average is the unweighted mean over the image datasets present in
+    ``ds`` (for the built-in grid: the six image datasets, the definition used by the
+    calibration targets ``task_*`` in ``data/targets.csv``); all datasets if none is an
+    image dataset. Each dataset enters through its mean over trials; the SE combines the
+    per-dataset SEs, ``sqrt(sum se_d^2) / n``.
+
+    Example
+    -------
+    >>> from llmnas_transfer import simulate
+    >>> r = simulate(0, datasets="cifar-10,svhn", tasks="classification,generation",
+    ...              num_trials=3, num_iterations=2, num_candidates=8)
+    >>> list(task_validity(r)["n_datasets"])
+    [2, 2]
+    """
+    it = _final_iteration(ds, iteration)
+    names = [str(d) for d in ds["dataset"].values]
+    if average_over is None:
+        average_over = [d for d in names if _modality(d) == "image"] or names
+    average_over = _pick_datasets(ds, list(average_over))
+    rate = ds["validity_rate"].sel(iteration=it, dataset=average_over)
+    n = rate.sizes["trial"]
+    mean_d = rate.mean("trial")
+    se_d = rate.std("trial", ddof=1) / np.sqrt(n) if n > 1 else xr.full_like(mean_d, np.nan)
+    k = len(average_over)
+    out = pd.DataFrame({
+        "task": [str(t) for t in ds["task"].values],
+        "validity_mean": mean_d.mean("dataset").values,
+        "validity_se": np.sqrt((se_d**2).sum("dataset", skipna=False)).values / k,
+        "n_datasets": k,
+        "averaged_over": ",".join(average_over),
+        "iteration": it,
+    })
+    return out
+
+
+def plot_validity_by_task(
+    ds: xr.Dataset,
+    *,
+    iteration: int | None = None,
+    average_over: Sequence[str] | None = None,
+    paper: bool = True,
+) -> Figure:
+    """Figure 2: final validity per task (bars: mean over the image datasets).
+
+    Bars are :func:`task_validity` with +- 1.96 SE error bars; dots show every dataset's
+    own mean over trials (image datasets grey, others coloured by dataset). Black ticks
+    mark the paper's values when the results end at iteration 10.
+
+    Example
+    -------
+    >>> from llmnas_transfer import simulate
+    >>> r = simulate(0, datasets="cifar-10,audioset", tasks="classification,detection",
+    ...              num_trials=3, num_iterations=2, num_candidates=8)
+    >>> plot_validity_by_task(r).axes[0].get_xlabel()
+    'Task'
+    """
+    _check_results(ds)
+    tv = task_validity(ds, iteration=iteration, average_over=average_over)
+    it = int(tv["iteration"].iloc[0])
+    avg = tv["averaged_over"].iloc[0].split(",")
+    tasks = list(tv["task"])
+    x = np.arange(len(tasks))
+    fig = _figure(7.5, 5.2)
+    ax = fig.add_subplot()
+    ax.bar(x, 100 * tv["validity_mean"], width=0.6, color="#6baed6", edgecolor="#08519c",
+           yerr=100 * _Z95 * tv["validity_se"].fillna(0), capsize=5,
+           label=f"mean over {len(avg)} averaged datasets $\\pm$ 1.96 SE")
+    names = [str(d) for d in ds["dataset"].values]
+    per = ds["validity_rate"].sel(iteration=it).mean("trial")
+    others = [d for d in names if d not in avg]
+    colours = _colours(others)
+    rng = np.random.default_rng(0)
+    jitter = rng.uniform(-0.18, 0.18, size=len(names))
+    grey_done = False
+    for j, d in enumerate(names):
+        vals = 100 * per.sel(dataset=d).values
+        if d in avg:
+            ax.plot(x + jitter[j], vals, "o", color="0.35", ms=3.5, alpha=0.8,
+                    label="one averaged dataset" if not grey_done else None)
+            grey_done = True
+        else:
+            ax.plot(x + jitter[j], vals, "D", color=colours[d], ms=5, label=f"{d} (not averaged)")
+    pv = paper_values()["task_validity"] if paper and it == PAPER_ITERATION else {}
+    shown = False
+    for i, t in enumerate(tasks):
+        if t in pv:
+            ax.plot([i - 0.32, i + 0.32], [100 * pv[t]] * 2, "k-", lw=2.2,
+                    label="paper (section 3.2)" if not shown else None)
+            shown = True
+    ax.set_xticks(x, tasks)
+    ax.set_xlabel("Task")
+    ax.set_ylabel(f"Validity rate at iteration {it} (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Validity by task")
+    ax.grid(axis="y", alpha=0.3)
+    _legend(ax, fontsize=7.5, loc="upper right")
+    _caption(
+        fig,
+        "Bars: unweighted mean over " + ", ".join(avg) + " of each dataset's mean over "
+        f"trials (the definition of the calibration targets); {_protocol(ds)}.",
+    )
+    return fig
+
+
+# ------------------------------------------------------------------ figure 3
+def _accuracy_samples(ds: xr.Dataset, d: str, task: str, it: int) -> np.ndarray | None:
+    if "accuracy" not in ds:
+        return None
+    x = ds["accuracy"].sel(dataset=d, task=task, iteration=it).values.ravel()
+    return x[np.isfinite(x)]
+
+
+def _hist_stats(ds: xr.Dataset, d: str, task: str, it: int) -> dict | None:
+    if "accuracy_hist" not in ds:
+        return None
+    h = ds["accuracy_hist"].sel(dataset=d, task=task, iteration=it).sum("trial").values
+    centres = ds["accuracy_bin"].values
+    n = h.sum()
+    if n == 0:
+        return None
+    width = 1.0 / len(centres)
+    nz = np.flatnonzero(h)
+    cw = np.cumsum(h) / n
+    coords = np.linspace(centres[nz[0]] - width / 2, centres[nz[-1]] + width / 2, 200)
+    idx = np.clip(((coords) / width).astype(int), 0, len(centres) - 1)
+    return {
+        "coords": coords, "vals": h[idx] / (n * width),
+        "mean": float((h * centres).sum() / n),
+        "median": float(centres[np.searchsorted(cw, 0.5)]),
+        "min": float(coords[0]), "max": float(coords[-1]),
+    }
+
+
+def plot_accuracy_distributions(
+    ds: xr.Dataset,
+    *,
+    task: str | None = None,
+    iteration: int | None = None,
+    datasets: Sequence[str] | None = None,
+    reference: str | None = gaps.DEFAULT_REFERENCE[0],
+) -> Figure:
+    """Figure 3: first-epoch accuracy of valid candidates, one violin per dataset.
+
+    Uses the per-candidate accuracies when the results hold them, else the accuracy
+    histogram (the violin is then a step density at the histogram's resolution). Black
+    error bars: pooled mean +- 1.96 SE, the SE taken over trials; the dashed line is the
+    ``reference`` dataset's pooled mean (when it is shown).
+
+    Example
+    -------
+    >>> from llmnas_transfer import simulate
+    >>> r = simulate(0, datasets="cifar-10,svhn", tasks="classification", num_trials=3,
+    ...              num_iterations=2, num_candidates=10, per_candidate=True)
+    >>> plot_accuracy_distributions(r).axes[0].get_ylabel()
+    'First-epoch accuracy of valid candidates (%)'
+    """
+    _check_results(ds)
+    task = _pick_task(ds, task)
+    it = _final_iteration(ds, iteration)
+    names = _pick_datasets(ds, datasets)
+    colours = _colours(names)
+    fig = _figure(9.0, 5.2)
+    ax = fig.add_subplot()
+    s = ds.sel(iteration=it, task=task)
+    source = "per-candidate values" if "accuracy" in ds else "accuracy histograms"
+    ref_mean = None
+    for i, d in enumerate(names):
+        nv = s["n_valid"].sel(dataset=d).values.astype(float)
+        asum = s["accuracy_sum"].sel(dataset=d).values.astype(float)
+        n = nv.sum()
+        pooled = asum.sum() / n if n > 0 else np.nan
+        # SE of the ratio estimator over trials (delta method)
+        R = nv.size
+        if R > 1 and n > 0:
+            resid = asum - pooled * nv
+            se = np.sqrt(R / (R - 1) * np.sum(resid**2)) / n
+        else:
+            se = np.nan
+        samples = _accuracy_samples(ds, d, task, it)
+        body = None
+        if samples is not None and samples.size >= 2 and np.ptp(samples) > 0:
+            body = ax.violinplot([100 * samples], positions=[i], widths=0.8, showmeans=False,
+                                 showmedians=True, showextrema=False)
+        elif samples is None:
+            st = _hist_stats(ds, d, task, it)
+            if st is not None:
+                st = {k: (100 * v if k != "vals" else v / 100) for k, v in st.items()}
+                body = ax.violin([st], positions=[i], widths=0.8, showmeans=False,
+                                 showmedians=True, showextrema=False)
+        if samples is not None and 0 < samples.size < 2:
+            ax.plot([i] * samples.size, 100 * samples, "o", color=colours[d])
+        if body is not None:
+            for b in body["bodies"]:
+                b.set_facecolor(colours[d])
+                b.set_edgecolor("0.2")
+                b.set_alpha(0.55)
+            if "cmedians" in body:
+                body["cmedians"].set_color("0.2")
+        if np.isfinite(pooled):
+            ax.errorbar([i], [100 * pooled], yerr=[100 * _Z95 * np.nan_to_num(se)], fmt="o",
+                        color="k", ms=4, capsize=4, label="mean $\\pm$ 1.96 SE" if i == 0 else None)
+            if reference is not None and d == reference.lower():
+                ref_mean = pooled
+        ax.annotate(f"n={int(n)}", xy=(i, 0.01), xycoords=("data", "axes fraction"),
+                    ha="center", fontsize=7, color="0.3")
+    if ref_mean is not None:
+        ax.axhline(100 * ref_mean, color="0.4", ls="--", lw=1,
+                   label=f"{reference.lower()} mean")
+    ax.set_xticks(np.arange(len(names)), names, rotation=20)
+    ax.set_xlabel("Dataset")
+    ax.set_ylabel("First-epoch accuracy of valid candidates (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"First-epoch accuracy after iteration {it} ({task})")
+    ax.grid(axis="y", alpha=0.3)
+    _legend(ax, fontsize=8, loc="upper right")
+    _caption(
+        fig,
+        f"Violins: distribution over valid candidates pooled over trials (from {source}); "
+        f"horizontal line: median; n: valid candidates; {_protocol(ds)}.",
+    )
+    return fig
+
+
+# ------------------------------------------------------------------ figure 4
+def _gap_panel(ax, sub: pd.DataFrame, labels: list[str], thresholds, ylabel: bool) -> None:
+    x = np.arange(len(sub))
+    vc = 100 * sub["validity_component"].to_numpy()
+    ac = 100 * sub["accuracy_component"].to_numpy()
+    cg = 100 * sub["combined_gap"].to_numpy()
+    lo_t, hi_t = 100 * thresholds[0], 100 * thresholds[1]
+    pos_base = np.zeros_like(vc)
+    neg_base = np.zeros_like(vc)
+    ends = {}
+    for name, comp, colour in (("validity", vc, "#3182bd"), ("accuracy", ac, "#fd8d3c")):
+        base = np.where(comp >= 0, pos_base, neg_base)
+        ax.bar(x, comp, bottom=base, width=0.6, color=colour, edgecolor="0.25", lw=0.6,
+               label=f"{name} component")
+        ends[name] = base + comp
+        pos_base = np.where(comp >= 0, pos_base + comp, pos_base)
+        neg_base = np.where(comp < 0, neg_base + comp, neg_base)
+    for name, off, colour in (("validity", -0.12, "#08519c"), ("accuracy", 0.12, "#a63603")):
+        se = 100 * sub[f"{name}_component_se"].to_numpy()
+        ax.errorbar(x + off, ends[name], yerr=_Z95 * se, fmt="none", ecolor=colour, lw=1,
+                    capsize=2.5)
+    ax.errorbar(x, cg, yerr=_Z95 * 100 * sub["combined_gap_se"].to_numpy(), fmt="D",
+                color="k", ms=5, capsize=4, label="combined gap $\\pm$ 1.96 SE")
+    cg_se = _Z95 * 100 * sub["combined_gap_se"].fillna(0).to_numpy()
+    top = max(np.nanmax(np.r_[cg + cg_se, pos_base, hi_t]) * 1.1, hi_t + 8)
+    bottom = min(np.nanmin(np.r_[neg_base, cg - cg_se, 0.0]) * 1.1 - 2, -5)
+    ax.axhspan(bottom, lo_t, color=_REGIME_COLOURS["easy"], alpha=0.5, zorder=0, lw=0)
+    ax.axhspan(lo_t, hi_t, color=_REGIME_COLOURS["moderate"], alpha=0.5, zorder=0, lw=0)
+    ax.axhspan(hi_t, top, color=_REGIME_COLOURS["hard"], alpha=0.5, zorder=0, lw=0)
+    for y in (lo_t, hi_t):
+        ax.axhline(y, color="0.3", ls="--", lw=1)
+    ax.text(len(x) - 0.45, lo_t - 1, f"easy < {lo_t:g}%", ha="right", va="top", fontsize=7.5)
+    ax.text(len(x) - 0.45, (lo_t + hi_t) / 2, "moderate", ha="right", va="center", fontsize=7.5)
+    ax.text(len(x) - 0.45, hi_t + 1, f"hard > {hi_t:g}%", ha="right", va="bottom", fontsize=7.5)
+    for xi, c, reg in zip(x, cg, sub["regime"], strict=True):
+        if np.isfinite(c):
+            ax.annotate(reg, (xi, c), xytext=(0, 9), textcoords="offset points", ha="center",
+                        fontsize=7, style="italic")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylim(bottom, top)
+    ax.set_xlim(-0.6, len(x) - 0.4)
+    ax.set_xticks(x, labels, rotation=20)
+    if ylabel:
+        ax.set_ylabel("Transfer gap (%)")
+
+
+def plot_transfer_gaps(
+    ds: xr.Dataset | None = None,
+    *,
+    gaps: pd.DataFrame | None = None,
+    reference: Sequence[str] = gaps.DEFAULT_REFERENCE,
+    thresholds: Sequence[float] = gaps.DEFAULT_THRESHOLDS,
+    iteration: int | None = None,
+) -> Figure:
+    """Figure 4: transfer gaps split into validity and accuracy components.
+
+    Left: every dataset under the reference task; right: every task for the reference
+    dataset (the reference cell itself is left out). Stacked bars are the two Shapley
+    components of :func:`llmnas_transfer.sim.gaps.gap_components` (negative parts stack
+    below zero); the black diamond is their sum, the combined gap, with +- 1.96
+    bootstrap SE; thin bars are the components' +- 1.96 SE. Dashed lines and shading
+    mark the regime thresholds.
+
+    Parameters
+    ----------
+    ds : results (used when ``gaps`` is not given).
+    gaps : a precomputed :func:`llmnas_transfer.summarize.tables.gaps_table`.
+    reference, thresholds, iteration : as in :func:`llmnas_transfer.summarize.tables.gaps_table`.
+
+    Example
+    -------
+    >>> from llmnas_transfer import simulate
+    >>> r = simulate(0, datasets="cifar-10,imagenet", tasks="classification,generation",
+    ...              num_trials=3, num_iterations=2, num_candidates=8)
+    >>> len(plot_transfer_gaps(r).axes)
+    2
+    """
+    thresholds = gaps.check_thresholds(thresholds)
+    if gaps is None:
+        if ds is None:
+            raise UserInputError("plot_transfer_gaps needs results (ds) or a gaps table")
+        _check_results(ds)
+        gaps = metrics.gaps_table(ds, reference=reference, iteration=iteration,
+                                  thresholds=thresholds)
+    need = {"dataset", "task", "validity_component", "accuracy_component", "combined_gap",
+            "validity_component_se", "accuracy_component_se", "combined_gap_se", "regime"}
+    missing = sorted(need - set(gaps.columns))
+    if missing:
+        raise UserInputError(f"gaps table lacks the column(s) {', '.join(missing)}")
+    rd, rt = reference[0].lower(), reference[1].lower()
+    across_d = gaps[(gaps["task"] == rt) & (gaps["dataset"] != rd)]
+    across_t = gaps[(gaps["dataset"] == rd) & (gaps["task"] != rt)]
+    panels = [(p, lab) for p, lab in ((across_d, "dataset"), (across_t, "task")) if len(p)]
+    if not panels:  # only the reference cell was simulated: say so in the figure
+        fig = _figure(6.0, 3.0)
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, f"Only the reference setting {rd} {rt} was simulated:\n"
+                "there is no transfer gap to show.", ha="center", va="center")
+        ax.set_axis_off()
+        ax.set_title(f"Transfer gaps relative to {rd} {rt}")
+        return fig
+    fig = _figure(min(16.0, 2.5 + 0.95 * sum(len(p) for p, _ in panels)), 5.6)
+    axes = fig.subplots(1, len(panels), squeeze=False,
+                        width_ratios=[max(len(p), 2) for p, _ in panels])[0]
+    for j, (ax, (sub, lab)) in enumerate(zip(axes, panels, strict=True)):
+        _gap_panel(ax, sub, list(sub[lab]), thresholds, ylabel=j == 0)
+        if lab == "dataset":
+            ax.set_xlabel("Dataset")
+            ax.set_title(f"Across datasets ({rt})")
+        else:
+            ax.set_xlabel("Task")
+            ax.set_title(f"Across tasks ({rd})")
+    _legend(axes[0], fontsize=7.5, loc="upper left")
+    fig.suptitle(f"Transfer gaps relative to {rd} {rt}")
+    _caption(
+        fig,
+        "Combined gap = 1 - (V/V_ref)(A/A_ref) = validity component + accuracy component "
+        "(Shapley split); V: final validity, A: mean first-epoch accuracy of valid candidates.",
+    )
+    return fig
+
+
+# ------------------------------------------------------------------ figure 5
+def plot_validity_heatmap(ds: xr.Dataset, *, iteration: int | None = None) -> Figure:
+    """Figure 5: heatmap of final validity (mean over trials) for every cell.
+
+    Each cell is annotated with its value and its Monte Carlo SE; the lowest cell is
+    outlined.
+
+    Example
+    -------
+    >>> from llmnas_transfer import simulate
+    >>> r = simulate(0, datasets="cifar-10,svhn", tasks="classification", num_trials=2,
+    ...              num_iterations=2, num_candidates=5)
+    >>> plot_validity_heatmap(r).axes[1].get_ylabel()
+    'Final validity rate (%)'
+    """
+    _check_results(ds)
+    it = _final_iteration(ds, iteration)
+    rate = ds["validity_rate"].sel(iteration=it).transpose("dataset", "task", "trial")
+    n = rate.sizes["trial"]
+    mean = 100 * rate.mean("trial").values
+    se = 100 * rate.std("trial", ddof=1).values / np.sqrt(n) if n > 1 else np.full_like(mean,
+                                                                                          np.nan)
+    dnames = [str(d) for d in ds["dataset"].values]
+    tnames = [str(t) for t in ds["task"].values]
+    fig = _figure(1.6 * len(tnames) + 3.2, 0.62 * len(dnames) + 2.2)
+    ax = fig.add_subplot()
+    im = ax.imshow(mean, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label("Final validity rate (%)")
+    for i in range(len(dnames)):
+        for k in range(len(tnames)):
+            txt = f"{mean[i, k]:.1f}" + ("" if np.isnan(se[i, k]) else f"\n$\\pm${se[i, k]:.1f}")
+            colour = "k" if mean[i, k] > 60 else "w"
+            ax.text(k, i, txt, ha="center", va="center", fontsize=8, color=colour)
+    if np.isfinite(mean).any():
+        i, k = np.unravel_index(np.nanargmin(mean), mean.shape)
+        from matplotlib.patches import Rectangle
+
+        ax.add_patch(Rectangle((k - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5,
+                               label=f"lowest: {dnames[i]} x {tnames[k]}"))
+        _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8, frameon=False)
+    ax.set_xticks(np.arange(len(tnames)), tnames)
+    ax.set_yticks(np.arange(len(dnames)), dnames)
+    ax.set_xlabel("Task")
+    ax.set_ylabel("Dataset")
+    ax.set_title(f"Final validity rate (iteration {it})")
+    _caption(fig, f"Cells: mean over trials (%) $\\pm$ 1 SE; {_protocol(ds)}.")
+    return fig
+
+
+# ------------------------------------------------------------------ saving
+def save_figure(fig: Figure, stem: str | os.PathLike, *, dpi: int = 150) -> list[Path]:
+    """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (each written atomically).
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> from matplotlib.figure import Figure
+    >>> fig = Figure(); ax = fig.add_subplot(); _ = ax.plot([0, 1])
+    >>> [p.suffix for p in save_figure(fig, pathlib.Path(tempfile.mkdtemp()) / "f")]
+    ['.png', '.pdf']
+    """
+    stem = Path(stem)
+    paths = [check_writable(stem.with_name(stem.name + ext)) for ext in (".png", ".pdf")]
+    with atomic_paths(paths) as tmps:
+        for tmp, p in zip(tmps, paths, strict=True):
+            fig.savefig(tmp, format=p.suffix[1:], dpi=dpi)
+    return paths
+
+
+def study_figures(
+    ds: xr.Dataset,
+    out_dir: str | os.PathLike,
+    *,
+    validity: pd.DataFrame | None = None,
+    gaps: pd.DataFrame | None = None,
+    reference: Sequence[str] = gaps.DEFAULT_REFERENCE,
+    thresholds: Sequence[float] = gaps.DEFAULT_THRESHOLDS,
+) -> list[Path]:
+    """Draw the five study figures and save them (PNG and PDF) under ``out_dir``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from llmnas_transfer import simulate
+    >>> r = simulate(0, datasets="cifar-10,svhn", tasks="classification,generation",
+    ...              num_trials=3, num_iterations=2, num_candidates=8)
+    >>> len(study_figures(r, tempfile.mkdtemp()))
+    10
+    """
+    out = Path(out_dir)
+    builders = (
+        lambda: plot_validity_trajectories(ds, validity=validity),
+        lambda: plot_validity_by_task(ds),
+        lambda: plot_accuracy_distributions(ds),
+        lambda: plot_transfer_gaps(ds, gaps=gaps, reference=reference, thresholds=thresholds),
+        lambda: plot_validity_heatmap(ds),
+    )
+    paths: list[Path] = []
+    for name, build in zip(FIGURE_NAMES, builders, strict=True):
+        paths += save_figure(build(), out / name)
+    return paths

@@ -1,0 +1,107 @@
+"""Argument validators shared by every layer and the command line (the one set).
+
+Each returns the cleaned value or raises :class:`~llmnas_transfer.errors.UserInputError`
+with a one-line message that names the argument.
+
+Example
+-------
+>>> check_int("trials", 15, 1, 1000)
+15
+>>> check_float("ci", 0.94, 0.0, 1.0, low_open=True, high_open=True)
+0.94
+>>> check_choice("method", "nuts", ("nuts", "svi"))
+'nuts'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Integral, Real
+
+from llmnas_transfer.errors import UserInputError
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """An integer (not a bool) in ``[low, high]``; either bound may be ``None``.
+
+    Example
+    -------
+    >>> check_int("draws", 1000, 1)
+    1000
+    """
+    if not _is_int(value) or (low is not None and value < low) or (
+            high is not None and value > high):
+        if low is not None and high is not None:
+            want = f"an integer in [{low}, {high}]"
+        elif low is not None:
+            want = "a non-negative integer" if low == 0 else f"an integer >= {low}"
+        elif high is not None:
+            want = f"an integer <= {high}"
+        else:
+            want = "an integer"
+        raise UserInputError(f"{name} must be {want}, got {value!r}")
+    return int(value)
+
+
+def check_size(name: str, value, upper: int) -> int:
+    """A count in ``[1, upper]``; a count above ``upper`` is called absurdly large.
+
+    Example
+    -------
+    >>> check_size("num_trials", 15, 10**9)
+    15
+    """
+    if not _is_int(value):
+        raise UserInputError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise UserInputError(f"{name} must be at least 1, got {value}")
+    if value > upper:
+        raise UserInputError(f"{name}={value} is absurdly large (limit {upper})")
+    return int(value)
+
+
+def check_float(name: str, value, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number between ``low`` and ``high`` (open or closed ends).
+
+    Example
+    -------
+    >>> check_float("target_accept", 0.8, 0.5, 1.0, high_open=True)
+    0.8
+    """
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        if low is not None and high is not None:
+            want = f"in {lo}{low:g}, {high:g}{hi}"
+        elif low is not None:
+            want = f"{'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            want = f"{'<' if high_open else '<='} {high:g}"
+        else:
+            want = "a finite number"
+        raise UserInputError(f"{name} must be {want}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    """One of ``choices``.
+
+    Example
+    -------
+    >>> check_choice("format", "csv", ("table", "csv", "json"))
+    'csv'
+    """
+    if value not in choices:
+        raise UserInputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value

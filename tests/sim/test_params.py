@@ -1,0 +1,66 @@
+import json
+
+import numpy as np
+import pytest
+
+from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.sim import registry
+from llmnas_transfer.sim.params import DynamicsParams, ModelDefaults, load_defaults
+
+
+def test_shipped_defaults_load_and_build_effects():
+    d = load_defaults()
+    p = d.dynamics_params()
+    assert isinstance(p, DynamicsParams)
+    assert 0 < float(p.kappa) < 1 and float(p.validity_slope) > 0
+    e = d.effects()
+    assert e.validity_offset.shape == (32,)
+    assert np.all(np.isfinite(np.asarray(e.validity_offset)))
+
+
+def test_roundtrip(tmp_path):
+    d = load_defaults()
+    d.save(tmp_path / "p.json")
+    d2 = load_defaults(tmp_path / "p.json")
+    assert d2.to_dict() == json.loads(json.dumps(d.to_dict()))
+
+
+def test_bad_parameter_files(tmp_path):
+    with pytest.raises(UserInputError, match="not found"):
+        load_defaults(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(UserInputError, match="line 1"):
+        load_defaults(tmp_path / "bad.json")
+    (tmp_path / "partial.json").write_text("{}")
+    with pytest.raises(UserInputError, match="lacks"):
+        load_defaults(tmp_path / "partial.json")
+
+
+def test_user_dataset_uses_attribute_regression_and_overrides():
+    d = load_defaults()
+    registry.register_dataset("tiny-audio", modality="audio", resolution=64, num_classes=527,
+                              replace=True)
+    registry.register_dataset("fixed", modality="image", resolution=32, num_classes=10,
+                              difficulty=1.25, accuracy_level=-0.5, replace=True)
+    registry.register_task("captioning", replace=True)
+    try:
+        audio = registry.get_dataset("audioset")
+        tiny = registry.get_dataset("tiny-audio")
+        # same attributes as AudioSet: regression part equal, residual dropped
+        diff = d.dataset_difficulty(audio) - d.dataset_difficulty(tiny)
+        assert diff == pytest.approx(d.difficulty_residual["audioset"], abs=1e-9)
+        assert d.dataset_difficulty(registry.get_dataset("fixed")) == 1.25
+        cap = d.task_complexity_of(registry.get_task("captioning"))
+        others = [d.task_complexity[t] for t in ("segmentation", "detection", "generation")]
+        assert cap == pytest.approx(np.mean(others))
+        e = d.effects(["tiny-audio", "fixed"], ["classification", "captioning"])
+        assert e.validity_offset.shape == (4,)
+    finally:
+        registry.unregister_dataset("tiny-audio")
+        registry.unregister_dataset("fixed")
+        registry.unregister_task("captioning")
+
+
+def test_model_defaults_is_plain_data():
+    d = load_defaults()
+    assert ModelDefaults.from_dict(d.to_dict()) == d
