@@ -80,7 +80,9 @@ def main(argv=None) -> int:
     import numpyro
 
     from llmnas_transfer import simulate
-    from llmnas_transfer.fit.inference import fit_runs, prepare
+    from llmnas_transfer.fit.fitfile import fit_info
+    from llmnas_transfer.fit.inference import fit_runs
+    from llmnas_transfer.fit.preparation import prepare
     from llmnas_transfer.io.runs import runs_from_simulation
     from llmnas_transfer.summarize.posterior import diagnostics
 
@@ -108,29 +110,27 @@ def main(argv=None) -> int:
     print(runs.report())
 
     # --------------------------------------------------------------- NUTS (NumPyro)
-    info0: dict = {}
     t = time.perf_counter()
-    fit_runs(runs, chains=args.chains, warmup=2, draws=2, seed=args.seed, prior_draws=2,
-             info=info0, dense_mass=args.dense_mass,
-             target_accept=args.target_accept)
-    compile_s = info0["seconds_sampling"]
+    dt0 = fit_runs(runs, chains=args.chains, warmup=2, draws=2, seed=args.seed, prior_draws=2,
+                   dense_mass=args.dense_mass, target_accept=args.target_accept)
+    compile_s = fit_info(dt0).seconds_sampling
     print(f"numpyro first call (compile + 4 iterations): {compile_s:.1f} s "
           f"({time.perf_counter() - t:.1f} s with post-processing)")
-    info: dict = {}
     load_before = _load()
     dt = fit_runs(runs, chains=args.chains, warmup=args.warmup, draws=args.draws,
-                  seed=args.seed, prior_draws=100, info=info, dense_mass=args.dense_mass,
+                  seed=args.seed, prior_draws=100, dense_mass=args.dense_mass,
                   target_accept=args.target_accept)
+    info = fit_info(dt)
     d = diagnostics(dt)
-    wall = info["seconds_sampling"]
+    wall = info.seconds_sampling
     ss = dt["sample_stats"].dataset
     nuts = {
         "chains": args.chains, "warmup": args.warmup, "draws": args.draws,
         "dense_mass": args.dense_mass, "target_accept": args.target_accept,
-        "chain_method": info["chain_method"],
+        "chain_method": info.chain_method,
         "wall_s": round(wall, 2),
         "first_call_s": round(compile_s, 2),
-        "total_with_postprocessing_s": round(info["seconds_total"], 2),
+        "total_with_postprocessing_s": round(info.seconds_total, 2),
         "min_ess_bulk": round(d.stats["min_ess_bulk"], 1),
         "min_ess_tail": round(d.stats["min_ess_tail"], 1),
         "max_r_hat": round(d.stats["max_r_hat"], 4), "divergences": d.stats["divergences"],
@@ -153,10 +153,10 @@ def main(argv=None) -> int:
                        num_candidates=cands, per_candidate=True, bins=0)
         big_runs = runs_from_simulation(big, novelty=False)
         del big
-        sinfo: dict = {}
         load_before = _load()
         sdt = fit_runs(big_runs, method="svi", svi_steps=args.svi_steps, draws=500,
-                       seed=args.seed, prior_draws=20, info=sinfo)
+                       seed=args.seed, prior_draws=20)
+        sinfo = fit_info(sdt)
         sd = diagnostics(sdt)
         loss = sdt["optimization"].dataset["loss"].values
         # compare the SVI posterior means of the dynamics with the NUTS ones (paper size)
@@ -175,8 +175,8 @@ def main(argv=None) -> int:
             "runs": int(big_runs.num_trials), "candidates": int(big_runs.cells["n_generated"]
                                                                 .sum()),
             "steps": args.svi_steps, "seconds_optimisation_and_draws":
-                round(sinfo["seconds_sampling"], 2),
-            "seconds_total_with_postprocessing": round(sinfo["seconds_total"], 2),
+                round(sinfo.seconds_sampling, 2),
+            "seconds_total_with_postprocessing": round(sinfo.seconds_total, 2),
             "final_loss": float(np.mean(loss[-max(len(loss) // 10, 1):])),
             "relative_change_last_10pct": sd.stats["relative_change"],
             "change_in_standard_errors": round(sd.stats["change_in_se"], 2),
@@ -212,8 +212,8 @@ def _grid_check(args) -> int:
     import jax.numpy as jnp
 
     from llmnas_transfer import simulate
-    from llmnas_transfer.fit.inference import prepare
     from llmnas_transfer.fit.model import runs_loglik
+    from llmnas_transfer.fit.preparation import prepare
     from llmnas_transfer.io.runs import runs_from_simulation
     from llmnas_transfer.sim.params import load_defaults
 

@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     import jax
 
     jax.config.update("jax_num_cpu_devices", chains)
-    from llmnas_transfer.fit.inference import fit_runs, save_fit
+    from llmnas_transfer.fit.fitfile import save_fit
+    from llmnas_transfer.fit.inference import fit_runs
     from llmnas_transfer.io.runs import read_runs, write_runs
     from llmnas_transfer.summarize.posterior import diagnostics, format_table, posterior_gaps
 

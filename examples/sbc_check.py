@@ -1,12 +1,12 @@
 """Simulation-based calibration of the NUTS fit, with a report and PIT ECDF figure.
 
 Draws parameters from the model's prior, simulates runs with the library's simulator,
-fits each replicate with NUTS as ``fit_runs`` does (:func:`llmnas_transfer.fit.sbc.sbc`)
+fits each replicate with NUTS as ``fit_runs`` does (:func:`llmnas_transfer.fit.checks.sbc`)
 and reports, per parameter, ArviZ's PIT uniformity p-value, a Kolmogorov-Smirnov p-value,
 and the fractions of PITs in the lowest and highest decile (10% each for a calibrated
 fit). Writes ``sbc.nc`` (the PITs, the negative control, divergences), ``sbc_summary.json``
 and ``sbc_ecdf.png`` under ``--out``. The slow test
-``tests/test_calibration.py::test_sbc_uniform_and_negative_control_fails`` is the
+``tests/fit/test_checks.py::test_sbc_uniform_and_negative_control_fails`` is the
 100-replicate run at seed 2026.
 
 Usage::
@@ -33,7 +33,7 @@ jax.config.update("jax_num_cpu_devices", 2)
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from llmnas_transfer.fit import sbc as calibration  # noqa: E402
+from llmnas_transfer.fit import checks  # noqa: E402
 from llmnas_transfer.io.atomic import atomic_paths  # noqa: E402
 from llmnas_transfer.summarize import figures as plotting  # noqa: E402
 from llmnas_transfer.summarize import posterior as summarize  # noqa: E402
@@ -49,18 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
 
     if args.quick:
-        spec = calibration.sbc_spec(num_iterations=3)
+        spec = checks.sbc_spec(num_iterations=3)
         kw = dict(num_replicates=3, num_trials=2, warmup=20, draws=20, chains=1)
     else:
-        spec = calibration.sbc_spec()
+        spec = checks.sbc_spec()
         kw = dict(num_replicates=args.replicates)
     t0 = time.perf_counter()
-    dt = calibration.sbc(jax.random.key(args.seed), spec, progress=True, **kw)
+    dt = checks.sbc(jax.random.key(args.seed), spec, progress=True, **kw)
     seconds = time.perf_counter() - t0
 
     pits = {k: np.asarray(v.values).ravel() for k, v in dt["prior_sbc"].dataset.items()}
-    p_arviz = calibration.uniformity_pvalues(dt, "prior_sbc")
-    p_control = calibration.uniformity_pvalues(dt, "biased_sbc")
+    p_arviz = checks.uniformity_pvalues(dt, "prior_sbc")
+    p_control = checks.uniformity_pvalues(dt, "biased_sbc")
     level = 0.01 / len(pits)
     rows = {
         name: {

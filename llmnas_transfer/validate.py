@@ -26,6 +26,21 @@ def _is_int(value) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
+def _num(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _bounds(low, high, low_open: bool, high_open: bool) -> str:
+    """``in [a, b)``, ``>= a`` or ``<= b``: the words for a range ("" when unbounded)."""
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {_num(low)}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {_num(high)}"
+    return ""
+
+
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
     """An integer (not a bool) in ``[low, high]``; either bound may be ``None``.
 
@@ -36,14 +51,11 @@ def check_int(name: str, value, low: int | None = None, high: int | None = None)
     """
     if not _is_int(value) or (low is not None and value < low) or (
             high is not None and value > high):
-        if low is not None and high is not None:
-            want = f"an integer in [{low}, {high}]"
-        elif low is not None:
-            want = "a non-negative integer" if low == 0 else f"an integer >= {low}"
-        elif high is not None:
-            want = f"an integer <= {high}"
+        if low == 0 and high is None:
+            want = "a non-negative integer"
         else:
-            want = "an integer"
+            want = "an integer" + ("" if low is None and high is None else " ")
+            want += _bounds(low, high, False, False)
         raise UserInputError(f"{name} must be {want}, got {value!r}")
     return int(value)
 
@@ -80,16 +92,7 @@ def check_float(name: str, value, low: float | None = None, high: float | None =
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        if low is not None and high is not None:
-            want = f"in {lo}{low:g}, {high:g}{hi}"
-        elif low is not None:
-            want = f"{'>' if low_open else '>='} {low:g}"
-        elif high is not None:
-            want = f"{'<' if high_open else '<='} {high:g}"
-        else:
-            want = "a finite number"
+        want = _bounds(low, high, low_open, high_open) or "a finite number"
         raise UserInputError(f"{name} must be {want}, got {value!r}")
     return float(value)
 

@@ -4,7 +4,8 @@ Each group of commands lives in its own module with a ``register(subparsers)`` f
 :mod:`~llmnas_transfer.cli.study` (reproduce, simulate, calibrate),
 :mod:`~llmnas_transfer.cli.fit` (fit, gaps, trajectory, check),
 :mod:`~llmnas_transfer.cli.lemur` (lemur, scenario) and :mod:`~llmnas_transfer.cli.sweep`
-(sweep). A user's mistake
+(sweep); the options they share (grid, seed, counts, progress) are built by
+:mod:`~llmnas_transfer.cli.options`. A user's mistake
 (:class:`~llmnas_transfer.errors.UserInputError`) ends with a one-line message on stderr
 and exit code 2, never a traceback.
 
@@ -20,6 +21,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from llmnas_transfer import __version__
 from llmnas_transfer.errors import UserInputError
 
 COMMAND_MODULES: tuple[str, ...] = ("study", "fit", "lemur", "sweep")
@@ -32,8 +34,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered command."""
-    from llmnas_transfer import __version__
-
     parser = _Parser(prog="llmnas-transfer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"llmnas-transfer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

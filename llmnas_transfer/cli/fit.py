@@ -1,4 +1,4 @@
-"""CLI commands ``fit``, ``gaps``, ``trajectory`` and ``check`` (observed runs).
+"""Command-line fits of observed runs: the ``fit``, ``gaps``, ``trajectory`` and ``check`` commands.
 
 Heavy modules (JAX, NumPyro, ArviZ) are imported inside the handlers: ``fit`` must set the
 number of JAX CPU devices (one per chain) before JAX starts.
@@ -15,12 +15,15 @@ Example
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
+import json
 import sys
-import tempfile
 from pathlib import Path
 
+from llmnas_transfer.cli.options import add_command, add_seed_option, names_arg
 from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.io.atomic import atomic_write_text
+from llmnas_transfer.validate import check_int
 
 
 def _thresholds(text: str) -> tuple[float, float]:
@@ -34,32 +37,35 @@ def _thresholds(text: str) -> tuple[float, float]:
     return parts[0], parts[1]
 
 
-def _names(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fit``, ``gaps``, ``trajectory`` and ``check`` to the CLI.
 
-
-def register(subparsers) -> None:
-    """Add ``fit``, ``gaps``, ``trajectory`` and ``check`` to the CLI."""
-    p = subparsers.add_parser(
-        "fit", help="fit observed runs (NUTS or SVI); writes a netCDF DataTree",
+    Example
+    -------
+    >>> p = argparse.ArgumentParser(); register(p.add_subparsers())
+    >>> p.parse_args(["fit", "runs.csv", "--out", "fit.nc", "--chains", "2"]).chains
+    2
+    """
+    p = add_command(
+        subparsers, "fit", _fit, out="FILE", out_help="output fit file (netCDF), e.g. fit.nc",
+        help="fit observed runs (NUTS or SVI); writes a netCDF DataTree",
         description="Fit the hierarchical refinement model to observed runs (CSV, Parquet "
                     "or JSON Lines; see docs/data-format.md) and write an ArviZ DataTree.")
     p.add_argument("runs", help="observed runs file (.csv, .parquet, .jsonl)")
-    p.add_argument("--out", required=True, help="output fit file (netCDF), e.g. fit.nc")
     p.add_argument("--method", choices=("nuts", "svi"), default="nuts")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    add_seed_option(p)
     p.add_argument("--reference", default="cifar-10:classification",
                    help="DATASET:TASK the gaps are relative to")
     p.add_argument("--forecast", type=int, default=0, metavar="K",
                    help="forecast K iterations past the data")
     p.add_argument("--strict", action="store_true",
                    help="exit with status 1 when a diagnostic check fails")
-    p.add_argument("--datasets", type=_names, default=[],
+    p.add_argument("--datasets", type=names_arg, default=[],
                    help="extra datasets to predict (comma-separated)")
-    p.add_argument("--tasks", type=_names, default=[],
+    p.add_argument("--tasks", type=names_arg, default=[],
                    help="extra tasks to predict (comma-separated)")
     p.add_argument("--dataset-attrs", action="append", default=[], metavar="SPEC",
                    help="attributes of a dataset not in the registry: "
@@ -74,9 +80,12 @@ def register(subparsers) -> None:
     p.add_argument("--svi-learning-rate", type=float, default=0.01)
     p.add_argument("--prior-draws", type=int, default=500)
     p.add_argument("--progress", action="store_true", help="show NumPyro's progress bar")
-    p.set_defaults(func=_fit)
 
-    g = subparsers.add_parser("gaps", help="posterior transfer gaps and regime probabilities")
+    g = add_command(subparsers, "gaps", _gaps, out="FILE", out_required=False,
+                    out_help="write to this file instead of stdout",
+                    help="posterior transfer gaps and regime probabilities",
+                    description="Posterior transfer gaps of a fit, with HDIs and regime "
+                                "probabilities.")
     g.add_argument("fit", help="fit file written by 'llmnas-transfer fit'")
     g.add_argument("--ci", type=float, default=0.94, help="HDI probability (default 0.94)")
     g.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -85,21 +94,22 @@ def register(subparsers) -> None:
     g.add_argument("--reference", default=None, help="DATASET:TASK (default: the fit's)")
     g.add_argument("--iteration", type=int, default=None,
                    help="iteration of the gaps (default: the last observed)")
-    g.add_argument("--out", default=None, help="write to this file instead of stdout")
-    g.set_defaults(func=_gaps)
 
-    t = subparsers.add_parser("trajectory", help="observed and forecast validity rates")
+    t = add_command(subparsers, "trajectory", _trajectory, out="FILE", out_required=False,
+                    out_help="write to this file instead of stdout",
+                    help="observed and forecast validity rates",
+                    description="Observed and forecast pooled validity rates of a fit, with "
+                                "HDIs.")
     t.add_argument("fit")
     t.add_argument("--ci", type=float, default=0.94)
     t.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    t.add_argument("--out", default=None, help="write to this file instead of stdout")
-    t.set_defaults(func=_trajectory)
 
-    c = subparsers.add_parser("check", help="posterior predictive checks, plots, LOO")
+    c = add_command(subparsers, "check", _check, out="DIR",
+                    help="posterior predictive checks, plots, LOO",
+                    description="Diagnostics, posterior predictive checks, PSIS-LOO and plots "
+                                "of a fit, written to a folder.")
     c.add_argument("fit")
-    c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--ci", type=float, default=0.94)
-    c.set_defaults(func=_check)
 
 
 def _write_text(text: str, out: str | None) -> None:
@@ -110,10 +120,7 @@ def _write_text(text: str, out: str | None) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserInputError(f"{out}: the folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -127,8 +134,7 @@ def _fit(args) -> int:
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise UserInputError(f"--out {out}: the folder {parent} does not exist")
-    if not 1 <= args.chains <= 64:
-        raise UserInputError(f"--chains must be between 1 and 64, got {args.chains}")
+    check_int("--chains", args.chains, 1, 64)
     attrs: dict = {}
     if args.levels:
         attrs.update(read_levels(args.levels))
@@ -137,14 +143,15 @@ def _fit(args) -> int:
             attrs.setdefault(k, {}).update(v)
     runs = read_runs(args.runs)
     # ... then the JAX devices, one per chain, before JAX starts: chains run in parallel
-    from llmnas_transfer.fit.inference import set_cpu_devices
+    from llmnas_transfer.fit.sampling import set_cpu_devices
 
     if args.method == "nuts" and args.chains > 1:
         n_dev = set_cpu_devices(args.chains)
         if n_dev < args.chains:
             print(f"note: {n_dev} JAX device(s) for {args.chains} chains; the chains run one "
                   "after another", file=sys.stderr)
-    from llmnas_transfer.fit.inference import fit_runs, save_fit
+    from llmnas_transfer.fit.fitfile import fit_info, notices_of, save_fit
+    from llmnas_transfer.fit.inference import fit_runs
     from llmnas_transfer.summarize.posterior import diagnostics
 
     print(runs.report(), file=sys.stderr)
@@ -153,24 +160,22 @@ def _fit(args) -> int:
     console = Console(stderr=True)
     what = (f"sampling {args.chains} chains x ({args.warmup} warmup + {args.draws} draws)"
             if args.method == "nuts" else f"SVI, {args.svi_steps} steps")
-    info: dict = {}
-    with console.status(what, spinner="dots") if not args.progress else _null():
+    with console.status(what, spinner="dots") if not args.progress else contextlib.nullcontext():
         dt = fit_runs(
             runs, method=args.method, chains=args.chains, draws=args.draws,
             warmup=args.warmup, seed=args.seed, reference=args.reference,
             forecast=args.forecast, datasets=args.datasets, tasks=args.tasks,
             dataset_attrs=attrs, target_accept=args.target_accept, dense_mass=args.dense_mass,
             svi_steps=args.svi_steps, svi_learning_rate=args.svi_learning_rate,
-            prior_draws=args.prior_draws, progress=args.progress, info=info,
+            prior_draws=args.prior_draws, progress=args.progress,
         )
-    from llmnas_transfer.fit.inference import notices_of
-
     for note in notices_of(dt):
         print(f"note: {note}", file=sys.stderr)
     save_fit(dt, out)
-    spec_obs = len(__import__("json").loads(dt.attrs["spec"])["observed"])
-    print(f"fit: {args.method}, {info['seconds_sampling']:.1f} s sampling, "
-          f"{info['seconds_total']:.1f} s in all ({info['chain_method']} chains); "
+    spec_obs = len(json.loads(dt.attrs["spec"])["observed"])
+    info = fit_info(dt)
+    print(f"fit: {args.method}, {info.seconds_sampling:.1f} s sampling, "
+          f"{info.seconds_total:.1f} s in all ({info.chain_method} chains); "
           f"{spec_obs} settings with data; wrote {out}", file=sys.stderr)
     diag = diagnostics(dt)
     cols = [c for c in ("mean", "sd", "hdi94_lb", "hdi94_ub", "ess_bulk", "ess_tail", "r_hat")
@@ -185,16 +190,8 @@ def _fit(args) -> int:
     return 0
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _load(path: str):
-    from llmnas_transfer.fit.inference import load_fit
+    from llmnas_transfer.fit.fitfile import load_fit
 
     return load_fit(path)
 
@@ -205,8 +202,6 @@ def _gaps(args) -> int:
     dt = _load(args.fit)
     df = posterior_gaps(dt, ci=args.ci, thresholds=args.thresholds, reference=args.reference,
                         iteration=args.iteration)
-    import json
-
     spec = json.loads(dt.attrs["spec"])
     if not spec["has_accuracy"]:
         print("note: the runs have no accuracy data, so only validity gaps are reported",

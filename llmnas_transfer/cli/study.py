@@ -21,64 +21,48 @@ import argparse
 import sys
 from pathlib import Path
 
+from llmnas_transfer.cli.options import (
+    add_command,
+    add_grid_options,
+    add_params_option,
+    add_progress_option,
+    add_seed_option,
+    load_params,
+    split_names,
+)
 from llmnas_transfer.errors import UserInputError
-
-
-def _names(values: list[str] | None) -> list[str] | None:
-    """``--datasets a,b c`` -> ``["a", "b", "c"]`` (``None`` keeps the built-ins)."""
-    if values is None:
-        return None
-    out = [v.strip() for chunk in values for v in chunk.split(",") if v.strip()]
-    if not out:
-        raise UserInputError("an empty name list was given; omit the option to use the built-ins")
-    return out
-
-
-def _defaults(path: str | None):
-    from llmnas_transfer.sim.params import load_defaults
-
-    return load_defaults(path) if path else None
+from llmnas_transfer.validate import check_int
 
 
 def _add_grid(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--datasets", nargs="+", metavar="NAME",
-                   help="datasets, comma- or space-separated (default: the 8 built-ins)")
-    p.add_argument("--tasks", nargs="+", metavar="NAME",
-                   help="tasks, comma- or space-separated (default: the 4 built-ins)")
-    p.add_argument("--trials", type=int, default=15, help="independent trials (default 15)")
-    p.add_argument("--iterations", type=int, default=10,
-                   help="refinement iterations per trial (default 10)")
-    p.add_argument("--candidates", type=int, default=20,
-                   help="candidates generated per iteration (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--params", metavar="FILE",
-                   help="parameters JSON written by 'calibrate' (default: the shipped file)")
+    add_grid_options(p)
+    add_seed_option(p)
+    add_params_option(p)
 
 
 def register(subparsers) -> None:
     """Add ``reproduce``, ``simulate`` and ``calibrate`` to the CLI."""
-    p = subparsers.add_parser(
-        "reproduce", help="run the study: figures, tables and targets in one folder",
+    p = add_command(
+        subparsers, "reproduce", _reproduce, out="DIR",
+        help="run the study: figures, tables and targets in one folder",
         description="Simulate the study, write DIR/figures (five figures, PNG and PDF), "
                     "DIR/tables (validity, accuracy, gaps, targets), DIR/results.nc and "
                     "print a summary. A non-empty DIR is refused unless it holds an earlier "
                     "study or --force is given.")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _add_grid(p)
     p.add_argument("--check-trials", type=int, default=2000, metavar="N",
                    help="trials of the large-trial check of the targets (default 2000; "
                         "0 judges the targets on the exact expected values only)")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty folder that holds no earlier study")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress display")
-    p.set_defaults(func=_reproduce)
+    add_progress_option(p, text="hide the progress display")
 
-    s = subparsers.add_parser(
-        "simulate", help="simulate a custom grid and save the results",
+    s = add_command(
+        subparsers, "simulate", _simulate, out="FILE", out_help="output .nc, .parquet or .csv",
+        help="simulate a custom grid and save the results",
         description="Simulate a dataset x task grid and write the results; the format "
                     "follows the suffix of --out: .nc (netCDF), .parquet or .csv (tidy "
                     "table; per-candidate values go to FILE.candidates.<suffix>).")
-    s.add_argument("--out", required=True, metavar="FILE", help="output .nc, .parquet or .csv")
     _add_grid(s)
     s.add_argument("--per-candidate", action="store_true",
                    help="also keep every candidate's validity, accuracy and novelty")
@@ -86,18 +70,16 @@ def register(subparsers) -> None:
                    help="trials per compiled call (results do not depend on it)")
     s.add_argument("--bins", type=int, default=20,
                    help="accuracy/novelty histogram bins (0 disables; default 20)")
-    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    s.set_defaults(func=_simulate)
+    add_progress_option(s)
 
-    c = subparsers.add_parser(
-        "calibrate", help="re-derive the default parameters from the paper's targets",
+    c = add_command(
+        subparsers, "calibrate", _calibrate, out="PATH", out_required=False,
+        out_help="parameters file to write (default: the file the package ships)",
+        help="re-derive the default parameters from the paper's targets",
         description="Fit the default parameters to data/targets.csv (optax on exact "
                     "expectations), write them and print the expected value of every target.")
-    c.add_argument("--out", metavar="PATH",
-                   help="parameters file to write (default: the file the package ships)")
     c.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000)")
-    c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    c.set_defaults(func=_calibrate)
+    add_progress_option(c)
 
 
 # ------------------------------------------------------------------ handlers
@@ -106,9 +88,9 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     outputs = reproduce.run_study(
         args.seed, out_dir=args.out, num_trials=args.trials, num_iterations=args.iterations,
-        num_candidates=args.candidates, datasets=_names(args.datasets),
-        tasks=_names(args.tasks), check_trials=args.check_trials,
-        defaults=_defaults(args.params), force=args.force, progress=not args.no_progress,
+        num_candidates=args.candidates, datasets=split_names(args.datasets),
+        tasks=split_names(args.tasks), check_trials=args.check_trials,
+        defaults=load_params(args.params), force=args.force, progress=not args.no_progress,
     )
     reproduce.print_summary(outputs)
     return 0
@@ -121,10 +103,10 @@ def _simulate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write = results_io.writer_for(out)  # validates suffix and folder before simulating
     ds = simulate(
-        args.seed, datasets=_names(args.datasets), tasks=_names(args.tasks),
+        args.seed, datasets=split_names(args.datasets), tasks=split_names(args.tasks),
         num_trials=args.trials, num_iterations=args.iterations,
         num_candidates=args.candidates, per_candidate=args.per_candidate, bins=args.bins,
-        chunk_size=args.chunk_size, defaults=_defaults(args.params),
+        chunk_size=args.chunk_size, defaults=load_params(args.params),
         progress=not args.no_progress,
     )
     path = write(ds)
@@ -141,15 +123,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     from llmnas_transfer.io import atomic
     from llmnas_transfer.study import derive as calibrate
 
-    if not 1 <= args.steps <= 1_000_000:
-        raise UserInputError(f"--steps must be between 1 and 1000000, got {args.steps}")
+    check_int("--steps", args.steps, 1, 1_000_000)
     out = Path(args.out) if args.out else calibrate.default_params_path()
     if out.suffix.lower() != ".json":
         raise UserInputError(f"{out}: the parameters file must end in .json")
     out = atomic.check_writable(out)
     res = calibrate.calibrate(steps=args.steps, progress=not args.no_progress)
-    with atomic.atomic_paths([out]) as (tmp,):
-        res.defaults.save(tmp)
+    atomic.atomic_write_text(out, res.defaults.to_json())
     _print_report(res.report)
     fitted = res.report[res.report["fitted"]]
     print(f"wrote {out}; {int(fitted['met'].sum())}/{len(fitted)} fitted targets met "

@@ -20,35 +20,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llmnas_transfer.cli import options
 from llmnas_transfer.errors import UserInputError
-
-
-def _names(values: list[str] | None) -> list[str] | None:
-    if values is None:
-        return None
-    out = [v.strip() for chunk in values for v in chunk.split(",") if v.strip()]
-    if not out:
-        raise UserInputError("an empty name list was given; omit the option to use the built-ins")
-    return out
 
 
 def register(subparsers) -> None:
     """Add ``sweep`` to the CLI."""
-    p = subparsers.add_parser(
-        "sweep", help="streaming sweep over many trials (bounded memory, resumable)",
+    p = options.add_command(
+        subparsers, "sweep", _sweep, out="FILE", out_help="output .nc or .csv",
+        help="streaming sweep over many trials (bounded memory, resumable)",
         description="Simulate a dataset x task grid for many trials, keeping only running "
                     "totals per (dataset, task, iteration); show progress and time "
                     "remaining; checkpoint after every chunk; write .nc or .csv.")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .nc or .csv")
-    p.add_argument("--datasets", nargs="+", metavar="NAME",
-                   help="datasets, comma- or space-separated (default: the 8 built-ins)")
-    p.add_argument("--tasks", nargs="+", metavar="NAME",
-                   help="tasks, comma- or space-separated (default: the 4 built-ins)")
-    p.add_argument("--trials", type=int, default=1000, help="trials per setting (default 1000)")
-    p.add_argument("--iterations", type=int, default=10,
-                   help="refinement iterations per trial (default 10)")
-    p.add_argument("--candidates", type=int, default=20,
-                   help="candidates generated per iteration (default 20)")
+    options.add_grid_options(p, trials=1000, trials_help="trials per setting")
     p.add_argument("--bins", type=int, default=20,
                    help="accuracy/novelty histogram bins on [0, 1] (default 20; 0 = none)")
     p.add_argument("--path", choices=("auto", "summary", "candidates"), default="auto",
@@ -56,7 +40,7 @@ def register(subparsers) -> None:
                         "grow with --candidates); candidates: draw every candidate (exact); "
                         "auto (default): summary from 200 candidates with histograms, 50 "
                         "without")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    options.add_seed_option(p)
     p.add_argument("--trial-offset", type=int, default=0, metavar="N",
                    help="index of the first trial (default 0)")
     p.add_argument("--chunk-size", type=int, metavar="N",
@@ -68,10 +52,8 @@ def register(subparsers) -> None:
                    help="checkpoint file (default OUT.ckpt.npz)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint of an interrupted sweep")
-    p.add_argument("--params", metavar="FILE",
-                   help="parameters JSON written by 'calibrate' (default: the shipped file)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=_sweep)
+    options.add_params_option(p)
+    options.add_progress_option(p)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -92,17 +74,13 @@ def _sweep(args: argparse.Namespace) -> int:
             "or delete the file to start again")
     if args.resume and not ckpt.exists():
         raise UserInputError(f"{ckpt}: no checkpoint to resume from")
-    defaults = None
-    if args.params:
-        from llmnas_transfer.sim.params import load_defaults
-
-        defaults = load_defaults(args.params)
     ds = sweep(
-        args.seed, datasets=_names(args.datasets), tasks=_names(args.tasks),
+        args.seed, datasets=options.split_names(args.datasets),
+        tasks=options.split_names(args.tasks),
         num_trials=args.trials, num_iterations=args.iterations,
         num_candidates=args.candidates, bins=args.bins, path=args.path,
         trial_offset=args.trial_offset, chunk_size=args.chunk_size, devices=args.devices,
-        checkpoint=ckpt, resume=args.resume, defaults=defaults,
+        checkpoint=ckpt, resume=args.resume, defaults=options.load_params(args.params),
         progress=not args.no_progress,
     )
     save_sweep(ds, out)

@@ -1,0 +1,1 @@
+"""Package data: the shipped parameter files, targets, LEMUR statistics and published numbers."""

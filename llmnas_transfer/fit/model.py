@@ -51,7 +51,6 @@ from numpyro.distributions import constraints
 
 from llmnas_transfer.sim.dynamics import (
     accuracy_logit,
-    key_words,
     novelty_logit,
     state_moments,
     transition_mean,
@@ -59,8 +58,9 @@ from llmnas_transfer.sim.dynamics import (
 )
 from llmnas_transfer.sim.expectation import expected
 from llmnas_transfer.sim.gaps import gap_components
+from llmnas_transfer.sim.keys import key_words
 from llmnas_transfer.sim.params import FEATURE_NAMES, DynamicsParams, SettingEffects
-from llmnas_transfer.sim.summary import binomial
+from llmnas_transfer.sim.samplers import binomial
 from llmnas_transfer.sim.types import Array, PRNGKey
 
 _LOG_2PI = math.log(2.0 * math.pi)

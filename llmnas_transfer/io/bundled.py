@@ -9,6 +9,11 @@ touches the network.
   ``data/lemur/README.md`` for provenance).
 * :func:`published_anchors` - headline numbers of LLM-driven architecture synthesis
   papers (chiefly Khalid, Ignatov and Timofte 2026, arXiv 2601.02997).
+* :data:`LEMUR_MAP` - which LEMUR dataset stands in for which study dataset.
+* :func:`load_lemur_accuracy_priors` - the LEMUR accuracy priors shipped in
+  ``data/lemur_accuracy_priors.json`` (derived by
+  :func:`llmnas_transfer.study.lemur.derive_lemur_accuracy_priors`, written by
+  :func:`save_lemur_accuracy_priors`).
 
 Columns of ``load_lemur("architecture")`` (one row per task, dataset, metric, nn):
 
@@ -48,6 +53,7 @@ Example
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Iterable
 from importlib import resources
@@ -57,6 +63,7 @@ import numpy as np
 import pandas as pd
 
 from llmnas_transfer.errors import DataFormatError, UserInputError
+from llmnas_transfer.io.atomic import atomic_write_text, check_writable
 
 LEVELS: tuple[str, ...] = ("architecture", "trial")
 NAME_COLUMNS: tuple[str, ...] = ("task", "dataset", "metric", "nn", "family", "source")
@@ -79,6 +86,14 @@ _NUMERIC = {
 #: numeric columns that may be empty in the bundled files (hyperparameter not recorded)
 _MAY_BE_MISSING = {"momentum", "dropout", "duration_s", "e1_std"}
 _OTHER = {"architecture": (), "trial": ("transform", "uid")}
+
+#: which LEMUR dataset stands in for which study dataset (see docs/real-data.md)
+LEMUR_MAP: dict[str, str] = {
+    "cifar-10": "cifar-10", "cifar-100": "cifar-100", "svhn": "svhn",
+    "imagenet": "imagenette", "fashion-mnist": "mnist",
+}
+#: file name of the LEMUR accuracy priors inside the package's data folder
+PRIORS_FILE = "lemur_accuracy_priors.json"
 
 ANCHOR_COLUMNS: tuple[str, ...] = (
     "study", "arxiv", "venue", "llm", "dataset", "quantity", "value", "unit", "where_reported",
@@ -331,3 +346,47 @@ def published_value(quantity: str, study: str = "Khalid") -> float:
     if not np.isfinite(v):
         raise UserInputError(f"{quantity!r} is not a plain number: {row['value'].iloc[0]!r}")
     return v
+
+
+# ------------------------------------------------------------------ LEMUR accuracy priors
+def priors_path() -> Path:
+    """Where the package keeps ``lemur_accuracy_priors.json``."""
+    return _data_path(PRIORS_FILE)
+
+
+def save_lemur_accuracy_priors(priors: dict, path: str | Path | None = None) -> Path:
+    """Write LEMUR accuracy priors as JSON (atomically); the package's file when ``path``
+    is ``None``.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "p.json"
+    >>> save_lemur_accuracy_priors({"datasets": {}}, p).name
+    'p.json'
+    """
+    path = check_writable(priors_path() if path is None else Path(path))
+    atomic_write_text(path, json.dumps(priors, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_lemur_accuracy_priors(path: str | Path | None = None) -> dict:
+    """Read saved LEMUR accuracy priors (no refit); the shipped file when ``path`` is ``None``.
+
+    Example
+    -------
+    >>> p = load_lemur_accuracy_priors()
+    >>> p["datasets"]["cifar-10"]["lemur_dataset"]
+    'cifar-10'
+    """
+    path = priors_path() if path is None else Path(path)
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: priors file not found; write it with "
+                             "llmnas-transfer lemur --write-priors") from None
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(d, dict) or "datasets" not in d:
+        raise UserInputError(f"{path}: not a LEMUR priors file (no 'datasets' field)")
+    return d

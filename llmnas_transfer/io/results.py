@@ -225,6 +225,41 @@ def _place(values: np.ndarray, shape, flat) -> np.ndarray:
     return out.reshape(shape)
 
 
+def _add_candidates(candidates: pd.DataFrame, data: dict, coords: dict, where: str) -> None:
+    """Add the variables of a per-candidate long table to ``data`` (and its ``candidate``
+    coordinate to ``coords``), checking it matches the per-iteration table."""
+    miss = [c for c in CANDIDATE_INDEX if c not in candidates.columns]
+    if miss:
+        raise DataFormatError(f"{where}: row 1: missing column(s) {', '.join(miss)}")
+    candidates = _clean_index(candidates.reset_index(drop=True), CANDIDATE_INDEX, where)
+    ccoords, cshape, cflat = _grid_positions(candidates, CANDIDATE_INDEX, where)
+    for d in INDEX:
+        if list(ccoords[d]) != list(coords[d]):
+            raise DataFormatError(
+                f"{where}: column {d}: values differ from the per-iteration table"
+            )
+    coords["candidate"] = np.asarray(ccoords["candidate"])
+    for col in candidates.columns:
+        if col not in CANDIDATE_INDEX:
+            data[col] = (CANDIDATE_INDEX, _place(candidates[col].to_numpy(), cshape, cflat))
+
+
+def _simulate_dtype(name: str, arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the simulator's dtype of variable ``name`` when the cast loses nothing."""
+    want = SIMULATE_DTYPES.get(name)
+    if not want or arr.dtype == want:
+        return arr
+    cast = arr.astype(want)
+    back = cast.astype(arr.dtype)
+    if arr.dtype.kind == "f" and want.startswith("float"):
+        # CSV stores float32 in its shortest round-trip form: accept a cast that
+        # moves no value by more than float32 rounding
+        same = np.allclose(back, arr, rtol=2.0**-24, atol=0.0, equal_nan=True)
+    else:
+        same = np.array_equal(back, arr)
+    return cast if same else arr
+
+
 def from_table(
     table: pd.DataFrame,
     candidates: pd.DataFrame | None = None,
@@ -274,34 +309,10 @@ def from_table(
         new_coords[bin_dim] = 0.5 * (edges[1:] + edges[:-1])
         data[base] = (INDEX + (bin_dim,), arr)
     if candidates is not None:
-        cwhere = where.replace("table", "candidates table")
-        miss = [c for c in CANDIDATE_INDEX if c not in candidates.columns]
-        if miss:
-            raise DataFormatError(f"{cwhere}: row 1: missing column(s) {', '.join(miss)}")
-        candidates = _clean_index(candidates.reset_index(drop=True), CANDIDATE_INDEX, cwhere)
-        ccoords, cshape, cflat = _grid_positions(candidates, CANDIDATE_INDEX, cwhere)
-        for d in INDEX:
-            if list(ccoords[d]) != list(new_coords[d]):
-                raise DataFormatError(
-                    f"{cwhere}: column {d}: values differ from the per-iteration table"
-                )
-        new_coords["candidate"] = np.asarray(ccoords["candidate"])
-        for col in candidates.columns:
-            if col not in CANDIDATE_INDEX:
-                data[col] = (CANDIDATE_INDEX, _place(candidates[col].to_numpy(), cshape, cflat))
+        _add_candidates(candidates, data, new_coords, where.replace("table",
+                                                                   "candidates table"))
     for name, (dims, arr) in data.items():
-        want = SIMULATE_DTYPES.get(name)
-        if want and arr.dtype != want:
-            cast = arr.astype(want)
-            back = cast.astype(arr.dtype)
-            if arr.dtype.kind == "f" and want.startswith("float"):
-                # CSV stores float32 in its shortest round-trip form: accept a cast that
-                # moves no value by more than float32 rounding
-                same = np.allclose(back, arr, rtol=2.0**-24, atol=0.0, equal_nan=True)
-            else:
-                same = np.array_equal(back, arr)
-            if same:
-                data[name] = (dims, cast)
+        data[name] = (dims, _simulate_dtype(name, arr))
     out = xr.Dataset(data, coords=new_coords, attrs=dict(attrs or {}))
     for k, v in scalars.items():
         out[k] = xr.DataArray(v)

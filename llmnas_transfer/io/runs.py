@@ -30,6 +30,7 @@ llmnas_transfer.errors.DataFormatError: <frame>: row 2, column iteration: 0 is b
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
@@ -41,7 +42,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmnas_transfer.errors import DataFormatError
+from llmnas_transfer.errors import DataFormatError, UserInputError
+from llmnas_transfer.io.atomic import atomic_write
 
 CANDIDATE_REQUIRED: tuple[str, ...] = ("dataset", "task", "trial", "iteration", "valid")
 CANDIDATE_OPTIONAL: tuple[str, ...] = ("first_epoch_accuracy", "novelty", "llm", "candidate_id")
@@ -268,7 +270,7 @@ def _read_csv(text: str, name: str) -> tuple[pd.DataFrame, np.ndarray]:
     raw_cols = [str(c) for c in frame.columns]
     # pandas renames duplicate headers to 'x.1'; check the header line itself
     try:
-        header = next(iter(__import__("csv").reader([lines[header_line]])))
+        header = next(iter(csv.reader([lines[header_line]])))
     except Exception:  # pragma: no cover - the csv module accepts any single line
         header = raw_cols
     cols = [_clean_header(c) for c in header] if len(header) == len(raw_cols) else [
@@ -353,24 +355,22 @@ class _Col:
             text = what(v) if callable(what) else what
             raise DataFormatError(f"{self.name}: row {self.rows[i]}, column {col}: {text}{more}")
 
-    def missing(self, col: str) -> np.ndarray:
+    def _text_mask(self, col: str, test) -> np.ndarray:
+        """Missing values (NaN/None), plus the text values for which ``test`` (applied to
+        the stripped strings) is true."""
         s = self.frame[col]
         out = np.array(s.isna().to_numpy(), dtype=bool)
         obj = s.to_numpy(dtype=object)
         is_str = np.fromiter((isinstance(v, str) for v in obj), bool, len(obj))
         if is_str.any():
-            low = pd.Series(obj[is_str]).str.strip().str.lower()
-            out[is_str] = low.isin(_MISSING_TOKENS).to_numpy()
+            out[is_str] = test(pd.Series(obj[is_str]).str.strip()).to_numpy()
         return out
 
+    def missing(self, col: str) -> np.ndarray:
+        return self._text_mask(col, lambda t: t.str.lower().isin(_MISSING_TOKENS))
+
     def blank(self, col: str) -> np.ndarray:
-        s = self.frame[col]
-        out = np.array(s.isna().to_numpy(), dtype=bool)
-        obj = s.to_numpy(dtype=object)
-        is_str = np.fromiter((isinstance(v, str) for v in obj), bool, len(obj))
-        if is_str.any():
-            out[is_str] = pd.Series(obj[is_str]).str.strip().eq("").to_numpy()
-        return out
+        return self._text_mask(col, lambda t: t.eq(""))
 
     def label(self, col: str, *, name_rules: bool) -> np.ndarray:
         s = self.frame[col]
@@ -725,14 +725,15 @@ def write_runs(df: pd.DataFrame, path: str | Path) -> Path:
     """
     path = Path(path)
     kind = _suffix(str(path))
-    tmp = path.with_name(path.name + ".tmp")
+    # the temporary name ends in .tmp, so the compression is named, not inferred
+    gz = "gzip" if path.name.lower().endswith(".gz") else None
     if kind == ".csv":
-        df.to_csv(tmp, index=False)
+        atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, compression=gz))
     elif kind in (".parquet", ".pq"):
-        df.to_parquet(tmp, index=False)
+        atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
     else:
-        df.to_json(tmp, orient="records", lines=True)
-    tmp.replace(path)
+        atomic_write(path, lambda tmp: df.to_json(tmp, orient="records", lines=True,
+                                                  compression=gz))
     return path
 
 
@@ -749,8 +750,6 @@ def parse_dataset_attrs(text: str) -> dict[str, dict[str, str]]:
     >>> parse_dataset_attrs("esc-50:modality=audio,resolution=64,num_classes=50")
     {'esc-50': {'modality': 'audio', 'resolution': '64', 'num_classes': '50'}}
     """
-    from llmnas_transfer.errors import UserInputError
-
     name, sep, rest = str(text).partition(":")
     name = name.strip().lower()
     if not sep or not name or not rest.strip():

@@ -1,7 +1,8 @@
-"""Simulate refinement runs: ``lax.scan`` over iterations, ``vmap`` over trials and settings.
+"""Simulate a dataset x task grid: scan over iterations, trials in lanes, vmap over settings.
 
-Streams: the key of a setting is ``fold_in(key, setting_id(dataset, task))``, the key of a
-trial is ``fold_in(setting_key, trial_index)`` and the key of an iteration is
+Keys follow the one scheme of :mod:`llmnas_transfer.sim.keys`: the key of a setting is
+``fold_in(key, setting_id(dataset, task))``, the key of a trial is
+``fold_in(setting_key, trial_index)`` and the key of an iteration is
 ``fold_in(trial_key, iteration)``. A trial's outcome therefore depends only on the seed,
 the setting's names and the trial index: adding settings, trials or iterations, or
 changing the chunk size, never changes numbers already produced.
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,64 +29,27 @@ import xarray as xr
 from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.progress import progress_bar
 from llmnas_transfer.sim import registry
-from llmnas_transfer.sim.dynamics import (
-    Candidates,
-    SimState,
-    draw_candidates_many,
-    init_state,
-    step,
-    transition,
-)
+from llmnas_transfer.sim.dynamics import Candidates, run_trials
+from llmnas_transfer.sim.keys import as_key, trial_keys
 from llmnas_transfer.sim.params import DynamicsParams, ModelDefaults, SettingEffects, load_defaults
+from llmnas_transfer.sim.summary import IterationSummary, summary_chunk
 from llmnas_transfer.sim.types import Array, PRNGKey
+from llmnas_transfer.validate import check_choice, check_int, check_size
 
 MAX_TRIALS = 10**9
 MAX_ITERATIONS = 10_000
 MAX_CANDIDATES = 10**6
 MAX_RESULT_BYTES = 4 * 2**30  # results held in host memory at once
 DEFAULT_CHUNK = 1024
-
-
-class IterationSummary(NamedTuple):
-    """Sufficient statistics of one (trial, iteration); sums run over valid candidates."""
-
-    n_valid: Array
-    accuracy_sum: Array
-    accuracy_sumsq: Array
-    novelty_sum: Array
-    novelty_sumsq: Array
-    state: Array
-    p_valid: Array
-    accuracy_hist: Array
-    novelty_hist: Array
-
-
-def _hist(x: Array, valid: Array, bins: int) -> Array:
-    # one-hot counts (a compare per bin) vectorise better on CPU than a scatter-add
-    idx = jnp.clip(jnp.floor(jnp.where(valid, x, 0.0) * bins).astype(jnp.int32), 0, bins - 1)
-    idx = jnp.where(valid, idx, bins)
-    onehot = idx[..., None, :] == jnp.arange(bins, dtype=jnp.int32)[:, None]
-    return jnp.sum(onehot, axis=-1, dtype=jnp.int32)
-
-
-def summarize_candidates(c: Candidates, bins: int) -> IterationSummary:
-    """Reduce one iteration's candidates to :class:`IterationSummary`."""
-    acc = jnp.where(c.valid, c.accuracy, 0.0)
-    nov = jnp.where(c.valid, c.novelty, 0.0)
-    return IterationSummary(
-        jnp.sum(c.valid, dtype=jnp.int32),
-        jnp.sum(acc), jnp.sum(acc * acc), jnp.sum(nov), jnp.sum(nov * nov),
-        c.state, c.p_valid,
-        _hist(c.accuracy, c.valid, bins) if bins else jnp.zeros((0,), jnp.int32),
-        _hist(c.novelty, c.valid, bins) if bins else jnp.zeros((0,), jnp.int32),
-    )
-
+MAX_BINS = 1000
+#: trial indices must stay below this (they are int32 on the device)
+MAX_TRIAL_INDEX = 2**31 - 1
 
 _UNROLL_HIST = 64  # candidates per iteration up to which the histogram loop is unrolled
 
 
-def _hist_many(x: Array, valid: Array, bins: int) -> Array:
-    """Histogram counts per lane of ``x`` (candidate axis first); returns ``(L, bins)``."""
+def _hist(x: Array, valid: Array, bins: int) -> Array:
+    """Histogram counts per lane of ``x`` (candidate axis first); returns ``L + (bins,)``."""
     idx = jnp.clip(jnp.floor(jnp.where(valid, x, 0.0) * bins).astype(jnp.int32), 0, bins - 1)
     idx = jnp.where(valid, idx, bins)
     edges = jnp.arange(bins, dtype=jnp.int32).reshape((bins,) + (1,) * (idx.ndim - 1))
@@ -120,9 +82,22 @@ def _tree_sum0(x: Array) -> Array:
     return x[0]
 
 
-def summarize_many(c: Candidates, bins: int) -> IterationSummary:
-    """:func:`summarize_candidates` for many lanes (``Candidates`` from
-    :func:`~llmnas_transfer.sim.dynamics.draw_candidates_many`, candidate axis first)."""
+def summarize_candidates(c: Candidates, bins: int) -> IterationSummary:
+    """Reduce one iteration's candidates (candidate axis first) to :class:`IterationSummary`.
+
+    Works for one trial (``valid`` of shape ``(N,)``) or a lane of trials (``(N,) + L``);
+    sums run in a fixed order, so a trial's numbers do not depend on the lanes beside it.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.dynamics import draw_candidates
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> d = load_defaults()
+    >>> e = jax.tree.map(lambda x: x[0], d.effects(["cifar-10"], ["classification"]))
+    >>> c = draw_candidates(jax.random.key(0), jnp.float32(0.5), d.dynamics_params(), e, 8)
+    >>> summarize_candidates(c, bins=4).accuracy_hist.shape
+    (4,)
+    """
     acc = jnp.where(c.valid, c.accuracy, 0.0)
     nov = jnp.where(c.valid, c.novelty, 0.0)
     lanes = c.valid.shape[1:]
@@ -130,9 +105,16 @@ def summarize_many(c: Candidates, bins: int) -> IterationSummary:
         jnp.sum(c.valid, axis=0, dtype=jnp.int32),  # integers: exact in any order
         _tree_sum0(acc), _tree_sum0(acc * acc), _tree_sum0(nov), _tree_sum0(nov * nov),
         c.state, c.p_valid,
-        _hist_many(c.accuracy, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
-        _hist_many(c.novelty, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
+        _hist(c.accuracy, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
+        _hist(c.novelty, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
     )
+
+
+def _candidate_reduce(bins: int, per_candidate: bool):
+    def reduce(c: Candidates):
+        return summarize_candidates(c, bins), (c if per_candidate else None)
+
+    return reduce
 
 
 def simulate_trial(
@@ -145,23 +127,27 @@ def simulate_trial(
     bins: int = 20,
     per_candidate: bool = False,
 ) -> tuple[IterationSummary, Candidates | None]:
-    """One trial of one setting: scan :func:`~llmnas_transfer.sim.dynamics.step` over iterations.
+    """One trial of one setting: :func:`~llmnas_transfer.sim.dynamics.run_trials` on its key.
 
-    Returns per-iteration summaries (leading axis ``iteration``) and, if asked, the
-    per-candidate draws (``iteration x candidate``).
+    ``key`` is the trial key (:func:`~llmnas_transfer.sim.keys.trial_key`). Returns
+    per-iteration summaries (leading axis ``iteration``) and, if asked, the per-candidate
+    draws (``iteration x candidate``): the draws :func:`simulate` makes for this trial
+    (accuracy and novelty equal up to an ulp, see
+    :func:`~llmnas_transfer.sim.dynamics.candidate_noise`).
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> d = load_defaults()
+    >>> e = jax.tree.map(lambda x: x[0], d.effects(["cifar-10"], ["classification"]))
+    >>> summ, cands = simulate_trial(jax.random.key(0), d.dynamics_params(), e,
+    ...                              num_iterations=3, num_candidates=5, per_candidate=True)
+    >>> summ.n_valid.shape, cands.valid.shape
+    ((3,), (3, 5))
     """
-    state = init_state(jax.random.fold_in(key, 0), params)
-    iter_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(
-        jnp.arange(1, num_iterations + 1, dtype=jnp.uint32)
-    )
-
-    def body(carry: SimState, k: PRNGKey):
-        nxt, cands = step(k, carry, params, effects, num_candidates=num_candidates)
-        out = summarize_candidates(cands, bins)
-        return nxt, (out, cands if per_candidate else None)
-
-    _, (summ, cands) = jax.lax.scan(body, state, iter_keys)
-    return summ, cands
+    return run_trials(key, params, effects, num_iterations=num_iterations,
+                      num_candidates=num_candidates,
+                      reduce=_candidate_reduce(bins, per_candidate))
 
 
 PATHS = ("candidates", "summary")
@@ -180,92 +166,51 @@ def chunk_kernel(
     per_candidate: bool = False,
     path: str = "candidates",
 ) -> tuple[IterationSummary, Candidates | None]:
-    """Un-jitted body of :func:`simulate_chunk` (also traced by the streaming sweep)."""
-    if path == "summary":
-        from llmnas_transfer.sim.summary import summary_chunk
+    """The kernel of a chunk: settings (vmap) x trials (lanes) x iterations (scan).
 
+    :func:`simulate_chunk` is its jitted form; the streaming sweep traces it inside its
+    own jitted, sharded kernel. Summary leaves have shape
+    ``(setting, trial, iteration, ...)``; per-candidate leaves (when ``per_candidate``)
+    have shape ``(setting, iteration, candidate, trial)`` for ``valid``, ``accuracy`` and
+    ``novelty`` and ``(setting, iteration, trial)`` for ``p_valid`` and ``state``: the
+    order the kernel produces them in, trials on the minor axis (:func:`simulate`
+    rearranges them as a view on the host). ``path="summary"`` draws each pair's
+    summaries directly (:mod:`llmnas_transfer.sim.summary`); it has no per-candidate
+    output.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> d = load_defaults()
+    >>> summ, _ = simulate_chunk(jax.random.key(0), d.dynamics_params(),
+    ...                          d.effects(["svhn"], ["detection"]), jnp.array([7], "uint32"),
+    ...                          jnp.arange(3), num_iterations=2, num_candidates=4)
+    >>> summ.n_valid.shape, summ.accuracy_hist.shape
+    ((1, 3, 2), (1, 3, 2, 20))
+    """
+    if path == "summary":
         return summary_chunk(key, params, effects, setting_ids, trial_ids,
                              num_iterations=num_iterations, num_candidates=num_candidates,
                              bins=bins), None
 
-    # The scan over iterations runs outside the vmap over trials (same keys and numbers as
-    # vmapping simulate_trial): each step works on all trials of the chunk at once and the
-    # stacked per-candidate output needs no transpose.
-    def one_setting(eff: SettingEffects, sid: Array):
-        skey = jax.random.fold_in(key, sid)
-        tkeys = jax.vmap(lambda tid: jax.random.fold_in(skey, tid))(trial_ids)
-        state0 = jax.vmap(lambda k: init_state(jax.random.fold_in(k, 0), params))(tkeys)
+    # The scan over iterations runs outside the trials: each step works on all trials of
+    # the chunk at once (trials on the minor axis), and the stacked per-candidate output
+    # needs no transpose.
+    def one_setting(eff: SettingEffects, tkeys: PRNGKey):
+        return run_trials(tkeys, params, eff, num_iterations=num_iterations,
+                          num_candidates=num_candidates,
+                          reduce=_candidate_reduce(bins, per_candidate))
 
-        def body(state: SimState, t: Array):
-            # dynamics.step for every trial at once: same keys, same draws
-            ikeys = jax.vmap(lambda k: jax.random.fold_in(k, t))(tkeys)
-            pairs = jax.vmap(jax.random.split)(ikeys)
-            cands = draw_candidates_many(pairs[:, 0], state.refinement, params, eff,
-                                         num_candidates)
-            nxt = jax.vmap(lambda k, s: transition(k, s, params))(pairs[:, 1], state)
-            out = summarize_many(cands, bins)
-            return nxt, (out, cands if per_candidate else None)
-
-        _, ys = jax.lax.scan(body, state0, jnp.arange(1, num_iterations + 1, dtype=jnp.uint32))
-        return ys
-
-    summ, cands = jax.vmap(one_setting)(effects, setting_ids)  # (setting, iteration, ...)
+    tkeys = trial_keys(key, setting_ids, trial_ids)  # (setting, trial)
+    summ, cands = jax.vmap(one_setting)(effects, tkeys)  # (setting, iteration, ...)
     return jax.tree.map(lambda x: jnp.moveaxis(x, 1, 2), summ), cands
 
 
-@partial(
-    jax.jit,
+#: :func:`chunk_kernel` jitted (one compile per shape and static setting)
+simulate_chunk = jax.jit(
+    chunk_kernel,
     static_argnames=("num_iterations", "num_candidates", "bins", "per_candidate", "path"),
 )
-def simulate_chunk(
-    key: PRNGKey,
-    params: DynamicsParams,
-    effects: SettingEffects,
-    setting_ids: Array,
-    trial_ids: Array,
-    *,
-    num_iterations: int,
-    num_candidates: int,
-    bins: int = 20,
-    per_candidate: bool = False,
-    path: str = "candidates",
-) -> tuple[IterationSummary, Candidates | None]:
-    """Jitted kernel: settings (outer vmap) x trials (inner vmap) x iterations (scan).
-
-    Summary leaves have shape ``(setting, trial, iteration, ...)``; per-candidate leaves
-    (when ``per_candidate``) have shape ``(setting, iteration, candidate, trial)`` for
-    ``valid``, ``accuracy`` and ``novelty`` and ``(setting, iteration, trial)`` for
-    ``p_valid`` and ``state``: the order the kernel produces them in, trials on the minor
-    axis (:func:`simulate` rearranges them as a view on the host).
-    ``path="summary"`` draws each pair's summaries directly
-    (:mod:`llmnas_transfer.sim.summary`); it has no per-candidate output.
-    """
-    return chunk_kernel(key, params, effects, setting_ids, trial_ids,
-                        num_iterations=num_iterations, num_candidates=num_candidates,
-                        bins=bins, per_candidate=per_candidate, path=path)
-
-
-def as_key(seed: int | PRNGKey) -> PRNGKey:
-    """Turn an integer seed (or a key) into a typed PRNG key."""
-    if isinstance(seed, (int, np.integer)):
-        if seed < 0 or seed >= 2**63:
-            raise UserInputError(f"seed must be a non-negative integer below 2**63, got {seed}")
-        return jax.random.key(int(seed))
-    if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
-        return seed
-    if isinstance(seed, jax.Array) and seed.dtype == jnp.uint32 and seed.shape == (2,):
-        return jax.random.wrap_key_data(seed)
-    raise UserInputError(f"seed must be an integer or a jax PRNG key, got {type(seed).__name__}")
-
-
-def _check_size(name: str, value: int, upper: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise UserInputError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise UserInputError(f"{name} must be at least 1, got {value}")
-    if value > upper:
-        raise UserInputError(f"{name}={value} is absurdly large (limit {upper})")
-    return int(value)
 
 
 def simulate(
@@ -318,16 +263,12 @@ def simulate(
     >>> ds["valid"].dims
     ('dataset', 'task', 'trial', 'iteration', 'candidate')
     """
-    num_trials = _check_size("num_trials", num_trials, MAX_TRIALS)
-    num_iterations = _check_size("num_iterations", num_iterations, MAX_ITERATIONS)
-    num_candidates = _check_size("num_candidates", num_candidates, MAX_CANDIDATES)
-    if isinstance(trial_offset, bool) or not isinstance(trial_offset, (int, np.integer)) \
-            or trial_offset < 0 or trial_offset + num_trials > 2**31 - 1:
-        raise UserInputError(f"trial_offset must be a non-negative integer, got {trial_offset!r}")
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 0 <= bins <= 1000:
-        raise UserInputError(f"bins must be an integer in [0, 1000], got {bins!r}")
-    if path not in PATHS:
-        raise UserInputError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+    num_trials = check_size("num_trials", num_trials, MAX_TRIALS)
+    num_iterations = check_size("num_iterations", num_iterations, MAX_ITERATIONS)
+    num_candidates = check_size("num_candidates", num_candidates, MAX_CANDIDATES)
+    trial_offset = check_int("trial_offset", trial_offset, 0, MAX_TRIAL_INDEX - num_trials)
+    bins = check_int("bins", bins, 0, MAX_BINS)
+    path = check_choice("path", path, PATHS)
     if path == "summary" and per_candidate:
         raise UserInputError("per_candidate=True needs path='candidates' (the summary path "
                              "never draws individual candidates)")
@@ -356,7 +297,7 @@ def simulate(
         # the candidate path holds (setting, candidate, trial) arrays at each iteration
         work = 2**24 // (n_set * num_candidates) if path == "candidates" else DEFAULT_CHUNK
         chunk_size = int(min(num_trials, DEFAULT_CHUNK, budget, max(1, work)))
-    chunk_size = _check_size("chunk_size", chunk_size, MAX_TRIALS)
+    chunk_size = check_size("chunk_size", chunk_size, MAX_TRIALS)
     chunk_size = min(chunk_size, num_trials)
 
     n_chunks = math.ceil(num_trials / chunk_size)
@@ -407,7 +348,20 @@ def to_dataset(
     num_candidates: int,
     attrs: dict | None = None,
 ) -> xr.Dataset:
-    """Arrange kernel outputs ``(setting, trial, iteration, ...)`` as an xarray Dataset."""
+    """Arrange kernel outputs ``(setting, trial, iteration, ...)`` as an xarray Dataset.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> d = load_defaults()
+    >>> summ, _ = simulate_chunk(jax.random.key(0), d.dynamics_params(),
+    ...                          d.effects(["svhn"], ["detection"]), jnp.array([7], "uint32"),
+    ...                          jnp.arange(3), num_iterations=2, num_candidates=4)
+    >>> ds = to_dataset(summ, None, ["svhn"], ["detection"], trial_ids=np.arange(3),
+    ...                 num_candidates=4)
+    >>> ds["n_valid"].dims
+    ('dataset', 'task', 'trial', 'iteration')
+    """
     nd, nt = len(datasets), len(tasks)
 
     def grid(x):

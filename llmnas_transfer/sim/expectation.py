@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -49,19 +50,40 @@ class Expected(NamedTuple):
     novelty: Array
 
 
-def gauss_normal_mean(f, mean: Array, sd: Array) -> Array:
-    """``E[f(X)]`` for ``X ~ N(mean, sd^2)``; ``f`` acts elementwise on a trailing axis."""
+def gauss_normal_mean(f: Callable[[Array], Array], mean: Array, sd: Array) -> Array:
+    """``E[f(X)]`` for ``X ~ N(mean, sd^2)``; ``f`` acts elementwise on a trailing axis.
+
+    Example
+    -------
+    >>> round(float(gauss_normal_mean(lambda x: x * x, jnp.float32(1.0), jnp.float32(2.0))), 4)
+    5.0
+    """
     x = mean[..., None] + sd[..., None] * _NODES
     return jnp.sum(_WEIGHTS * f(x), axis=-1)
 
 
 def logitnormal_mean(mu: Array, sd: Array) -> Array:
-    """``E[sigmoid(mu + sd Z)]`` for standard normal ``Z``."""
+    """``E[sigmoid(mu + sd Z)]`` for standard normal ``Z``.
+
+    Example
+    -------
+    >>> round(float(logitnormal_mean(jnp.float32(0.0), jnp.float32(1.0))), 4)
+    0.5
+    """
     return gauss_normal_mean(jax.nn.sigmoid, mu, jnp.broadcast_to(sd, jnp.shape(mu)))
 
 
 def expected(params: DynamicsParams, effects: SettingEffects, num_iterations: int) -> Expected:
-    """Expected validity, pooled accuracy and pooled novelty, shape ``(S, T)``."""
+    """Expected validity, pooled accuracy and pooled novelty, shape ``(S, T)``.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> d = load_defaults()
+    >>> ev = expected(d.dynamics_params(), d.effects(["svhn", "imagenet"], ["detection"]), 3)
+    >>> ev.accuracy.shape
+    (2, 3)
+    """
     m, v = state_moments(params, num_iterations)  # (T,)
     s = m[:, None] + jnp.sqrt(v)[:, None] * _NODES  # (T, K) state nodes
     vo = effects.validity_offset[:, None, None]

@@ -22,6 +22,7 @@ Example
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,14 @@ DEFAULT_REFERENCE: tuple[str, str] = ("cifar-10", "classification")
 REGIMES: tuple[str, str, str] = ("easy", "moderate", "hard")
 
 
-def gap_components(v_s, a_s, v_ref, a_ref) -> dict:
-    """Transfer-gap components; works elementwise on floats, NumPy or JAX arrays."""
+def gap_components(v_s: Any, a_s: Any, v_ref: Any, a_ref: Any) -> dict[str, Any]:
+    """Transfer-gap components; works elementwise on floats, NumPy or JAX arrays.
+
+    Example
+    -------
+    >>> round(gap_components(0.4, 0.3, 0.8, 0.3)["combined_gap"], 6)
+    0.5
+    """
     v = v_s / v_ref
     a = a_s / a_ref
     return {
@@ -46,7 +53,13 @@ def gap_components(v_s, a_s, v_ref, a_ref) -> dict:
 
 
 def check_thresholds(thresholds: Sequence[float]) -> tuple[float, float]:
-    """Validate regime thresholds ``(easy_below, hard_above)``."""
+    """Validate regime thresholds ``(easy_below, hard_above)``.
+
+    Example
+    -------
+    >>> check_thresholds([0.1, 0.2])
+    (0.1, 0.2)
+    """
     if len(thresholds) != 2:
         raise UserInputError("regime thresholds must be two numbers: easy-below, hard-above")
     lo, hi = float(thresholds[0]), float(thresholds[1])
@@ -55,7 +68,7 @@ def check_thresholds(thresholds: Sequence[float]) -> tuple[float, float]:
     return lo, hi
 
 
-def classify_regime(gap, thresholds: Sequence[float] = DEFAULT_THRESHOLDS):
+def classify_regime(gap: Any, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> Any:
     """``easy`` below the first threshold, ``hard`` above the second, else ``moderate``.
 
     Example

@@ -71,7 +71,14 @@ class SettingEffects(NamedTuple):
 
 
 def dynamics_from_dict(d: dict[str, float]) -> DynamicsParams:
-    """Build :class:`DynamicsParams` (float32 scalars) from a plain mapping."""
+    """Build :class:`DynamicsParams` (float32 scalars) from a plain mapping.
+
+    Example
+    -------
+    >>> p = dynamics_from_dict(load_defaults().dynamics)
+    >>> p.kappa.dtype
+    dtype('float32')
+    """
     missing = [f for f in DynamicsParams._fields if f not in d]
     if missing:
         raise UserInputError(f"dynamics parameters missing: {', '.join(missing)}")
@@ -79,7 +86,13 @@ def dynamics_from_dict(d: dict[str, float]) -> DynamicsParams:
 
 
 def dynamics_to_dict(p: DynamicsParams) -> dict[str, float]:
-    """Plain-float mapping of :class:`DynamicsParams`."""
+    """Plain-float mapping of :class:`DynamicsParams`.
+
+    Example
+    -------
+    >>> sorted(dynamics_to_dict(load_defaults().dynamics_params()))[0]
+    'accuracy_noise'
+    """
     return {f: float(getattr(p, f)) for f in DynamicsParams._fields}
 
 
@@ -110,11 +123,23 @@ class ModelDefaults:
 
     # ---------------------------------------------------------------- pieces
     def dynamics_params(self) -> DynamicsParams:
-        """The global dynamics as a PyTree of float32 scalars."""
+        """The global dynamics as a PyTree of float32 scalars.
+
+        Example
+        -------
+        >>> load_defaults().dynamics_params().kappa.shape
+        ()
+        """
         return dynamics_from_dict(self.dynamics)
 
     def dataset_difficulty(self, ds: registry.Dataset) -> float:
-        """``D_d``: fitted for built-ins, attribute regression for others."""
+        """``D_d``: fitted for built-ins, attribute regression for others.
+
+        Example
+        -------
+        >>> isinstance(load_defaults().dataset_difficulty(registry.get_dataset("svhn")), float)
+        True
+        """
         if ds.difficulty is not None:
             return float(ds.difficulty)
         x = ds.features()
@@ -122,7 +147,13 @@ class ModelDefaults:
         return base + self.difficulty_residual.get(ds.name, 0.0)
 
     def dataset_accuracy(self, ds: registry.Dataset) -> float:
-        """``alpha_d`` (logit scale): fitted for built-ins, regression for others."""
+        """``alpha_d`` (logit scale): fitted for built-ins, regression for others.
+
+        Example
+        -------
+        >>> isinstance(load_defaults().dataset_accuracy(registry.get_dataset("svhn")), float)
+        True
+        """
         if ds.accuracy_level is not None:
             return float(ds.accuracy_level)
         x = ds.features()
@@ -140,15 +171,35 @@ class ModelDefaults:
         return float(np.mean(others)) if others else 0.0
 
     def task_complexity_of(self, task: registry.Task) -> float:
-        """``C_k``; unknown tasks get the mean of built-in non-classification tasks."""
+        """``C_k``; unknown tasks get the mean of built-in non-classification tasks.
+
+        Example
+        -------
+        >>> d = load_defaults()
+        >>> d.task_complexity_of(registry.get_task("detection")) == d.task_complexity["detection"]
+        True
+        """
         return self._task_value(self.task_complexity, task, task.complexity)
 
     def task_accuracy_of(self, task: registry.Task) -> float:
-        """``alpha_k``; unknown tasks get the mean of built-in non-classification tasks."""
+        """``alpha_k``; unknown tasks get the mean of built-in non-classification tasks.
+
+        Example
+        -------
+        >>> isinstance(load_defaults().task_accuracy_of(registry.get_task("generation")), float)
+        True
+        """
         return self._task_value(self.task_accuracy_offset, task, task.accuracy_offset)
 
     def interaction_of(self, ds: registry.Dataset, task: registry.Task) -> float:
-        """``G_{m(d),k}``: zero for images and for classification."""
+        """``G_{m(d),k}``: zero for images and for classification.
+
+        Example
+        -------
+        >>> load_defaults().interaction_of(registry.get_dataset("svhn"),
+        ...                                registry.get_task("detection"))
+        0.0
+        """
         if ds.modality in task.interaction:
             return float(task.interaction[ds.modality])
         row = self.interaction.get(ds.modality, {})
@@ -192,7 +243,13 @@ class ModelDefaults:
 
     # ---------------------------------------------------------------- io
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable mapping (the format of ``default_params.json``)."""
+        """JSON-serialisable mapping (the format of ``default_params.json``).
+
+        Example
+        -------
+        >>> "dynamics" in load_defaults().to_dict()
+        True
+        """
         return {
             "dynamics": self.dynamics,
             "difficulty_coef": self.difficulty_coef,
@@ -210,23 +267,33 @@ class ModelDefaults:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelDefaults:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Example
+        -------
+        >>> d = load_defaults()
+        >>> ModelDefaults.from_dict(d.to_dict()) == d
+        True
+        """
         try:
             return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k != "provenance"},
                        provenance=d.get("provenance", {}))
         except KeyError as exc:
             raise UserInputError(f"parameter file lacks the field {exc.args[0]!r}") from None
 
-    def save(self, path: str | Path) -> None:
-        """Write the parameters as JSON (atomically)."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-            tmp.replace(path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise UserInputError(f"{path}: cannot write parameters ({exc.strerror})") from None
+    def to_json(self) -> str:
+        """The parameters file's text: :meth:`to_dict` as indented, key-sorted JSON.
+
+        The simulator writes no files; callers save it with
+        :func:`llmnas_transfer.io.atomic.atomic_write_text`.
+
+        Example
+        -------
+        >>> d = load_defaults()
+        >>> ModelDefaults.from_dict(json.loads(d.to_json())) == d
+        True
+        """
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
 def load_defaults(path: str | Path | None = None) -> ModelDefaults:

@@ -58,6 +58,11 @@ class Dataset:
 
         ``(is_audio, is_text, log2(resolution / 32) for images else 0,
         log10(num_classes / 10))``.
+
+        Example
+        -------
+        >>> get_dataset("cifar-10").features()
+        (0.0, 0.0, 0.0, 0.0)
         """
         image_res = math.log2(self.resolution / 32.0) if self.modality == "image" else 0.0
         return (
@@ -200,29 +205,68 @@ def register_task(
     return t
 
 
+def _unregister(table: dict, builtins, name: str, kind: str) -> None:
+    key = _check_name(name, kind)
+    if key in builtins:
+        raise UserInputError(f"{kind} {key!r} is built in and cannot be removed")
+    table.pop(key, None)
+
+
+def _lookup(table: dict, name: str, kind: str):
+    key = _check_name(name, kind)
+    if key not in table:
+        raise UnknownSettingError(
+            f"unknown {kind} {name!r}; known {kind}s: {', '.join(table)}; "
+            + _REGISTER_HINT.format(kind=kind)
+        )
+    return table[key]
+
+
 def unregister_dataset(name: str) -> None:
-    """Remove a user-registered dataset (built-ins cannot be removed)."""
-    key = _check_name(name, "dataset")
-    if key in BUILTIN_DATASET_NAMES:
-        raise UserInputError(f"dataset {key!r} is built in and cannot be removed")
-    _DATASETS.pop(key, None)
+    """Remove a user-registered dataset (built-ins cannot be removed).
+
+    Example
+    -------
+    >>> _ = register_dataset("tmp-set", modality="image", resolution=8, num_classes=2)
+    >>> unregister_dataset("tmp-set")
+    >>> "tmp-set" in dataset_names()
+    False
+    """
+    _unregister(_DATASETS, BUILTIN_DATASET_NAMES, name, "dataset")
 
 
 def unregister_task(name: str) -> None:
-    """Remove a user-registered task (built-ins cannot be removed)."""
-    key = _check_name(name, "task")
-    if key in BUILTIN_TASK_NAMES:
-        raise UserInputError(f"task {key!r} is built in and cannot be removed")
-    _TASKS.pop(key, None)
+    """Remove a user-registered task (built-ins cannot be removed).
+
+    Example
+    -------
+    >>> _ = register_task("tmp-task")
+    >>> unregister_task("tmp-task")
+    >>> "tmp-task" in task_names()
+    False
+    """
+    _unregister(_TASKS, BUILTIN_TASK_NAMES, name, "task")
 
 
 def dataset_names() -> tuple[str, ...]:
-    """Names of all registered datasets, built-ins first."""
+    """Names of all registered datasets, built-ins first.
+
+    Example
+    -------
+    >>> dataset_names()[0]
+    'cifar-10'
+    """
     return tuple(_DATASETS)
 
 
 def task_names() -> tuple[str, ...]:
-    """Names of all registered tasks, built-ins first."""
+    """Names of all registered tasks, built-ins first.
+
+    Example
+    -------
+    >>> task_names()[0]
+    'classification'
+    """
     return tuple(_TASKS)
 
 
@@ -234,13 +278,7 @@ def get_dataset(name: str) -> Dataset:
     >>> get_dataset("CIFAR-100").num_classes
     100
     """
-    key = _check_name(name, "dataset")
-    if key not in _DATASETS:
-        raise UnknownSettingError(
-            f"unknown dataset {name!r}; known datasets: {', '.join(_DATASETS)}; "
-            + _REGISTER_HINT.format(kind="dataset")
-        )
-    return _DATASETS[key]
+    return _lookup(_DATASETS, name, "dataset")
 
 
 def get_task(name: str) -> Task:
@@ -251,13 +289,7 @@ def get_task(name: str) -> Task:
     >>> get_task("detection").name
     'detection'
     """
-    key = _check_name(name, "task")
-    if key not in _TASKS:
-        raise UnknownSettingError(
-            f"unknown task {name!r}; known tasks: {', '.join(_TASKS)}; "
-            + _REGISTER_HINT.format(kind="task")
-        )
-    return _TASKS[key]
+    return _lookup(_TASKS, name, "task")
 
 
 def resolve(

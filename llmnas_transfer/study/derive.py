@@ -2,7 +2,9 @@
 
 The targets and their sources live in ``data/targets.csv``. Soft anchors computed from the
 bundled LEMUR data (accuracy level and spread of LLM-generated CIFAR-10 architectures,
-per-dataset accuracy ranges) are filled in by :func:`load_targets`. :func:`calibrate`
+per-dataset accuracy ranges, and the shipped LEMUR accuracy priors read by
+:func:`~llmnas_transfer.io.bundled.load_lemur_accuracy_priors`) are filled in by
+:func:`load_targets`. :func:`calibrate`
 maximises a penalised objective: squared target misses (in units of ``SCALE``), hinge
 penalties for interval targets, plus the Gaussian priors in :data:`PRIORS`, using the
 exact expectations of :mod:`llmnas_transfer.sim.expectation`. ``llmnas-transfer calibrate``
@@ -30,6 +32,7 @@ import optax
 import pandas as pd
 
 from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.io.bundled import LEMUR_MAP, load_lemur, load_lemur_accuracy_priors
 from llmnas_transfer.progress import progress_bar
 from llmnas_transfer.sim import registry
 from llmnas_transfer.sim.expectation import expected
@@ -40,6 +43,7 @@ from llmnas_transfer.sim.params import (
     ModelDefaults,
     SettingEffects,
 )
+from llmnas_transfer.validate import check_int
 
 #: tolerance within which an ``equal`` target counts as met (1.5 percentage points)
 MET_TOLERANCE = 0.015
@@ -47,11 +51,6 @@ MET_TOLERANCE = 0.015
 SCALE = 0.003
 #: margin kept inside interval targets so that Monte Carlo noise does not cross them
 MARGIN = 0.012
-#: which LEMUR dataset stands in for which study dataset (see docs/real-data.md)
-LEMUR_MAP: dict[str, str] = {
-    "cifar-10": "cifar-10", "cifar-100": "cifar-100", "svhn": "svhn",
-    "imagenet": "imagenette", "fashion-mnist": "mnist",
-}
 
 #: Gaussian priors (mean, sd) on the calibrated quantities: stated assumptions that make
 #: the weakly identified parts (state noise, attribute regression vs residuals) well posed.
@@ -87,31 +86,13 @@ CROSS_MODALITIES = ("audio", "text")
 
 
 # ------------------------------------------------------------------ LEMUR anchors
-def _lemur_by_arch() -> pd.DataFrame:
-    ref = resources.files("llmnas_transfer.data").joinpath("lemur/lemur_epoch1_by_arch.csv.gz")
-    with resources.as_file(ref) as p:
-        return pd.read_csv(p)
-
-
-def lemur_accuracy_priors() -> dict:
-    """The fitted LEMUR accuracy levels shipped in ``data/lemur_accuracy_priors.json``.
-
-    Written by :mod:`llmnas_transfer.study.lemur` (``llmnas-transfer lemur``); empty if absent.
-    """
-    import json
-
-    ref = resources.files("llmnas_transfer.data").joinpath("lemur_accuracy_priors.json")
-    if not ref.is_file():
-        return {}
-    return json.loads(ref.read_text()).get("datasets", {})
-
-
 def lemur_anchors() -> dict:
     """Accuracy anchors read from the bundled LEMUR per-architecture table.
 
     Returns the mean and the sd (logit scale) of ``e1_mean`` over LLM-generated CIFAR-10
     architectures, and the ``[min, max]`` of ``e1_mean`` per study dataset (through
-    :data:`LEMUR_MAP`; the pooled image-classification range otherwise).
+    :data:`~llmnas_transfer.io.bundled.LEMUR_MAP`; the pooled image-classification range
+    otherwise).
 
     Example
     -------
@@ -119,7 +100,7 @@ def lemur_anchors() -> dict:
     >>> 0.1 < a["cifar10_llm_mean"] < 0.6
     True
     """
-    df = _lemur_by_arch()
+    df = load_lemur("architecture")
     cls = df[(df["task"] == "img-classification") & (df["metric"] == "acc")]
     llm10 = cls[(cls["dataset"] == "cifar-10") & (cls["source"] == "llm")]["e1_mean"].to_numpy()
     x = np.clip(llm10, 1e-3, 1 - 1e-3)
@@ -157,7 +138,7 @@ def load_targets(path: str | Path | None = None) -> pd.DataFrame:
         if r["kind"] in ("lemur_range", "lemur_mean"):
             anchors = anchors or lemur_anchors()
         if r["kind"] == "lemur_priors":
-            for d, pr in sorted(lemur_accuracy_priors().items()):
+            for d, pr in sorted(load_lemur_accuracy_priors()["datasets"].items()):
                 if d not in registry.BUILTIN_DATASET_NAMES or d == "cifar-10":
                     continue  # CIFAR-10 has its own, tighter anchor (anchor_accuracy_cifar-10)
                 row = {**r, "target": f"{r['target']}_{d}", "dataset": d}
@@ -393,6 +374,7 @@ def calibrate(
     >>> res = calibrate(steps=5)  # doctest: +SKIP
     >>> res.report[["target", "paper_value", "expected_value", "met"]].head()  # doctest: +SKIP
     """
+    steps = check_int("steps", steps, 1)
     targets = load_targets() if targets is None else targets
     anchors = lemur_anchors()
     sigma_a = anchors["cifar10_llm_logit_sd"]

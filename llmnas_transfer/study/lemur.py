@@ -31,8 +31,9 @@ gap of dataset ``d`` for LLM-generated architectures is
 Besides the fit: rank transfer of architectures between CIFAR-10 and each other dataset
 (:func:`rank_transfer`), a held-out check of the 90% posterior predictive intervals
 (:func:`holdout_check`), the priors that ground the calibration
-(:func:`lemur_accuracy_priors`), and :func:`run_lemur`, which writes all of it to a folder
-(``llmnas-transfer lemur --out DIR``).
+(:func:`derive_lemur_accuracy_priors`; the shipped ones are read by
+:func:`~llmnas_transfer.io.bundled.load_lemur_accuracy_priors`), and :func:`run_lemur`,
+which writes all of it to a folder (``llmnas-transfer lemur --out DIR``).
 
 Example
 -------
@@ -48,8 +49,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
-import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -66,10 +65,25 @@ from numpyro.infer import MCMC, NUTS, Predictive
 
 from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.fit.model import accuracy_stats, logit_accuracy_loglik
-from llmnas_transfer.io.bundled import load_lemur
+from llmnas_transfer.io.atomic import atomic_write
+from llmnas_transfer.io.bundled import (
+    LEMUR_MAP,
+    PRIORS_FILE,
+    load_lemur,
+    save_lemur_accuracy_priors,
+)
+from llmnas_transfer.io.bundled import (  # re-exported: the priors' reader and location
+    load_lemur_accuracy_priors as load_lemur_accuracy_priors,
+)
+from llmnas_transfer.io.bundled import priors_path as priors_path
+from llmnas_transfer.sim.candidates import simulate
 from llmnas_transfer.sim.dynamics import accuracy_logit
 from llmnas_transfer.sim.expectation import logitnormal_mean
+from llmnas_transfer.sim.keys import as_key
 from llmnas_transfer.sim.params import DynamicsParams
+from llmnas_transfer.summarize.figures import prepare_output_folder, save_figure
+from llmnas_transfer.summarize.tables import write_csv
+from llmnas_transfer.validate import check_choice, check_float, check_int
 
 #: order in which sources are listed; ``llm`` is the reference source of the model
 SOURCES: tuple[str, ...] = (
@@ -81,7 +95,6 @@ STATISTICS: tuple[str, ...] = ("e1_mean", "e1_median", "e1_max")
 #: accuracies are clipped to [EPS, 1 - EPS] before the logit, as in ``accuracy_stats``
 EPS = 1e-4
 CI_PROB = 0.94
-PRIORS_FILE = "lemur_accuracy_priors.json"
 
 #: What each mapping of a study dataset to a LEMUR dataset assumes (see docs/real-data.md).
 MAPPING_ASSUMPTIONS: dict[str, tuple[str, str]] = {
@@ -156,7 +169,7 @@ def _classification(df: pd.DataFrame, task: str, metric: str) -> pd.DataFrame:
     return sub
 
 
-def prepare(
+def arrange_lemur_data(
     df: pd.DataFrame | None = None,
     *,
     statistic: str = "e1_mean",
@@ -170,13 +183,11 @@ def prepare(
 
     Example
     -------
-    >>> d = prepare(load_lemur(dataset="cifar-10"))
+    >>> d = arrange_lemur_data(load_lemur(dataset="cifar-10"))
     >>> d.group_label[0], len(d.accuracy)
     ('cifar-10/llm', 2215)
     """
-    if statistic not in STATISTICS:
-        raise UserInputError(f"unknown statistic {statistic!r}; valid values: "
-                             f"{', '.join(STATISTICS)}")
+    check_choice("statistic", statistic, STATISTICS)
     df = load_lemur() if df is None else df
     df = _classification(df, task, metric)
     names = sorted(set(map(str, df["dataset"])))
@@ -209,7 +220,7 @@ def group_stats(data: LemurData) -> AccStats:
 
     Example
     -------
-    >>> s = group_stats(prepare(load_lemur(dataset="cifar-10", source="llm")))
+    >>> s = group_stats(arrange_lemur_data(load_lemur(dataset="cifar-10", source="llm")))
     >>> int(s.n[0])
     58
     """
@@ -331,18 +342,6 @@ class LemurFit(NamedTuple):
     centred: np.ndarray
 
 
-def _as_key(seed):
-    from llmnas_transfer.sim.candidates import as_key
-
-    return as_key(seed)
-
-
-def _check_count(name: str, value: int, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise UserInputError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
 def fit_lemur(
     df: pd.DataFrame | LemurData | None = None,
     *,
@@ -381,12 +380,11 @@ def fit_lemur(
     """
     import arviz as az
 
-    data = df if isinstance(df, LemurData) else prepare(df, statistic=statistic)
-    num_warmup = _check_count("num_warmup", num_warmup)
-    num_samples = _check_count("num_samples", num_samples)
-    num_chains = _check_count("num_chains", num_chains)
-    if not 0.5 <= float(target_accept) < 1.0:
-        raise UserInputError(f"target_accept must be in [0.5, 1), got {target_accept}")
+    data = df if isinstance(df, LemurData) else arrange_lemur_data(df, statistic=statistic)
+    num_warmup = check_int("num_warmup", num_warmup, 1)
+    num_samples = check_int("num_samples", num_samples, 1)
+    num_chains = check_int("num_chains", num_chains, 1)
+    target_accept = check_float("target_accept", target_accept, 0.5, 1.0, high_open=True)
     train = data if exclude is None else data.subset(~np.asarray(exclude, bool))
     stats = group_stats(train)
     method = "parallel" if jax.local_device_count() >= num_chains else "sequential"
@@ -395,7 +393,7 @@ def fit_lemur(
                 chain_method=method, progress_bar=bool(progress))
     centred = centring(stats)
     gd, gs, _ = _model_args(train)
-    mcmc.run(_as_key(seed), gd, gs, None, stats, jnp.asarray(centred), **_model_kwargs(train),
+    mcmc.run(as_key(seed), gd, gs, None, stats, jnp.asarray(centred), **_model_kwargs(train),
              extra_fields=("potential_energy", "energy", "num_steps", "accept_prob",
                            "diverging"))
     coords = {"dataset": list(data.datasets), "group": list(data.group_label)}
@@ -415,13 +413,13 @@ def fit_lemur(
     return LemurFit(tree, data, mcmc.get_samples(group_by_chain=True), centred)
 
 
-def diagnostics(fit: LemurFit) -> dict:
-    """Largest r_hat, smallest bulk and tail ESS, and the number of divergences.
+def convergence_summary(fit: LemurFit) -> dict:
+    """Largest r_hat, smallest bulk and tail ESS, and the number of divergences of a fit.
 
     Example
     -------
-    >>> d = diagnostics(fit_lemur(load_lemur(dataset="svhn", source="llm"), num_warmup=50,
-    ...                           num_samples=50, num_chains=1))
+    >>> d = convergence_summary(fit_lemur(load_lemur(dataset="svhn", source="llm"),
+    ...                                   num_warmup=50, num_samples=50, num_chains=1))
     >>> sorted(d)
     ['divergences', 'draws', 'max_r_hat', 'min_ess_bulk', 'min_ess_tail']
     """
@@ -571,7 +569,7 @@ def bootstrap_correlations(x, y, *, n_boot: int = 2000, seed: int = 0,
     n = x.size
     if n < 3 or y.size != n:
         raise UserInputError(f"need at least 3 paired values (got {n} and {y.size})")
-    n_boot = _check_count("n_boot", n_boot)
+    n_boot = check_int("n_boot", n_boot, 1)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     sp = _spearman_rows(x[idx], y[idx])
@@ -613,9 +611,7 @@ def rank_transfer(
     >>> t[["dataset", "source", "n"]].values.tolist()
     [['svhn', 'llm', 57], ['svhn', 'all', 57]]
     """
-    if statistic not in STATISTICS:
-        raise UserInputError(f"unknown statistic {statistic!r}; valid values: "
-                             f"{', '.join(STATISTICS)}")
+    check_choice("statistic", statistic, STATISTICS)
     df = load_lemur() if df is None else df
     df = _classification(df, "img-classification", "acc")
     names = sorted(set(map(str, df["dataset"])))
@@ -650,8 +646,7 @@ def holdout_split(data: LemurData, fraction: float = 0.2, seed: int = 0) -> np.n
     A random ``fraction`` of the distinct architecture names (``nn``) is held out
     (NumPy ``default_rng(seed)``), so an architecture is held out on every dataset at once.
     """
-    if not 0.0 < float(fraction) < 1.0:
-        raise UserInputError(f"fraction must be in (0, 1), got {fraction}")
+    fraction = check_float("fraction", fraction, 0.0, 1.0, low_open=True, high_open=True)
     names = np.unique(data.nn)
     rng = np.random.default_rng(seed)
     k = int(round(fraction * names.size))
@@ -689,13 +684,13 @@ def holdout_check(
     table per dataset (and ``all``) with ``n``, ``covered``, ``coverage``, the binomial
     ``se``, the band of :func:`coverage_band` and ``within_band``, plus the fit.
     """
-    data = data if isinstance(data, LemurData) else prepare(data)
+    data = data if isinstance(data, LemurData) else arrange_lemur_data(data)
     held = holdout_split(data, fraction, seed)
     fit = fit_lemur(data, exclude=held, seed=seed, **fit_kwargs)
     test = data.subset(held)
     samples = {k: v.reshape((-1,) + v.shape[2:]) for k, v in fit.samples.items()}
     pred = Predictive(lemur_model, samples, return_sites=["logit_accuracy"])(
-        jax.random.fold_in(_as_key(seed), 1), *_model_args(test), None,
+        jax.random.fold_in(as_key(seed), 1), *_model_args(test), None,
         jnp.asarray(fit.centred), **_model_kwargs(test)
     )["logit_accuracy"]
     pred = np.asarray(pred)
@@ -721,24 +716,25 @@ def holdout_check(
 
 
 # ---------------------------------------------------------------------------- priors
-def lemur_accuracy_priors(fit: LemurFit | None = None, *, seed: int = 0,
-                          **fit_kwargs) -> dict:
+def derive_lemur_accuracy_priors(fit: LemurFit | None = None, *, seed: int = 0,
+                                 **fit_kwargs) -> dict:
     """Posterior of the LLM-source accuracy level for each study dataset with a stand-in.
 
-    For every study dataset in :data:`llmnas_transfer.study.derive.LEMUR_MAP` returns the
+    For every study dataset in :data:`llmnas_transfer.io.bundled.LEMUR_MAP` returns the
     posterior mean and sd of ``mu_{d,llm}`` (logit scale: the location of the logit
     first-epoch accuracy of LLM-generated architectures), of the spread ``sigma_{d,llm}``
     and of the mean accuracy, the LEMUR dataset used and the assumption the mapping makes.
-    Fits :func:`fit_lemur` on all classification architectures when ``fit`` is ``None``.
+    Fits :func:`fit_lemur` on all classification architectures (NUTS) when ``fit`` is
+    ``None``. :func:`~llmnas_transfer.io.bundled.save_lemur_accuracy_priors` writes the
+    result; :func:`~llmnas_transfer.io.bundled.load_lemur_accuracy_priors` reads it back.
 
     Example
     -------
-    >>> p = lemur_accuracy_priors(num_warmup=100, num_samples=100, num_chains=1)  # doctest: +SKIP
+    >>> p = derive_lemur_accuracy_priors(num_warmup=100, num_samples=100,
+    ...                                  num_chains=1)  # doctest: +SKIP
     >>> sorted(p["datasets"])  # doctest: +SKIP
     ['cifar-10', 'cifar-100', 'fashion-mnist', 'imagenet', 'svhn']
     """
-    from llmnas_transfer.study.derive import LEMUR_MAP
-
     fit = fit if fit is not None else fit_lemur(seed=seed, **fit_kwargs)
     data = fit.data
     mu, sigma = _posterior(fit, "mu"), _posterior(fit, "sigma")
@@ -758,11 +754,11 @@ def lemur_accuracy_priors(fit: LemurFit | None = None, *, seed: int = 0,
             "mean_accuracy_mean": float(A[..., g].mean()),
             "mean_accuracy_sd": float(A[..., g].std(ddof=1)),
         }
-    d = diagnostics(fit)
+    d = convergence_summary(fit)
     return {
         "datasets": out,
         "provenance": {
-            "derived_by": "llmnas_transfer.study.lemur.lemur_accuracy_priors "
+            "derived_by": "llmnas_transfer.study.lemur.derive_lemur_accuracy_priors "
                           "(llmnas-transfer lemur --write-priors)",
             "date": _dt.date.today().isoformat(),
             "data": "LEMUR lemur_epoch1_by_arch.csv.gz, img-classification / acc, "
@@ -784,57 +780,6 @@ def _data_digest() -> str:
     return hashlib.sha256(ref.read_bytes()).hexdigest()[:16]
 
 
-def priors_path() -> Path:
-    """Where the package keeps ``lemur_accuracy_priors.json``."""
-    return Path(str(resources.files("llmnas_transfer.data").joinpath(PRIORS_FILE)))
-
-
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def save_lemur_accuracy_priors(priors: dict, path: str | Path | None = None) -> Path:
-    """Write priors from :func:`lemur_accuracy_priors` as JSON (atomically)."""
-    path = priors_path() if path is None else Path(path)
-    _atomic_write_text(path, json.dumps(priors, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def load_lemur_accuracy_priors(path: str | Path | None = None) -> dict:
-    """Read the saved priors (no refit); the shipped file when ``path`` is ``None``.
-
-    Example
-    -------
-    >>> p = load_lemur_accuracy_priors()
-    >>> p["datasets"]["cifar-10"]["lemur_dataset"]
-    'cifar-10'
-    """
-    path = priors_path() if path is None else Path(path)
-    try:
-        d = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: priors file not found; write it with "
-                             "llmnas-transfer lemur --write-priors") from None
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    if "datasets" not in d:
-        raise UserInputError(f"{path}: not a LEMUR priors file (no 'datasets' field)")
-    return d
-
-
 # ---------------------------------------------------------------------------- real vs simulated
 def simulated_accuracies(
     datasets: Sequence[str], *, seed: int = 0, num_trials: int = 200,
@@ -845,8 +790,6 @@ def simulated_accuracies(
     Returns ``{(study_dataset, iteration): accuracies}`` from
     :func:`llmnas_transfer.sim.candidates` (classification task).
     """
-    from llmnas_transfer.sim.candidates import simulate
-
     T = int(max(iterations))
     r = simulate(seed, datasets=list(datasets), tasks="classification", num_trials=num_trials,
                  num_iterations=T, num_candidates=num_candidates, per_candidate=True, bins=0)
@@ -865,8 +808,6 @@ def real_vs_simulated(fit: LemurFit, simulated: dict[tuple[str, int], np.ndarray
     Simulated means carry a Monte Carlo SE (sd / sqrt(n) over candidates; candidates of
     one trial are correlated through the state, so this SE is a lower bound).
     """
-    from llmnas_transfer.study.derive import LEMUR_MAP
-
     data = fit.data
     rows = []
     for (study, t), sim in sorted(simulated.items()):
@@ -914,26 +855,10 @@ RUN_SETTINGS = {
     True: {"num_warmup": 100, "num_samples": 100, "num_chains": 2, "n_boot": 100,
            "num_trials": 30},
 }
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    _atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
-    return path
-
-
-def _save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
-    paths = []
-    for ext in ("png", "pdf"):
-        path = out_dir / f"{stem}.{ext}"
-        tmp = _tmp_path(path)
-        try:
-            fig.savefig(tmp, format=ext, dpi=110, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        paths.append(path)
-    return paths
+#: resolution of the PNG figures :func:`run_lemur` writes
+FIGURE_DPI = 110
+#: number format of the CSV tables :func:`run_lemur` writes
+CSV_FLOAT_FORMAT = "%.6g"
 
 
 def plot_real_vs_simulated(fit: LemurFit, simulated: dict[tuple[str, int], np.ndarray],
@@ -941,14 +866,12 @@ def plot_real_vs_simulated(fit: LemurFit, simulated: dict[tuple[str, int], np.nd
     """Figure: real LEMUR accuracies (histogram), fitted posterior predictive density
     (median and 94% band over posterior draws) and simulated accuracies of the mapped
     study datasets (shipped defaults, iterations 1 and 10)."""
-    import matplotlib.pyplot as plt
-
-    from llmnas_transfer.study.derive import LEMUR_MAP
+    from matplotlib.figure import Figure
 
     data = fit.data
     studies = [d for d in LEMUR_MAP if f"{LEMUR_MAP[d]}/{source}" in data.group_label]
-    fig, axes = plt.subplots(1, len(studies), figsize=(3.2 * len(studies), 3.1),
-                             squeeze=False)
+    fig = Figure(figsize=(3.2 * len(studies), 3.1))
+    axes = fig.subplots(1, len(studies), squeeze=False)
     grid = np.linspace(0.002, 0.998, 300)
     zg = logit(grid)
     mu, sigma = _posterior(fit, "mu"), _posterior(fit, "sigma")
@@ -983,11 +906,12 @@ def plot_real_vs_simulated(fit: LemurFit, simulated: dict[tuple[str, int], np.nd
 
 def plot_gap_forest(gaps: pd.DataFrame):
     """Forest plot of ``accuracy_difference`` (posterior mean, 94% HDI) per dataset."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     srcs = list(dict.fromkeys(gaps["source"]))
     dsets = list(dict.fromkeys(gaps["dataset"]))
-    fig, ax = plt.subplots(figsize=(6.2, 0.45 * len(dsets) * max(1, len(srcs)) ** 0.5 + 1.2))
+    fig = Figure(figsize=(6.2, 0.45 * len(dsets) * max(1, len(srcs)) ** 0.5 + 1.2))
+    ax = fig.subplots()
     step = 0.8 / max(len(srcs), 1)
     for j, s in enumerate(srcs):
         sub = gaps[gaps["source"] == s].set_index("dataset")
@@ -1009,11 +933,12 @@ def plot_gap_forest(gaps: pd.DataFrame):
 
 def plot_rank_transfer(ranks: pd.DataFrame):
     """Spearman's rho (bootstrap interval) of CIFAR-10 vs each dataset, by source."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     dsets = list(dict.fromkeys(ranks["dataset"]))
     srcs = list(dict.fromkeys(ranks["source"]))
-    fig, ax = plt.subplots(figsize=(6.2, 0.5 * len(dsets) + 1.6))
+    fig = Figure(figsize=(6.2, 0.5 * len(dsets) + 1.6))
+    ax = fig.subplots()
     step = 0.8 / max(len(srcs), 1)
     for j, s in enumerate(srcs):
         sub = ranks[ranks["source"] == s]
@@ -1036,9 +961,10 @@ def plot_rank_transfer(ranks: pd.DataFrame):
 
 def plot_coverage(coverage: pd.DataFrame):
     """Held-out coverage of the 90% predictive intervals per dataset, with the band."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6.2, 3.0))
+    fig = Figure(figsize=(6.2, 3.0))
+    ax = fig.subplots()
     x = np.arange(len(coverage))
     c = coverage["coverage"].to_numpy()
     se = np.sqrt(c * (1 - c) / coverage["n"].to_numpy())
@@ -1053,6 +979,71 @@ def plot_coverage(coverage: pd.DataFrame):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _run_settings(quick: bool, num_chains: int | None) -> dict:
+    cfg = dict(RUN_SETTINGS[bool(quick)])
+    if num_chains is not None:
+        cfg["num_chains"] = check_int("num_chains", num_chains, 1)
+    return cfg
+
+
+def _analyse(cfg: dict, *, quick: bool, seed: int, say) -> tuple[LemurReport, dict, dict]:
+    """Every computation of :func:`run_lemur`, in its order (``files`` left empty); also
+    the held-out fit's convergence summary and the simulated accuracies."""
+    fit_kw = {k: cfg[k] for k in ("num_warmup", "num_samples", "num_chains")}
+    data = arrange_lemur_data()
+    say(f"fitting {len(data.accuracy)} architectures in {data.num_groups} groups")
+    fit = fit_lemur(data, seed=seed, **fit_kw)
+    diag = convergence_summary(fit)
+    groups = group_table(fit)
+    gaps = pd.concat([accuracy_gaps(fit, s) for s in data.sources
+                      if sum(lbl.endswith(f"/{s}") for lbl in data.group_label) > 1],
+                     ignore_index=True)
+    say("rank transfer")
+    ranks = rank_transfer(n_boot=cfg["n_boot"], seed=seed)
+    say("held-out check")
+    coverage, hfit = holdout_check(data, seed=seed, **fit_kw)
+    hdiag = convergence_summary(hfit)
+    say("simulating the mapped study datasets")
+    sim = simulated_accuracies(list(LEMUR_MAP), seed=seed, num_trials=cfg["num_trials"])
+    rvs = real_vs_simulated(fit, sim)
+    priors = derive_lemur_accuracy_priors(fit, seed=seed)
+    priors["provenance"]["quick"] = bool(quick)
+    report = LemurReport(fit, diag, groups, gaps, ranks, coverage, rvs, priors, ())
+    return report, hdiag, sim
+
+
+def _write_tables(out: Path, rep: LemurReport, held_out_diagnostics: dict) -> list[Path]:
+    """The CSV tables, the priors (JSON) and the posterior (netCDF) of a report."""
+    diagnostics = pd.DataFrame([{"fit": "all", **rep.diagnostics},
+                                {"fit": "held_out", **held_out_diagnostics}])
+    tables = {"lemur_groups": rep.groups, "lemur_gaps": rep.gaps,
+              "lemur_rank_transfer": rep.rank_transfer,
+              "lemur_holdout_coverage": rep.coverage,
+              "lemur_real_vs_simulated": rep.real_vs_simulated,
+              "lemur_diagnostics": diagnostics}
+    files = [write_csv(df, out / f"{name}.csv", float_format=CSV_FLOAT_FORMAT)
+             for name, df in tables.items()]
+    files.append(save_lemur_accuracy_priors(rep.priors, out / PRIORS_FILE))
+    nc = out / "lemur_posterior.nc"
+    atomic_write(nc, lambda tmp: rep.fit.tree.to_netcdf(tmp, engine="h5netcdf"))
+    return files + [nc]
+
+
+def _write_figures(out: Path, rep: LemurReport, simulated: dict) -> list[Path]:
+    gaps = rep.gaps
+    figures = (
+        ("lemur_real_vs_simulated", lambda: plot_real_vs_simulated(rep.fit, simulated)),
+        ("lemur_gap_forest", lambda: plot_gap_forest(
+            gaps[gaps["source"].isin([REFERENCE_SOURCE, "human"])])),
+        ("lemur_rank_transfer", lambda: plot_rank_transfer(rep.rank_transfer)),
+        ("lemur_holdout_coverage", lambda: plot_coverage(rep.coverage)),
+    )
+    files: list[Path] = []
+    for stem, draw in figures:
+        files += save_figure(draw(), out / stem, dpi=FIGURE_DPI, bbox_inches="tight")
+    return files
 
 
 def run_lemur(
@@ -1081,69 +1072,12 @@ def run_lemur(
     >>> rep = run_lemur("results/lemur", quick=True)  # doctest: +SKIP
     >>> rep.coverage[["dataset", "coverage"]]  # doctest: +SKIP
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"{out}: exists and is not a folder")
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from llmnas_transfer.study.derive import LEMUR_MAP
-
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = dict(RUN_SETTINGS[bool(quick)])
-    if num_chains is not None:
-        cfg["num_chains"] = _check_count("num_chains", num_chains)
-    fit_kw = {k: cfg[k] for k in ("num_warmup", "num_samples", "num_chains")}
+    cfg = _run_settings(quick, num_chains)
+    out = prepare_output_folder(out_dir)
     say = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
-
-    data = prepare()
-    say(f"fitting {len(data.accuracy)} architectures in {data.num_groups} groups")
-    fit = fit_lemur(data, seed=seed, **fit_kw)
-    diag = diagnostics(fit)
-    groups = group_table(fit)
-    gaps = pd.concat([accuracy_gaps(fit, s) for s in data.sources
-                      if sum(lbl.endswith(f"/{s}") for lbl in data.group_label) > 1],
-                     ignore_index=True)
-    say("rank transfer")
-    ranks = rank_transfer(n_boot=cfg["n_boot"], seed=seed)
-    say("held-out check")
-    coverage, hfit = holdout_check(data, seed=seed, **fit_kw)
-    hdiag = diagnostics(hfit)
-    say("simulating the mapped study datasets")
-    sim = simulated_accuracies(list(LEMUR_MAP), seed=seed, num_trials=cfg["num_trials"])
-    rvs = real_vs_simulated(fit, sim)
-    priors = lemur_accuracy_priors(fit, seed=seed)
-    priors["provenance"]["quick"] = bool(quick)
-
-    files = [
-        _write_csv(groups, out / "lemur_groups.csv"),
-        _write_csv(gaps, out / "lemur_gaps.csv"),
-        _write_csv(ranks, out / "lemur_rank_transfer.csv"),
-        _write_csv(coverage, out / "lemur_holdout_coverage.csv"),
-        _write_csv(rvs, out / "lemur_real_vs_simulated.csv"),
-        _write_csv(pd.DataFrame([{"fit": "all", **diag}, {"fit": "held_out", **hdiag}]),
-                   out / "lemur_diagnostics.csv"),
-        save_lemur_accuracy_priors(priors, out / PRIORS_FILE),
-    ]
-    nc = out / "lemur_posterior.nc"
-    tmp = _tmp_path(nc)
-    try:
-        fit.tree.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, nc)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    files.append(nc)
-    for stem, fig in (("lemur_real_vs_simulated", plot_real_vs_simulated(fit, sim)),
-                      ("lemur_gap_forest", plot_gap_forest(
-                          gaps[gaps["source"].isin([REFERENCE_SOURCE, "human"])])),
-                      ("lemur_rank_transfer", plot_rank_transfer(ranks)),
-                      ("lemur_holdout_coverage", plot_coverage(coverage))):
-        files += _save_figure(fig, out, stem)
-        plt.close(fig)
+    rep, held_out_diagnostics, simulated = _analyse(cfg, quick=quick, seed=seed, say=say)
+    files = _write_tables(out, rep, held_out_diagnostics) + _write_figures(out, rep, simulated)
     if write_priors:
         target = None if write_priors is True else Path(write_priors)
-        files.append(save_lemur_accuracy_priors(priors, target))
-    return LemurReport(fit, diag, groups, gaps, ranks, coverage, rvs, priors, tuple(files))
+        files.append(save_lemur_accuracy_priors(rep.priors, target))
+    return rep._replace(files=tuple(files))

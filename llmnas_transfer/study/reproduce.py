@@ -49,19 +49,24 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from llmnas_transfer import __version__
 from llmnas_transfer.errors import UserInputError
-from llmnas_transfer.io.atomic import probe_folder, umask
+from llmnas_transfer.io.atomic import atomic_write, atomic_write_text, probe_folder, umask
 from llmnas_transfer.io.results import save_results
 from llmnas_transfer.progress import Stages
 from llmnas_transfer.sim import gaps as gapdefs
 from llmnas_transfer.sim import registry
 from llmnas_transfer.sim.candidates import MAX_TRIALS, simulate
 from llmnas_transfer.sim.params import ModelDefaults, load_defaults
+from llmnas_transfer.study import derive
+from llmnas_transfer.summarize import figures
 from llmnas_transfer.summarize import tables as metrics
+from llmnas_transfer.validate import check_int
 
 #: study tables written under ``DIR/tables``
 TABLE_NAMES: tuple[str, ...] = ("validity", "accuracy", "gaps", "targets")
@@ -122,13 +127,11 @@ def targets_table(
     >>> t.loc[t["target"] == "validity_cifar-10", "met_basis"].item()
     'expected value'
     """
-    from llmnas_transfer.study import derive as calibrate
-
     defaults = defaults or load_defaults()
-    targets = calibrate.load_targets()
+    targets = derive.load_targets()
     T = int(results.sizes["iteration"])
-    sim = calibrate.simulated_report(results, targets, n_boot=n_boot)
-    exp = calibrate.expected_report(defaults, targets, num_iterations=T)
+    sim = derive.simulated_report(results, targets, n_boot=n_boot)
+    exp = derive.expected_report(defaults, targets, num_iterations=T)
     out = sim[["target", "paper_value", "simulated_value", "simulated_se"]].copy()
     out["met_at_protocol"] = sim["met"].to_numpy()
     out["expected_value"] = exp["expected_value"].to_numpy()
@@ -139,7 +142,7 @@ def targets_table(
     if check is not None:
         if int(check.sizes["iteration"]) != T:
             raise UserInputError("the large-trial check must have the study's iterations")
-        big = calibrate.simulated_report(check, targets, n_boot=n_boot)
+        big = derive.simulated_report(check, targets, n_boot=n_boot)
         out["large_trial_value"] = big["simulated_value"].to_numpy()
         out["large_trial_se"] = big["simulated_se"].to_numpy()
         out["met_large_trial"] = big["met"].to_numpy()
@@ -261,10 +264,7 @@ def _move_into_place(staging: Path, out: Path) -> None:
 
 # ------------------------------------------------------------------ the study
 def _versions() -> dict[str, str]:
-    import jax
-    import matplotlib
-
-    from llmnas_transfer import __version__
+    import matplotlib  # only here: importing the package must not load matplotlib
 
     return {"llmnas_transfer": __version__, "jax": jax.__version__, "numpy": np.__version__,
             "xarray": xr.__version__, "pandas": pd.__version__,
@@ -320,15 +320,43 @@ def run_study(
     """
     t_start = time.perf_counter()
     out = check_out_dir(out_dir, force=force)
-    if isinstance(check_trials, bool) or not isinstance(check_trials, (int, np.integer)) \
-            or not 0 <= check_trials <= MAX_TRIALS:
-        raise UserInputError(f"check_trials must be an integer >= 0, got {check_trials!r}")
+    check_trials = check_int("check_trials", check_trials, 0, MAX_TRIALS)
     thresholds = gapdefs.check_thresholds(thresholds)
     defaults = defaults or load_defaults()
+    notes: list[str] = []
+    dnames, tnames, ref = _study_grid(datasets, tasks, reference, notes)
+    per_candidate = _keep_per_candidate(len(dnames) * len(tnames), num_trials, num_iterations,
+                                        num_candidates)
+    timings: dict[str, float] = {}
+    sim_kw = {"num_iterations": num_iterations, "num_candidates": num_candidates,
+              "defaults": defaults}
+
+    with ExitStack() as stack:
+        stages = Stages(progress, 5 if check_trials else 4, stack)
+        results, check = _simulate_study(key, dnames, tnames, num_trials, check_trials,
+                                         per_candidate, sim_kw, stages, timings, notes)
+        stages.stage("tables")
+        t = time.perf_counter()
+        tables = _study_tables(results, check, defaults, ref, thresholds, notes)
+        timings["tables"] = time.perf_counter() - t
+        stages.advance()
+        files = _write_study(out, results, tables, stages, timings, t_start, reference=ref,
+                             thresholds=thresholds,
+                             manifest=lambda: _manifest(key, results, check, tables["targets"],
+                                                        timings, notes, reference=ref,
+                                                        thresholds=thresholds,
+                                                        per_candidate=per_candidate))
+        stages.advance()
+    return StudyOutputs(out, results, tables["validity"], tables["accuracy"], tables["gaps"],
+                        tables["targets"], files, timings, notes, ref)
+
+
+def _study_grid(datasets, tasks, reference: Sequence[str],
+                notes: list[str]) -> tuple[list[str], list[str], tuple[str, str]]:
+    """Dataset and task names of the study, with the reference setting added if missing."""
     ds_list, task_list = registry.resolve(datasets, tasks)
     dnames = [d.name for d in ds_list]
     tnames = [t.name for t in task_list]
-    notes: list[str] = []
     rd, rt = reference[0].lower(), reference[1].lower()
     registry.get_dataset(rd), registry.get_task(rt)
     if rd not in dnames:
@@ -337,101 +365,106 @@ def run_study(
     if rt not in tnames:
         tnames.insert(0, rt)
         notes.append(f"added the reference task {rt} to the grid (gaps are relative to it)")
-    n_cand_total = len(dnames) * len(tnames) * int(num_trials) * int(num_iterations) * int(
-        num_candidates) if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                               for v in (num_trials, num_iterations, num_candidates)) else 0
-    per_candidate = 0 < n_cand_total <= MAX_PER_CANDIDATE
-    timings: dict[str, float] = {}
+    return dnames, tnames, (rd, rt)
 
-    with ExitStack() as stack:
-        stages = Stages(progress, 5 if check_trials else 4, stack)
+
+def _keep_per_candidate(num_settings: int, num_trials, num_iterations, num_candidates) -> bool:
+    """Whether per-candidate values fit in :data:`MAX_PER_CANDIDATE` (invalid sizes: no;
+    the simulator reports them)."""
+    sizes = (num_trials, num_iterations, num_candidates)
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in sizes):
+        return False
+    return 0 < num_settings * int(num_trials) * int(num_iterations) * int(
+        num_candidates) <= MAX_PER_CANDIDATE
+
+
+def _simulate_study(key, dnames, tnames, num_trials, check_trials, per_candidate, sim_kw,
+                    stages: Stages, timings: dict, notes: list[str]):
+    """The protocol simulation and, on the full built-in grid, the large-trial check."""
+    t = time.perf_counter()
+    results = simulate(key, datasets=dnames, tasks=tnames, num_trials=num_trials,
+                       per_candidate=per_candidate,
+                       progress=stages.stage(f"simulating {num_trials} trials"), **sim_kw)
+    timings["simulate"] = time.perf_counter() - t
+    stages.advance()
+    if not per_candidate:
+        notes.append("per-candidate values not kept (grid too large); accuracy quantiles "
+                     "and violins come from 20-bin histograms")
+    check = None
+    if check_trials and _full_grid(results):
         t = time.perf_counter()
-        results = simulate(
-            key, datasets=dnames, tasks=tnames, num_trials=num_trials,
-            num_iterations=num_iterations, num_candidates=num_candidates,
-            per_candidate=per_candidate, defaults=defaults,
-            progress=stages.stage(f"simulating {num_trials} trials"),
+        check = simulate(
+            key, datasets=list(registry.BUILTIN_DATASET_NAMES),
+            tasks=list(registry.BUILTIN_TASK_NAMES), num_trials=check_trials, bins=0,
+            progress=stages.stage(f"checking with {check_trials} trials"), **sim_kw,
         )
-        timings["simulate"] = time.perf_counter() - t
+        timings["large_trial_check"] = time.perf_counter() - t
         stages.advance()
-        if not per_candidate:
-            notes.append("per-candidate values not kept (grid too large); accuracy quantiles "
-                         "and violins come from 20-bin histograms")
+    elif check_trials:
+        stages.advance()
+    return results, check
 
-        check = None
-        full = _full_grid(results)
-        if check_trials and full:
-            t = time.perf_counter()
-            check = simulate(
-                key, datasets=list(registry.BUILTIN_DATASET_NAMES),
-                tasks=list(registry.BUILTIN_TASK_NAMES), num_trials=check_trials,
-                num_iterations=num_iterations, num_candidates=num_candidates, bins=0,
-                defaults=defaults, progress=stages.stage(f"checking with {check_trials} trials"),
-            )
-            timings["large_trial_check"] = time.perf_counter() - t
-            stages.advance()
-        elif check_trials:
-            stages.advance()
 
-        stages.stage("tables")
+def _study_tables(results: xr.Dataset, check: xr.Dataset | None, defaults: ModelDefaults,
+                  ref: tuple[str, str], thresholds, notes: list[str]) -> dict:
+    """The study tables (``targets`` is ``None`` without the full built-in grid)."""
+    validity = metrics.validity_table(results)
+    accuracy = metrics.accuracy_table(results)
+    with warnings.catch_warnings():
+        # a cell without valid candidates in any trial has an undefined accuracy; its
+        # bootstrap SE is NaN by design (numpy would warn about the empty slices)
+        warnings.filterwarnings("ignore", "Degrees of freedom <= 0", RuntimeWarning)
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        gaps = metrics.gaps_table(results, reference=ref, thresholds=thresholds)
+    targets = None
+    if _full_grid(results):
+        targets = targets_table(results, defaults=defaults, check=check,
+                                n_boot=100 if check is not None else 200)
+        num_iterations = int(results.sizes["iteration"])
+        if num_iterations != 10:
+            notes.append("the paper's targets refer to iteration 10; this study ends at "
+                         f"iteration {num_iterations}")
+    else:
+        notes.append("targets.csv not written: the paper's targets need the full built-in "
+                     "grid of 8 datasets x 4 tasks")
+    return {"validity": validity, "accuracy": accuracy, "gaps": gaps, "targets": targets}
+
+
+def _write_study(out: Path, results: xr.Dataset, tables: dict, stages: Stages,
+                 timings: dict, t_start: float, *, reference, thresholds,
+                 manifest) -> list[Path]:
+    """Draw the figures and write everything into a staging folder beside ``out``, then
+    move it into place; an error leaves nothing behind. Returns the final paths."""
+    stages.stage("figures")
+    t = time.perf_counter()
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_existing_parent(out)))
+    os.chmod(staging, 0o777 & ~umask())  # mkdtemp creates 0700
+    try:
+        (staging / "tables").mkdir()
+        figures.study_figures(results, staging / "figures", validity=tables["validity"],
+                              gaps=tables["gaps"], reference=reference, thresholds=thresholds)
+        timings["figures"] = time.perf_counter() - t
+        stages.advance()
+        stages.stage("writing")
         t = time.perf_counter()
-        validity = metrics.validity_table(results)
-        accuracy = metrics.accuracy_table(results)
-        with warnings.catch_warnings():
-            # a cell without valid candidates in any trial has an undefined accuracy; its
-            # bootstrap SE is NaN by design (numpy would warn about the empty slices)
-            warnings.filterwarnings("ignore", "Degrees of freedom <= 0", RuntimeWarning)
-            warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-            gaps = metrics.gaps_table(results, reference=(rd, rt), thresholds=thresholds)
-        targets = None
-        if full:
-            targets = targets_table(results, defaults=defaults, check=check,
-                                    n_boot=100 if check is not None else 200)
-            if int(num_iterations) != 10:
-                notes.append("the paper's targets refer to iteration 10; this study ends at "
-                             f"iteration {num_iterations}")
-        else:
-            notes.append("targets.csv not written: the paper's targets need the full built-in "
-                         "grid of 8 datasets x 4 tasks")
-        timings["tables"] = time.perf_counter() - t
-        stages.advance()
-
-        stages.stage("figures")
-        t = time.perf_counter()
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_existing_parent(out)))
-        os.chmod(staging, 0o777 & ~umask())  # mkdtemp creates 0700
-        try:
-            from llmnas_transfer.summarize.figures import study_figures
-
-            (staging / "tables").mkdir()
-            study_figures(results, staging / "figures", validity=validity, gaps=gaps,
-                          reference=(rd, rt), thresholds=thresholds)
-            timings["figures"] = time.perf_counter() - t
-            stages.advance()
-            stages.stage("writing")
-            t = time.perf_counter()
-            tables = {"validity": validity, "accuracy": accuracy, "gaps": gaps,
-                      "targets": targets}
-            for name, df in tables.items():
-                if df is not None:
-                    df.to_csv(staging / "tables" / f"{name}.csv", index=False)
-            if targets is not None:
-                (staging / "tables" / "targets.md").write_text(targets_markdown(targets))
-            save_results(results, staging / "results.nc")
-            timings["write"] = time.perf_counter() - t
-            timings["total"] = time.perf_counter() - t_start
-            manifest = _manifest(key, results, check, targets, timings, notes, reference=(rd, rt),
-                                 thresholds=thresholds, per_candidate=per_candidate)
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            files = sorted(out / p.relative_to(staging) for p in staging.rglob("*")
-                           if p.is_file())
-            _move_into_place(staging, out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        stages.advance()
-    return StudyOutputs(out, results, validity, accuracy, gaps, targets, files, timings, notes,
-                        (rd, rt))
+        for name, df in tables.items():
+            if df is not None:
+                atomic_write(staging / "tables" / f"{name}.csv",
+                             lambda tmp, df=df: df.to_csv(tmp, index=False))
+        if tables["targets"] is not None:
+            atomic_write_text(staging / "tables" / "targets.md",
+                              targets_markdown(tables["targets"]))
+        save_results(results, staging / "results.nc")
+        timings["write"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+        atomic_write_text(staging / MANIFEST, json.dumps(manifest(), indent=2) + "\n")
+        files = sorted(out / p.relative_to(staging) for p in staging.rglob("*")
+                       if p.is_file())
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return files
 
 
 def _existing_parent(p: Path) -> Path:
@@ -533,9 +566,7 @@ def paper_regimes() -> dict[str, str]:
     >>> paper_regimes()["cifar-100"]
     'moderate'
     """
-    from llmnas_transfer.study import derive as calibrate
-
-    t = calibrate.load_targets()
+    t = derive.load_targets()
     out = {}
     for _, r in t[t["target"].str.startswith("regime_")].iterrows():
         lo, hi = r["lower"], r["upper"]

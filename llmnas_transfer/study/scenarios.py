@@ -8,7 +8,7 @@ scenario is first asked for (:func:`fit_scenario`); nothing is typed in.
 
 The package's model rises monotonically: with ``validity_slope > 0`` and the state
 moving towards 1, expected validity cannot rise and then fall. ``khalid2026`` adds one
-mechanism, **ambition drift**, composed from the dynamics functions (``dynamics.py`` is
+mechanism, **ambition drift**, composed from the dynamics functions (their equations are
 unchanged): as refinement goes on the LLM writes bigger, more ambitious models, so the
 validity offset grows with the cycle::
 
@@ -17,6 +17,9 @@ validity offset grows with the cycle::
 
 Accuracy is untouched by the drift. ``khalid2026-base`` is the same fit with ``eta = 0``
 (the plain state-space model), to show what the model alone can and cannot express.
+Runs are simulated with the package's own :func:`~llmnas_transfer.sim.dynamics.run_trials`
+(the drift enters as its ``validity_shift``) and key scheme
+(:mod:`llmnas_transfer.sim.keys`).
 
 Statistics of one run (``N`` candidates per cycle; ``N = 50`` by default, because
 Adhikari et al. 2026 report 1,100 candidates over 22 cycles for the same pipeline):
@@ -41,11 +44,11 @@ True
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,17 +61,23 @@ from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.io.bundled import published_value
 from llmnas_transfer.sim import registry
 from llmnas_transfer.sim.dynamics import (
-    SimState,
+    Candidates,
     accuracy_logit,
-    init_state,
+    run_trials,
     state_moments,
-    step,
     transition_mean,
     validity_logit,
 )
 from llmnas_transfer.sim.expectation import gauss_normal_mean
+from llmnas_transfer.sim.keys import as_key, setting_key, trial_key
 from llmnas_transfer.sim.params import DynamicsParams, SettingEffects, load_defaults
 from llmnas_transfer.sim.types import Array, PRNGKey
+from llmnas_transfer.summarize.figures import prepare_output_folder, save_figure
+from llmnas_transfer.summarize.tables import write_csv
+from llmnas_transfer.validate import check_size
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 STATISTICS: tuple[str, ...] = (
     "validity_first", "validity_peak", "validity_settled", "accuracy_first",
@@ -88,6 +97,9 @@ SETTLE_CYCLES = 3
 THRESHOLD = 0.40
 _CRN_PATHS = 512
 _CHUNK = 512
+MAX_RUNS = 10**7
+MAX_CANDIDATES = 10**5
+FIGURE_DPI = 110
 
 
 class AmbitionDrift(NamedTuple):
@@ -189,13 +201,21 @@ def _crn_noise(num_iterations: int, paths: int = _CRN_PATHS, seed: int = 0):
 
 
 def expected_peak(params: DynamicsParams, effects: SettingEffects, drift: AmbitionDrift,
-                  num_iterations: int, num_candidates: int, noise=None) -> Array:
+                  num_iterations: int, num_candidates: int,
+                  noise: tuple[Array, Array, Array] | None = None) -> Array:
     """Expected largest per-cycle validity rate of one run (common random numbers).
 
     State paths follow ``s_{t+1} = transition_mean(s_t) + state_noise e_t`` with fixed
     normals; each cycle's validity rate is ``p_t + sqrt(p_t (1 - p_t) / N) u_t`` (normal
     approximation of the binomial rate of ``N`` candidates). Differentiable in the
-    parameters, so the fit can match the published single-run peak.
+    parameters, so the fit can match the published single-run peak. ``noise`` holds the
+    fixed normals ``(z0 (paths,), e (paths, T), u (paths, T))`` (default: seed 0).
+
+    Example
+    -------
+    >>> sc = get("khalid2026")
+    >>> 0 < float(expected_peak(sc.params, sc.effects, sc.drift, 22, 50)) < 1
+    True
     """
     z0, e, u = _crn_noise(num_iterations) if noise is None else noise
     delta = effects.validity_offset + drift_path(drift, num_iterations)
@@ -210,7 +230,13 @@ def expected_peak(params: DynamicsParams, effects: SettingEffects, drift: Ambiti
 
 
 def expected_statistics(scenario: Scenario) -> dict[str, float]:
-    """Expected value of each single-run statistic of :data:`STATISTICS`."""
+    """Expected value of each single-run statistic of :data:`STATISTICS`.
+
+    Example
+    -------
+    >>> sorted(expected_statistics(get("khalid2026"))) == sorted(STATISTICS)
+    True
+    """
     return {k: float(v) for k, v in _stats_fn(
         scenario.params, scenario.effects, scenario.drift, scenario.num_iterations,
         scenario.num_candidates).items()}
@@ -344,7 +370,13 @@ def fit_scenario(
 
 # ---------------------------------------------------------------------------- registry
 def khalid2026_targets() -> dict[str, float]:
-    """The published Khalid et al. 2026 numbers as fractions, read from the bundled CSV."""
+    """The published Khalid et al. 2026 numbers as fractions, read from the bundled CSV.
+
+    Example
+    -------
+    >>> khalid2026_targets()["validity_first"]
+    0.44
+    """
     return {k: published_value(q) / 100.0 for k, q in PUBLISHED_QUANTITY.items()}
 
 
@@ -367,7 +399,13 @@ _BUILDERS: dict[str, Callable[[], Scenario]] = {
 
 
 def names() -> tuple[str, ...]:
-    """Names of the available scenarios."""
+    """Names of the available scenarios.
+
+    Example
+    -------
+    >>> names()
+    ('khalid2026', 'khalid2026-base')
+    """
     return tuple(_BUILDERS)
 
 
@@ -387,36 +425,29 @@ def get(name: str) -> Scenario:
 
 # ---------------------------------------------------------------------------- simulate
 @partial(jax.jit, static_argnames=("num_iterations", "num_candidates"))
-def _simulate_runs(key: PRNGKey, params: DynamicsParams, effects: SettingEffects,
+def _simulate_runs(skey: PRNGKey, params: DynamicsParams, effects: SettingEffects,
                    extra_offset: Array, trial_ids: Array, threshold: Array, *,
                    num_iterations: int, num_candidates: int):
-    def one_trial(tid):
-        tkey = jax.random.fold_in(key, tid)
-        state = init_state(jax.random.fold_in(tkey, 0), params)
-        keys = jax.vmap(lambda t: jax.random.fold_in(tkey, t))(
-            jnp.arange(1, num_iterations + 1, dtype=jnp.uint32))
+    def reduce(c: Candidates):
+        acc = jnp.where(c.valid, c.accuracy, 0.0)
+        return (jnp.sum(c.valid, dtype=jnp.int32), jnp.sum(acc),
+                jnp.sum(c.valid & (acc > threshold), dtype=jnp.int32), c.state, c.p_valid)
 
-        def body(carry: SimState, xs):
-            k, extra = xs
-            eff = effects._replace(validity_offset=effects.validity_offset + extra)
-            nxt, c = step(k, carry, params, eff, num_candidates=num_candidates)
-            acc = jnp.where(c.valid, c.accuracy, 0.0)
-            out = (jnp.sum(c.valid, dtype=jnp.int32), jnp.sum(acc),
-                   jnp.sum(c.valid & (acc > threshold), dtype=jnp.int32), c.state, c.p_valid)
-            return nxt, out
+    def one_trial(tkey):
+        return run_trials(tkey, params, effects, num_iterations=num_iterations,
+                          num_candidates=num_candidates, reduce=reduce,
+                          validity_shift=extra_offset)
 
-        _, out = jax.lax.scan(body, state, (keys, extra_offset))
-        return out
-
-    return jax.vmap(one_trial)(trial_ids)
+    return jax.vmap(one_trial)(trial_key(skey, trial_ids))
 
 
 def simulate_scenario(key: int | PRNGKey, scenario: Scenario, *, num_trials: int = 1000,
                       num_candidates: int | None = None) -> xr.Dataset:
     """Monte Carlo runs of a scenario: the package's :func:`~llmnas_transfer.sim.dynamics.step`
-    scanned over cycles with the drifted validity offset.
+    scanned over cycles (:func:`~llmnas_transfer.sim.dynamics.run_trials`) with the
+    drifted validity offset.
 
-    Keys follow :func:`llmnas_transfer.sim.candidates`: setting key ``fold_in(key,
+    Keys follow :mod:`llmnas_transfer.sim.keys`: setting key ``fold_in(key,
     setting_id(dataset, task))``, trial key ``fold_in(setting_key, trial)``; with zero
     drift the draws equal those of ``simulate`` for the same parameters.
 
@@ -430,13 +461,11 @@ def simulate_scenario(key: int | PRNGKey, scenario: Scenario, *, num_trials: int
     >>> dict(ds.sizes)
     {'trial': 3, 'iteration': 22}
     """
-    from llmnas_transfer.sim.candidates import _check_size, as_key
-
-    num_trials = _check_size("num_trials", num_trials, 10**7)
-    N = scenario.num_candidates if num_candidates is None else _check_size(
-        "num_candidates", num_candidates, 10**5)
+    num_trials = check_size("num_trials", num_trials, MAX_RUNS)
+    N = scenario.num_candidates if num_candidates is None else check_size(
+        "num_candidates", num_candidates, MAX_CANDIDATES)
     key = as_key(key)
-    skey = jax.random.fold_in(key, registry.setting_id(scenario.dataset, scenario.task))
+    skey = setting_key(key, jnp.uint32(registry.setting_id(scenario.dataset, scenario.task)))
     T = scenario.num_iterations
     extra = drift_path(scenario.drift, T)
     parts = []
@@ -461,7 +490,13 @@ def simulate_scenario(key: int | PRNGKey, scenario: Scenario, *, num_trials: int
 
 
 def run_statistics(ds: xr.Dataset) -> pd.DataFrame:
-    """The single-run statistics of :data:`STATISTICS`, one row per simulated run."""
+    """The single-run statistics of :data:`STATISTICS`, one row per simulated run.
+
+    Example
+    -------
+    >>> len(run_statistics(simulate_scenario(0, get("khalid2026"), num_trials=5)))
+    5
+    """
     v = ds["validity_rate"].values
     a = ds["accuracy_mean"].values
     h = ds["share_above"].values
@@ -525,7 +560,13 @@ def compare(scenario: Scenario | str, *, seed: int = 0, num_trials: int = 2000,
 
 
 def describe(scenario: Scenario | str) -> pd.DataFrame:
-    """Fitted parameters of a scenario beside the shipped defaults (one row each)."""
+    """Fitted parameters of a scenario beside the shipped defaults (one row each).
+
+    Example
+    -------
+    >>> list(describe("khalid2026").columns)
+    ['parameter', 'scenario', 'default']
+    """
     sc = get(scenario) if isinstance(scenario, str) else scenario
     d = load_defaults()
     base = d.dynamics_params()
@@ -579,10 +620,20 @@ def implied_logit_normal(mean: float, share_above: float,
 
 
 # ---------------------------------------------------------------------------- run + figure
-def plot_scenario(scenario: Scenario, ds: xr.Dataset):
-    """Figure: expected curves, the 5-95% range of single simulated runs, one example run
-    and the published numbers, for validity, mean accuracy and share above 40%."""
-    import matplotlib.pyplot as plt
+def plot_scenario(scenario: Scenario, ds: xr.Dataset) -> Figure:
+    """Figure of a scenario's runs beside its published numbers.
+
+    Expected curves, the 5-95% range of single simulated runs, one example run and the
+    published numbers, for validity, mean accuracy and share above 40%. Drawn with the
+    object-oriented :class:`matplotlib.figure.Figure` API (no pyplot, no backend).
+
+    Example
+    -------
+    >>> sc = get("khalid2026")
+    >>> len(plot_scenario(sc, simulate_scenario(0, sc, num_trials=20)).axes)
+    3
+    """
+    from matplotlib.figure import Figure
 
     sc = scenario
     T = sc.num_iterations
@@ -593,7 +644,8 @@ def plot_scenario(scenario: Scenario, ds: xr.Dataset):
     panels = (("validity_rate", "validity", "validity rate (fraction of generated)"),
               ("accuracy_mean", "accuracy", "mean first-epoch accuracy of valid"),
               ("share_above", "share_above", f"share of valid above {THRESHOLD:.0%} accuracy"))
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    fig = Figure(figsize=(11, 3.2))
+    axes = fig.subplots(1, 3)
     for ax, (var, key, label) in zip(axes, panels, strict=True):
         x = ds[var].values
         lo, hi = np.nanquantile(x, [0.05, 0.95], axis=0)
@@ -618,7 +670,8 @@ def plot_scenario(scenario: Scenario, ds: xr.Dataset):
     return fig
 
 
-def run_scenario(name: str, out_dir, *, seed: int = 0, num_trials: int = 2000) -> dict:
+def run_scenario(name: str, out_dir: str | os.PathLike, *, seed: int = 0,
+                 num_trials: int = 2000) -> dict:
     """Fit, simulate and compare a scenario; write CSV tables and a figure to ``out_dir``.
 
     Files: ``scenario_<name>_comparison.csv``, ``scenario_<name>_parameters.csv``,
@@ -628,24 +681,13 @@ def run_scenario(name: str, out_dir, *, seed: int = 0, num_trials: int = 2000) -
     -------
     >>> out = run_scenario("khalid2026", "results/scenarios", num_trials=100)  # doctest: +SKIP
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from llmnas_transfer.study.lemur import _save_figure, _write_csv
-
     sc = get(name)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_folder(out_dir)
     ds = simulate_scenario(seed, sc, num_trials=num_trials)
     comp = compare(sc, runs=ds)
-    files = [_write_csv(comp, out / f"scenario_{name}_comparison.csv"),
-             _write_csv(describe(sc), out / f"scenario_{name}_parameters.csv"),
-             _write_csv(sc.fit_report, out / f"scenario_{name}_fit.csv")]
-    fig = plot_scenario(sc, ds)
-    files += _save_figure(fig, out, f"scenario_{name}")
-    plt.close(fig)
+    files = [write_csv(table, out / f"scenario_{name}_{part}.csv", float_format="%.6g")
+             for part, table in (("comparison", comp), ("parameters", describe(sc)),
+                                 ("fit", sc.fit_report))]
+    files += save_figure(plot_scenario(sc, ds), out / f"scenario_{name}", dpi=FIGURE_DPI,
+                         bbox_inches="tight")
     return {"comparison": comp, "files": files}

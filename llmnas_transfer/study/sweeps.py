@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -54,18 +53,20 @@ import xarray as xr
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.io.atomic import atomic_write
 from llmnas_transfer.progress import progress_bar
 from llmnas_transfer.sim import registry
 from llmnas_transfer.sim.candidates import (
+    MAX_BINS,
     MAX_CANDIDATES,
     MAX_ITERATIONS,
     PATHS,
-    _check_size,
-    as_key,
     chunk_kernel,
 )
+from llmnas_transfer.sim.keys import as_key
 from llmnas_transfer.sim.params import DynamicsParams, ModelDefaults, SettingEffects, load_defaults
 from llmnas_transfer.sim.types import Array, PRNGKey
+from llmnas_transfer.validate import check_choice, check_int, check_size
 
 #: trials per reduction block (chunks hold a whole number of blocks per device)
 BLOCK = 64
@@ -183,25 +184,12 @@ def _new_accumulators(n_set: int, num_iterations: int, bins: int) -> dict[str, n
     }
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(tmp)`` to a temporary file, then rename it onto ``path``."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _save_checkpoint(path: Path, meta: dict, acc: dict[str, np.ndarray]) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, meta=np.array(json.dumps(meta, sort_keys=True)), **acc)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _load_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -243,10 +231,9 @@ def _check_resume(path: Path, meta: dict, saved: dict) -> None:
 def _resolve_devices(devices) -> tuple:
     if devices is None:
         return tuple(jax.local_devices())
-    if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+    if isinstance(devices, (int, np.integer)):
         avail = jax.local_devices()
-        if devices < 1:
-            raise UserInputError(f"devices must be at least 1, got {devices}")
+        devices = check_size("devices", devices, 2**31 - 1)
         if devices > len(avail):
             hint = (" (on CPU start with JAX_NUM_CPU_DEVICES=" f"{devices})"
                     if avail[0].platform == "cpu" else "")
@@ -281,6 +268,11 @@ def default_chunk_trials(n_set: int, num_iterations: int, num_candidates: int, p
     (its samplers loop over lanes; small batches stay in cache: measured fastest on a
     2-core CPU), 2^22 candidates per device on the candidate path; always a multiple of
     ``BLOCK * n_devices``.
+
+    Example
+    -------
+    >>> default_chunk_trials(32, 10, 20, "candidates", 2) % (BLOCK * 2)
+    0
     """
     per_trial = n_set * num_iterations * (1 if path == "summary" else num_candidates)
     target = (2**14 if path == "summary" else 2**22) // max(per_trial, 1)
@@ -348,18 +340,14 @@ def sweep(
     >>> ds["validity_rate"].dims
     ('dataset', 'task', 'iteration')
     """
-    if path not in PATHS + ("auto",):
-        raise UserInputError(f"path must be one of {', '.join(PATHS)} or auto, got {path!r}")
-    num_trials = _check_size("num_trials", num_trials, MAX_SWEEP_TRIALS)
-    num_iterations = _check_size("num_iterations", num_iterations, MAX_ITERATIONS)
-    num_candidates = _check_size("num_candidates", num_candidates, MAX_CANDIDATES)
+    path = check_choice("path", path, PATHS + ("auto",))
+    num_trials = check_size("num_trials", num_trials, MAX_SWEEP_TRIALS)
+    num_iterations = check_size("num_iterations", num_iterations, MAX_ITERATIONS)
+    num_candidates = check_size("num_candidates", num_candidates, MAX_CANDIDATES)
+    bins = check_int("bins", bins, 0, MAX_BINS)
     if path == "auto":
         path = auto_path(num_candidates, bins)
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 0 <= bins <= 1000:
-        raise UserInputError(f"bins must be an integer in [0, 1000], got {bins!r}")
-    if isinstance(trial_offset, bool) or not isinstance(trial_offset, (int, np.integer)) \
-            or trial_offset < 0 or trial_offset + num_trials > 2**31 - 1:
-        raise UserInputError(f"trial_offset must be a non-negative integer, got {trial_offset!r}")
+    trial_offset = check_int("trial_offset", trial_offset, 0, MAX_SWEEP_TRIALS - num_trials)
     key = as_key(key)
     defaults = defaults or load_defaults()
     ds_list, task_list = registry.resolve(datasets, tasks)
@@ -374,7 +362,7 @@ def sweep(
     quantum = BLOCK * n_dev
     if chunk_size is None:
         chunk_size = default_chunk_trials(n_set, num_iterations, num_candidates, path, n_dev)
-    chunk_size = _check_size("chunk_size", chunk_size, MAX_SWEEP_TRIALS)
+    chunk_size = check_size("chunk_size", chunk_size, MAX_SWEEP_TRIALS)
     chunk_size = quantum * math.ceil(min(chunk_size, num_trials) / quantum)
     n_chunks_total = math.ceil(num_trials / chunk_size)
 
@@ -574,9 +562,9 @@ def save_sweep(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     if not p.parent.is_dir():
         raise UserInputError(f"{p}: folder {p.parent} does not exist")
     if p.suffix == ".nc":
-        _atomic_write(p, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
+        atomic_write(p, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
     else:
         dims = ("dataset", "task", "iteration")
         table = ds[[v for v in ds.data_vars if ds[v].dims == dims]].to_dataframe()
-        _atomic_write(p, lambda tmp: table.to_csv(tmp))
+        atomic_write(p, lambda tmp: table.to_csv(tmp))
     return p

@@ -19,7 +19,7 @@ Fig.   Function                                     Content
 =====  ===========================================  =====================================
 
 :func:`save_figure` writes PNG and PDF (atomically); :func:`study_figures` draws and saves
-all five.
+all five; :func:`prepare_output_folder` checks and creates a folder for tables and figures.
 
 Example
 -------
@@ -44,9 +44,11 @@ import pandas as pd
 import xarray as xr
 
 from llmnas_transfer.errors import UnknownSettingError, UserInputError
-from llmnas_transfer.io.atomic import atomic_paths, check_writable
-from llmnas_transfer.sim import gaps, registry
+from llmnas_transfer.io.atomic import atomic_paths, check_writable, probe_folder
+from llmnas_transfer.sim import gaps as gapdefs
+from llmnas_transfer.sim import registry
 from llmnas_transfer.summarize import tables as metrics
+from llmnas_transfer.validate import check_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -242,6 +244,7 @@ def plot_validity_trajectories(
 def _z(ci: float) -> float:
     from scipy.stats import norm
 
+    ci = check_float("ci", ci, 0.0, 1.0, low_open=True, high_open=True)
     return float(norm.ppf(0.5 + ci / 2))
 
 
@@ -384,13 +387,53 @@ def _hist_stats(ds: xr.Dataset, d: str, task: str, it: int) -> dict | None:
     }
 
 
+def _pooled_accuracy(s: xr.Dataset, d: str) -> tuple[float, float, float]:
+    """Valid candidates, pooled mean accuracy and its SE over trials (delta method) of
+    dataset ``d`` in ``s`` (one task and iteration)."""
+    nv = s["n_valid"].sel(dataset=d).values.astype(float)
+    asum = s["accuracy_sum"].sel(dataset=d).values.astype(float)
+    n = nv.sum()
+    pooled = asum.sum() / n if n > 0 else np.nan
+    R = nv.size
+    if R > 1 and n > 0:
+        resid = asum - pooled * nv
+        se = np.sqrt(R / (R - 1) * np.sum(resid**2)) / n
+    else:
+        se = np.nan
+    return n, pooled, se
+
+
+def _violin(ax, ds: xr.Dataset, d: str, task: str, it: int, i: int, colour) -> None:
+    """The violin of dataset ``d`` at position ``i`` (points when fewer than two values)."""
+    samples = _accuracy_samples(ds, d, task, it)
+    body = None
+    if samples is not None and samples.size >= 2 and np.ptp(samples) > 0:
+        body = ax.violinplot([100 * samples], positions=[i], widths=0.8, showmeans=False,
+                             showmedians=True, showextrema=False)
+    elif samples is None:
+        st = _hist_stats(ds, d, task, it)
+        if st is not None:
+            st = {k: (100 * v if k != "vals" else v / 100) for k, v in st.items()}
+            body = ax.violin([st], positions=[i], widths=0.8, showmeans=False,
+                             showmedians=True, showextrema=False)
+    if samples is not None and 0 < samples.size < 2:
+        ax.plot([i] * samples.size, 100 * samples, "o", color=colour)
+    if body is not None:
+        for b in body["bodies"]:
+            b.set_facecolor(colour)
+            b.set_edgecolor("0.2")
+            b.set_alpha(0.55)
+        if "cmedians" in body:
+            body["cmedians"].set_color("0.2")
+
+
 def plot_accuracy_distributions(
     ds: xr.Dataset,
     *,
     task: str | None = None,
     iteration: int | None = None,
     datasets: Sequence[str] | None = None,
-    reference: str | None = gaps.DEFAULT_REFERENCE[0],
+    reference: str | None = gapdefs.DEFAULT_REFERENCE[0],
 ) -> Figure:
     """Figure 3: first-epoch accuracy of valid candidates, one violin per dataset.
 
@@ -418,37 +461,8 @@ def plot_accuracy_distributions(
     source = "per-candidate values" if "accuracy" in ds else "accuracy histograms"
     ref_mean = None
     for i, d in enumerate(names):
-        nv = s["n_valid"].sel(dataset=d).values.astype(float)
-        asum = s["accuracy_sum"].sel(dataset=d).values.astype(float)
-        n = nv.sum()
-        pooled = asum.sum() / n if n > 0 else np.nan
-        # SE of the ratio estimator over trials (delta method)
-        R = nv.size
-        if R > 1 and n > 0:
-            resid = asum - pooled * nv
-            se = np.sqrt(R / (R - 1) * np.sum(resid**2)) / n
-        else:
-            se = np.nan
-        samples = _accuracy_samples(ds, d, task, it)
-        body = None
-        if samples is not None and samples.size >= 2 and np.ptp(samples) > 0:
-            body = ax.violinplot([100 * samples], positions=[i], widths=0.8, showmeans=False,
-                                 showmedians=True, showextrema=False)
-        elif samples is None:
-            st = _hist_stats(ds, d, task, it)
-            if st is not None:
-                st = {k: (100 * v if k != "vals" else v / 100) for k, v in st.items()}
-                body = ax.violin([st], positions=[i], widths=0.8, showmeans=False,
-                                 showmedians=True, showextrema=False)
-        if samples is not None and 0 < samples.size < 2:
-            ax.plot([i] * samples.size, 100 * samples, "o", color=colours[d])
-        if body is not None:
-            for b in body["bodies"]:
-                b.set_facecolor(colours[d])
-                b.set_edgecolor("0.2")
-                b.set_alpha(0.55)
-            if "cmedians" in body:
-                body["cmedians"].set_color("0.2")
+        n, pooled, se = _pooled_accuracy(s, d)
+        _violin(ax, ds, d, task, it, i, colours[d])
         if np.isfinite(pooled):
             ax.errorbar([i], [100 * pooled], yerr=[100 * _Z95 * np.nan_to_num(se)], fmt="o",
                         color="k", ms=4, capsize=4, label="mean $\\pm$ 1.96 SE" if i == 0 else None)
@@ -524,8 +538,8 @@ def plot_transfer_gaps(
     ds: xr.Dataset | None = None,
     *,
     gaps: pd.DataFrame | None = None,
-    reference: Sequence[str] = gaps.DEFAULT_REFERENCE,
-    thresholds: Sequence[float] = gaps.DEFAULT_THRESHOLDS,
+    reference: Sequence[str] = gapdefs.DEFAULT_REFERENCE,
+    thresholds: Sequence[float] = gapdefs.DEFAULT_THRESHOLDS,
     iteration: int | None = None,
 ) -> Figure:
     """Figure 4: transfer gaps split into validity and accuracy components.
@@ -551,7 +565,7 @@ def plot_transfer_gaps(
     >>> len(plot_transfer_gaps(r).axes)
     2
     """
-    thresholds = gaps.check_thresholds(thresholds)
+    thresholds = gapdefs.check_thresholds(thresholds)
     if gaps is None:
         if ds is None:
             raise UserInputError("plot_transfer_gaps needs results (ds) or a gaps table")
@@ -647,8 +661,12 @@ def plot_validity_heatmap(ds: xr.Dataset, *, iteration: int | None = None) -> Fi
 
 
 # ------------------------------------------------------------------ saving
-def save_figure(fig: Figure, stem: str | os.PathLike, *, dpi: int = 150) -> list[Path]:
+def save_figure(fig: Figure, stem: str | os.PathLike, *, dpi: int = 150,
+                bbox_inches: str | None = None) -> list[Path]:
     """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (each written atomically).
+
+    ``dpi`` is the resolution of the PNG (and of anything rasterised in the PDF);
+    ``bbox_inches="tight"`` crops the figure to what is drawn.
 
     Example
     -------
@@ -662,8 +680,33 @@ def save_figure(fig: Figure, stem: str | os.PathLike, *, dpi: int = 150) -> list
     paths = [check_writable(stem.with_name(stem.name + ext)) for ext in (".png", ".pdf")]
     with atomic_paths(paths) as tmps:
         for tmp, p in zip(tmps, paths, strict=True):
-            fig.savefig(tmp, format=p.suffix[1:], dpi=dpi)
+            fig.savefig(tmp, format=p.suffix[1:], dpi=dpi, bbox_inches=bbox_inches)
     return paths
+
+
+def prepare_output_folder(out_dir: str | os.PathLike) -> Path:
+    """Check an output folder for tables and figures, create it and check it is writable.
+
+    A path that exists but is not a folder, a folder that cannot be created and one that
+    cannot be written in raise :class:`~llmnas_transfer.errors.UserInputError`. No
+    matplotlib backend is chosen: figures here are :class:`matplotlib.figure.Figure`
+    objects, which render without one.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> prepare_output_folder(pathlib.Path(tempfile.mkdtemp()) / "a" / "b").is_dir()
+    True
+    """
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"{out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(f"{out}: cannot create the folder ({exc.strerror or exc})") from None
+    probe_folder(out)
+    return out
 
 
 def study_figures(
@@ -672,8 +715,8 @@ def study_figures(
     *,
     validity: pd.DataFrame | None = None,
     gaps: pd.DataFrame | None = None,
-    reference: Sequence[str] = gaps.DEFAULT_REFERENCE,
-    thresholds: Sequence[float] = gaps.DEFAULT_THRESHOLDS,
+    reference: Sequence[str] = gapdefs.DEFAULT_REFERENCE,
+    thresholds: Sequence[float] = gapdefs.DEFAULT_THRESHOLDS,
 ) -> list[Path]:
     """Draw the five study figures and save them (PNG and PDF) under ``out_dir``.
 

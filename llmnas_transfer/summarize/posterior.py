@@ -8,8 +8,9 @@ Everything here reads the :class:`xarray.DataTree` written by
   regime.
 * :func:`trajectory` - observed and forecast pooled validity rates per setting.
 * :func:`diagnostics` - r_hat, bulk/tail ESS, divergences (NUTS) or ELBO convergence (SVI).
-* :func:`check` - posterior predictive checks, trace, forest and energy plots, LOO.
-* :func:`plot_sbc` - PIT ECDF plot of :func:`llmnas_transfer.fit.sbc.sbc`, with a
+* :func:`check` - posterior predictive checks, trace, forest and energy plots, LOO
+  (:func:`loo_summary`), written to a folder.
+* :func:`plot_sbc` - PIT ECDF plot of :func:`llmnas_transfer.fit.checks.sbc`, with a
   simultaneous band (:func:`ecdf_band`).
 
 Example
@@ -35,8 +36,13 @@ import pandas as pd
 import xarray as xr
 
 from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.fit.fitfile import spec_of
 from llmnas_transfer.fit.model import DETERMINISTIC_DIMS, ModelSpec
+from llmnas_transfer.io.atomic import atomic_write_text
 from llmnas_transfer.sim.gaps import DEFAULT_THRESHOLDS, check_thresholds, gap_components
+from llmnas_transfer.summarize.figures import prepare_output_folder, save_figure
+from llmnas_transfer.summarize.tables import write_csv
+from llmnas_transfer.validate import check_choice, check_float
 
 GAP_COLUMNS: tuple[str, ...] = (
     "dataset", "task", "component", "mean", "sd", "hdi_low", "hdi_high",
@@ -47,18 +53,17 @@ TRAJECTORY_COLUMNS: tuple[str, ...] = (
     "forecast", "basis",
 )
 SAMPLE_DIMS = ("chain", "draw")
+#: what :func:`format_table` can render
+TABLE_FORMATS: tuple[str, ...] = ("table", "csv", "json")
 
 
 def _spec(dt: xr.DataTree) -> ModelSpec:
-    from llmnas_transfer.fit.inference import spec_of
-
     return spec_of(dt)
 
 
 def _check_ci(ci: float) -> float:
-    if isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0 < ci < 1:
-        raise UserInputError(f"the credible interval must be a probability in (0, 1), got {ci!r}")
-    return float(ci)
+    """A credible-interval probability in (0, 1)."""
+    return check_float("ci", ci, 0.0, 1.0, low_open=True, high_open=True)
 
 
 def _hdi(x: xr.DataArray, ci: float) -> tuple[np.ndarray, np.ndarray]:
@@ -124,9 +129,9 @@ def posterior_gaps(
     if reference is None:
         ref = (spec.datasets[spec.reference[0]], spec.tasks[spec.reference[1]])
     else:
-        from llmnas_transfer.fit.inference import _parse_reference
+        from llmnas_transfer.fit.preparation import parse_reference
 
-        ref = _parse_reference(reference)
+        ref = parse_reference(reference)
         if ref[0] not in spec.datasets or ref[1] not in spec.tasks:
             raise UserInputError(
                 f"reference {ref[0]}:{ref[1]} is not a setting of this fit (datasets: "
@@ -270,6 +275,79 @@ def _main_vars(post: xr.Dataset) -> list[str]:
     return [v for v in post.data_vars if v not in skip]
 
 
+def _nuts_checks(dt: xr.DataTree, summary: pd.DataFrame, chains: int, draws: int,
+                 rhat_max: float, ess_min: float) -> tuple[dict[str, Any], list[str]]:
+    """NUTS: r_hat, ESS, divergences and tree depth, with a warning for each failure."""
+    ss = dt["sample_stats"].dataset
+    div = int(ss["diverging"].sum()) if "diverging" in ss else 0
+    depth = int(ss["reached_max_tree_depth"].sum()) if "reached_max_tree_depth" in ss else 0
+    finite = summary.replace([np.inf, -np.inf], np.nan)
+    stats = {
+        "chains": chains, "draws": draws, "divergences": div, "max_depth_hits": depth,
+        "max_r_hat": float(finite["r_hat"].max()),
+        "min_ess_bulk": float(finite["ess_bulk"].min()),
+        "min_ess_tail": float(finite["ess_tail"].min()),
+    }
+    warnings: list[str] = []
+    bad_r = finite.index[finite["r_hat"] > rhat_max].tolist()
+    if chains > 1 and (bad_r or not np.isfinite(stats["max_r_hat"])):
+        warnings.append(
+            f"r_hat above {rhat_max} for {len(bad_r)} parameters (worst "
+            f"{stats['max_r_hat']:.3f}, e.g. {', '.join(bad_r[:3])}): the chains disagree; "
+            "run longer (--warmup, --draws) and check the trace plots (llmnas-transfer "
+            "check)"
+        )
+    if chains == 1:
+        warnings.append("one chain only: r_hat cannot detect non-convergence; use "
+                        "--chains 4")
+    if stats["min_ess_bulk"] < ess_min or stats["min_ess_tail"] < ess_min:
+        low = finite.index[(finite["ess_bulk"] < ess_min) | (finite["ess_tail"] < ess_min)]
+        warnings.append(
+            f"effective sample size below {ess_min:.0f} for {len(low)} parameters (min "
+            f"bulk {stats['min_ess_bulk']:.0f}, min tail {stats['min_ess_tail']:.0f}): "
+            "interval ends are imprecise; increase --draws"
+        )
+    if div:
+        warnings.append(
+            f"{div} divergent transitions: the sampler missed part of the posterior; raise "
+            "--target-accept (e.g. 0.95) and look for outlying runs in the data"
+        )
+    if depth:
+        warnings.append(
+            f"maximum tree depth reached {depth} times: sampling was inefficient; the "
+            "posterior may be poorly identified (check the pairs of correlated parameters)"
+        )
+    return stats, warnings
+
+
+def _svi_checks(dt: xr.DataTree, chains: int, draws: int,
+                tolerance: float) -> tuple[dict[str, Any], list[str]]:
+    """SVI: whether the loss still moves over the last 10% of steps (beyond its noise)."""
+    loss = np.asarray(dt["optimization"].dataset["loss"].values, np.float64)
+    n = len(loss)
+    w = max(n // 10, 1)
+    tail, before = loss[-w:], (loss[-2 * w:-w] if n >= 2 * w else loss[:w])
+    last, prev = float(np.mean(tail)), float(np.mean(before))
+    rel = abs(prev - last) / max(abs(last), 1.0)
+    # the loss of a mini-batch step is noisy: a change within 3 standard errors of
+    # the difference of the two window means is noise, not a trend
+    se = float(np.sqrt(np.var(tail) / len(tail) + np.var(before) / len(before)))
+    z = abs(prev - last) / se if se > 0 else (np.inf if prev != last else 0.0)
+    stats = {"steps": n, "final_loss": last, "relative_change": rel,
+             "change_in_se": float(z), "draws": draws, "chains": chains}
+    warnings: list[str] = []
+    if not np.isfinite(last):
+        warnings.append("the SVI loss is not finite: lower --svi-learning-rate")
+    elif rel > tolerance and z > 3.0:
+        warnings.append(
+            f"the SVI loss still changes by {rel:.1e} (relative; {z:.1f} standard "
+            f"errors) over the last 10% of steps: not converged; increase --svi-steps"
+        )
+    stats["note"] = ("SVI intervals come from a Gaussian approximation; check key "
+                     "results with --method nuts when the data allow")
+    return stats, warnings
+
+
 def diagnostics(dt: xr.DataTree, *, rhat_max: float = 1.01, ess_min: float | None = None,
                 tolerance: float = 1e-3) -> Diagnostics:
     """r_hat, bulk and tail ESS, divergences (NUTS), or loss convergence (SVI).
@@ -300,84 +378,22 @@ def diagnostics(dt: xr.DataTree, *, rhat_max: float = 1.01, ess_min: float | Non
                                        RuntimeWarning)
         summary = az.summary(dt, var_names=names, ci_kind="hdi", ci_prob=0.94,
                              round_to="none")
-    warnings: list[str] = []
     chains, draws = int(post.sizes["chain"]), int(post.sizes["draw"])
     if method == "nuts":
         ess_min = 100.0 * chains if ess_min is None else float(ess_min)
-        ss = dt["sample_stats"].dataset
-        div = int(ss["diverging"].sum()) if "diverging" in ss else 0
-        depth = int(ss["reached_max_tree_depth"].sum()) if "reached_max_tree_depth" in ss else 0
-        finite = summary.replace([np.inf, -np.inf], np.nan)
-        stats = {
-            "chains": chains, "draws": draws, "divergences": div, "max_depth_hits": depth,
-            "max_r_hat": float(finite["r_hat"].max()),
-            "min_ess_bulk": float(finite["ess_bulk"].min()),
-            "min_ess_tail": float(finite["ess_tail"].min()),
-        }
-        bad_r = finite.index[finite["r_hat"] > rhat_max].tolist()
-        if chains > 1 and (bad_r or not np.isfinite(stats["max_r_hat"])):
-            warnings.append(
-                f"r_hat above {rhat_max} for {len(bad_r)} parameters (worst "
-                f"{stats['max_r_hat']:.3f}, e.g. {', '.join(bad_r[:3])}): the chains disagree; "
-                "run longer (--warmup, --draws) and check the trace plots (llmnas-transfer "
-                "check)"
-            )
-        if chains == 1:
-            warnings.append("one chain only: r_hat cannot detect non-convergence; use "
-                            "--chains 4")
-        if stats["min_ess_bulk"] < ess_min or stats["min_ess_tail"] < ess_min:
-            low = finite.index[(finite["ess_bulk"] < ess_min) | (finite["ess_tail"] < ess_min)]
-            warnings.append(
-                f"effective sample size below {ess_min:.0f} for {len(low)} parameters (min "
-                f"bulk {stats['min_ess_bulk']:.0f}, min tail {stats['min_ess_tail']:.0f}): "
-                "interval ends are imprecise; increase --draws"
-            )
-        if div:
-            warnings.append(
-                f"{div} divergent transitions: the sampler missed part of the posterior; raise "
-                "--target-accept (e.g. 0.95) and look for outlying runs in the data"
-            )
-        if depth:
-            warnings.append(
-                f"maximum tree depth reached {depth} times: sampling was inefficient; the "
-                "posterior may be poorly identified (check the pairs of correlated parameters)"
-            )
+        stats, warnings = _nuts_checks(dt, summary, chains, draws, rhat_max, ess_min)
     else:
-        loss = np.asarray(dt["optimization"].dataset["loss"].values, np.float64)
-        n = len(loss)
-        w = max(n // 10, 1)
-        tail, before = loss[-w:], (loss[-2 * w:-w] if n >= 2 * w else loss[:w])
-        last, prev = float(np.mean(tail)), float(np.mean(before))
-        rel = abs(prev - last) / max(abs(last), 1.0)
-        # the loss of a mini-batch step is noisy: a change within 3 standard errors of
-        # the difference of the two window means is noise, not a trend
-        se = float(np.sqrt(np.var(tail) / len(tail) + np.var(before) / len(before)))
-        z = abs(prev - last) / se if se > 0 else (np.inf if prev != last else 0.0)
-        stats = {"steps": n, "final_loss": last, "relative_change": rel,
-                 "change_in_se": float(z), "draws": draws, "chains": chains}
-        if not np.isfinite(last):
-            warnings.append("the SVI loss is not finite: lower --svi-learning-rate")
-        elif rel > tolerance and z > 3.0:
-            warnings.append(
-                f"the SVI loss still changes by {rel:.1e} (relative; {z:.1f} standard "
-                f"errors) over the last 10% of steps: not converged; increase --svi-steps"
-            )
-        warnings_svi = ("SVI intervals come from a Gaussian approximation; check key "
-                        "results with --method nuts when the data allow")
-        stats["note"] = warnings_svi
+        stats, warnings = _svi_checks(dt, chains, draws, tolerance)
     return Diagnostics(method, summary, stats, warnings)
 
 
 # --------------------------------------------------------------------------- checks
 def _save(fig, out: Path, stem: str) -> list[str]:
-    paths = []
-    for ext in ("png", "pdf"):
-        p = out / f"{stem}.{ext}"
-        fig.savefig(p, dpi=130 if ext == "png" else None, bbox_inches="tight")
-        paths.append(str(p))
-    import matplotlib.pyplot as plt
+    paths = [str(p) for p in save_figure(fig, out / stem, dpi=130, bbox_inches="tight")]
+    if getattr(fig.canvas, "manager", None) is not None:  # made by pyplot (ArviZ): release
+        import matplotlib.pyplot as plt
 
-    plt.close(fig)
+        plt.close(fig)
     return paths
 
 
@@ -431,7 +447,7 @@ def ppc_statistics(dt: xr.DataTree) -> pd.DataFrame:
 
 
 def _ppc_rates_figure(dt: xr.DataTree, ci: float):
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     tr = trajectory(dt, ci=ci)
     spec = _spec(dt)
@@ -439,8 +455,8 @@ def _ppc_rates_figure(dt: xr.DataTree, ci: float):
     n = len(settings)
     ncol = min(4, n)
     nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False,
-                             sharey=True)
+    fig = Figure(figsize=(3.2 * ncol, 2.6 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False, sharey=True)
     for ax, (d, t) in zip(axes.ravel(), settings, strict=False):
         s = tr[(tr["dataset"] == d) & (tr["task"] == t)]
         ax.fill_between(s["iteration"], s["hdi_low"], s["hdi_high"], alpha=0.3,
@@ -480,8 +496,7 @@ def ecdf_band(n: int, prob: float = 0.95, *, num_points: int = 99,
     """
     from scipy import stats
 
-    if not 0.0 < prob < 1.0:
-        raise UserInputError(f"prob must lie in (0, 1), got {prob}")
+    prob = check_float("prob", prob, 0.0, 1.0, low_open=True, high_open=True)
     z = np.arange(1, num_points + 1) / (num_points + 1)
     rng = np.random.default_rng(seed)
     u = np.sort(rng.random((num_sims, n)), axis=1)
@@ -498,10 +513,10 @@ def plot_sbc(dt: xr.DataTree, *, group: str = "prior_sbc", prob: float = 0.95,
              pvalues: dict[str, float] | None = None):
     """PIT ECDF difference plot of simulation-based calibration, one panel a parameter.
 
-    ``dt`` is the output of :func:`llmnas_transfer.fit.sbc.sbc`. Each panel shows
+    ``dt`` is the output of :func:`llmnas_transfer.fit.checks.sbc`. Each panel shows
     ``ECDF(PIT) - PIT`` over the replicates with the simultaneous ``prob`` band of a
     calibrated fit (:func:`ecdf_band`); ``pvalues`` (e.g. ArviZ's uniformity test,
-    :func:`llmnas_transfer.fit.sbc.uniformity_pvalues`) are written in the panels.
+    :func:`llmnas_transfer.fit.checks.uniformity_pvalues`) are written in the panels.
     A curve above the band at small PIT means the truth falls below the posterior too
     often (the posterior is too high); an S shape means too narrow a posterior.
 
@@ -548,25 +563,12 @@ def plot_sbc(dt: xr.DataTree, *, group: str = "prior_sbc", prob: float = 0.95,
     return fig
 
 
-def check(dt: xr.DataTree, out: str | os.PathLike, *, ci: float = 0.94) -> dict[str, Any]:
-    """Write posterior predictive checks, trace, forest and energy plots, and LOO.
-
-    Files (PNG and PDF for figures) in ``out``: ``ppc_rates``, ``ppc_counts``, ``trace``,
-    ``forest_gaps``, ``energy`` (NUTS only), ``ppc_statistics.csv``, ``loo.json``,
-    ``diagnostics.txt``. Returns a dict with the file paths and the LOO summary.
-    """
+def _check_figures(dt: xr.DataTree, out: Path, ci: float) -> dict[str, list[str]]:
+    """The figures of :func:`check`, saved under ``out``; returns their paths by name."""
     import arviz as az
-    import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    ci = _check_ci(ci)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, list[str] | str] = {}
-    spec = _spec(dt)
-    files["ppc_rates"] = _save(_ppc_rates_figure(dt, ci), out, "ppc_rates")
+    files: dict[str, list[str]] = {"ppc_rates": _save(_ppc_rates_figure(dt, ci), out,
+                                                      "ppc_rates")}
     with warnings_module.catch_warnings():
         # the counts are discrete; ArviZ suggests rootograms, but the distribution of the
         # counts over (run, iteration) cells is what this panel compares, on purpose
@@ -581,7 +583,7 @@ def check(dt: xr.DataTree, out: str | os.PathLike, *, ci: float = 0.94) -> dict[
                if v in dt["posterior"].dataset]
     files["trace"] = _save(_figure(az.plot_trace_dist(dt, var_names=scalars, compact=True)),
                            out, "trace")
-    gap_var = "combined_gap" if spec.has_accuracy else "validity_gap"
+    gap_var = "combined_gap" if _spec(dt).has_accuracy else "validity_gap"
     fig = _figure(az.plot_forest(dt, var_names=[gap_var], combined=True, ci_kind="hdi",
                                  ci_probs=(0.5, ci)))
     fig.suptitle(f"{gap_var.replace('_', ' ')} relative to the reference, 50% and "
@@ -590,17 +592,23 @@ def check(dt: xr.DataTree, out: str | os.PathLike, *, ci: float = 0.94) -> dict[
     files["forest_gaps"] = _save(fig, out, "forest_gaps")
     if "sample_stats" in dt and "energy" in dt["sample_stats"].dataset:
         files["energy"] = _save(_figure(az.plot_energy(dt)), out, "energy")
-    ppc = ppc_statistics(dt)
-    p = out / "ppc_statistics.csv"
-    ppc.to_csv(p, index=False)
-    files["ppc_statistics"] = str(p)
+    return files
+
+
+def loo_summary(dt: xr.DataTree) -> dict[str, Any]:
+    """PSIS-LOO of a fit (one unit = one run) with its Pareto-k counts and warnings.
+
+    ``pareto_k_threshold`` is ``min(1 - 1 / log10(draws), 0.7)`` (Vehtari et al. 2024).
+    """
+    import arviz as az
+
     with warnings_module.catch_warnings(record=True) as caught:
         warnings_module.simplefilter("always")
         loo = az.loo(dt)
     k = np.asarray(loo.pareto_k.values if hasattr(loo, "pareto_k") else [])
     n_draws = int(dt["posterior"].dataset.sizes["chain"] * dt["posterior"].dataset.sizes["draw"])
     good_k = min(1 - 1 / np.log10(n_draws), 0.7) if n_draws > 1 else 0.7
-    loo_info = {
+    return {
         "elpd_loo": float(loo.elpd), "se": float(loo.se), "p_loo": float(loo.p),
         "n_runs": int(k.size), "pareto_k_threshold": round(float(good_k), 3),
         "pareto_k_above_threshold": int(np.sum(k > good_k)),
@@ -608,12 +616,27 @@ def check(dt: xr.DataTree, out: str | os.PathLike, *, ci: float = 0.94) -> dict[
         "unit": "one run (all iterations of one trial of one setting), state marginalised",
         "warnings": sorted({str(w.message).split(".")[0] for w in caught}),
     }
+
+
+def check(dt: xr.DataTree, out: str | os.PathLike, *, ci: float = 0.94) -> dict[str, Any]:
+    """Write posterior predictive checks, trace, forest and energy plots, and LOO.
+
+    Files (PNG and PDF for figures) in ``out``: ``ppc_rates``, ``ppc_counts``, ``trace``,
+    ``forest_gaps``, ``energy`` (NUTS only), ``ppc_statistics.csv``, ``loo.json``,
+    ``diagnostics.txt``. Returns a dict with the file paths and the LOO summary.
+    """
+    ci = _check_ci(ci)
+    out = prepare_output_folder(out)
+    files: dict[str, list[str] | str] = dict(_check_figures(dt, out, ci))
+    ppc = ppc_statistics(dt)
+    files["ppc_statistics"] = str(write_csv(ppc, out / "ppc_statistics.csv"))
+    loo_info = loo_summary(dt)
     p = out / "loo.json"
-    p.write_text(json.dumps(loo_info, indent=2) + "\n")
+    atomic_write_text(p, json.dumps(loo_info, indent=2) + "\n")
     files["loo"] = str(p)
     diag = diagnostics(dt)
     p = out / "diagnostics.txt"
-    p.write_text(diag.text() + "\n\n" + diag.summary.to_string() + "\n")
+    atomic_write_text(p, diag.text() + "\n\n" + diag.summary.to_string() + "\n")
     files["diagnostics"] = str(p)
     return {"files": files, "loo": loo_info, "ppc": ppc, "diagnostics": diag}
 
@@ -628,12 +651,11 @@ def format_table(df: pd.DataFrame, fmt: str = "table", digits: int = 3) -> str:
     a,b
     0.12345,x
     """
+    check_choice("format", fmt, TABLE_FORMATS)
     if fmt == "csv":
         return df.to_csv(index=False, na_rep="")
     if fmt == "json":
         recs = json.loads(df.to_json(orient="records", double_precision=15))
         return json.dumps(recs, indent=1) + "\n"
-    if fmt == "table":
-        return df.to_string(index=False, float_format=lambda x: f"{x:.{digits}f}",
-                            na_rep="") + "\n"
-    raise UserInputError(f"format must be table, csv or json, got {fmt!r}")
+    return df.to_string(index=False, float_format=lambda x: f"{x:.{digits}f}",
+                        na_rep="") + "\n"

@@ -1,6 +1,7 @@
 """Tables of a simulated study: validity trajectories, accuracy and novelty, transfer gaps.
 
-The gap and regime definitions live in :mod:`llmnas_transfer.sim.gaps`.
+The gap and regime definitions live in :mod:`llmnas_transfer.sim.gaps`. :func:`write_csv`
+writes any table as CSV through the one atomic writer (:mod:`llmnas_transfer.io.atomic`).
 
 Example
 -------
@@ -13,13 +14,16 @@ Example
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.io.atomic import atomic_write
 from llmnas_transfer.sim.gaps import (
     DEFAULT_REFERENCE,
     DEFAULT_THRESHOLDS,
@@ -27,6 +31,7 @@ from llmnas_transfer.sim.gaps import (
     classify_regime,
     gap_components,
 )
+from llmnas_transfer.validate import check_float
 
 
 def _resolve_iteration(ds: xr.Dataset, iteration: int | None) -> int:
@@ -63,6 +68,7 @@ def validity_table(ds: xr.Dataset, ci: float = 0.95) -> pd.DataFrame:
     """
     from scipy.stats import norm
 
+    ci = check_float("ci", ci, 0.0, 1.0, low_open=True, high_open=True)
     rate = ds["validity_rate"]
     n = rate.sizes["trial"]
     mean = rate.mean("trial")
@@ -212,3 +218,20 @@ def novelty_table(ds: xr.Dataset, iteration: int | None = None) -> pd.DataFrame:
     """Structural novelty of valid candidates: pooled mean and sd per setting."""
     p = pooled_accuracy(ds, iteration)
     return p[["novelty_mean", "novelty_sd", "n_valid"]].to_dataframe().reset_index()
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike, *,
+              float_format: str | None = None) -> Path:
+    """Write ``df`` as CSV without its index, atomically (``float_format`` as in pandas).
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> p = write_csv(pd.DataFrame({"a": [1 / 3]}), pathlib.Path(tempfile.mkdtemp()) / "t.csv",
+    ...               float_format="%.3g")
+    >>> p.read_text()
+    'a\\n0.333\\n'
+    """
+    path = Path(path)
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format=float_format))
+    return path

@@ -1,7 +1,13 @@
-"""Command line: fit, gaps, trajectory, check; one-line errors with exit code 2."""
+"""Command line: fit, gaps, trajectory, check; one-line errors with exit code 2.
+
+One ``fit`` (module fixture) serves every test that reads a fit: compiling the model for
+a new spec is most of a fit's time.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pandas as pd
@@ -26,26 +32,36 @@ def runs_csv(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fitted(runs_csv, tmp_path_factory):
+def fit_run(runs_csv, tmp_path_factory):
+    """``fit --strict`` with 40 draws a chain, forecasting 2 iterations; attributes are
+    given (``--dataset-attrs``) for a dataset that is not in the data, so my-speech's
+    are assumed. Returns the fit file, the exit code and the captured stdout, stderr."""
     out = tmp_path_factory.mktemp("fit") / "fit.nc"
-    rc = main(["fit", str(runs_csv), "--out", str(out), "--chains", "2", "--draws", "60",
-               "--warmup", "60", "--seed", "1", "--forecast", "2", "--prior-draws", "20",
-               "--dataset-attrs", "my-speech:modality=audio,resolution=64,num_classes=35"])
-    assert rc == 0
-    return out
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = main(["fit", str(runs_csv), "--out", str(out), "--chains", "2", "--draws", "40",
+                   "--warmup", "40", "--seed", "1", "--forecast", "2", "--prior-draws", "20",
+                   "--strict", "--dataset-attrs",
+                   "my-audio:modality=audio,resolution=64,num_classes=35"])
+    return out, rc, stdout.getvalue(), stderr.getvalue()
 
 
-def test_fit_prints_report_and_diagnostics(runs_csv, tmp_path, capsys):
-    out = tmp_path / "f.nc"
-    rc = main(["fit", str(runs_csv), "--out", str(out), "--chains", "2", "--draws", "40",
-               "--warmup", "40", "--prior-draws", "10", "--strict"])
-    cap = capsys.readouterr()
+@pytest.fixture(scope="module")
+def fitted(fit_run):
+    assert fit_run[0].exists()
+    return fit_run[0]
+
+
+def test_fit_prints_report_and_diagnostics(fit_run):
+    out, rc, stdout, stderr = fit_run
     assert out.exists()
-    assert "640 records (candidates form)" in cap.err
-    assert "'my-speech' is not in the registry" in cap.err and "assumed" in cap.err
-    assert "r_hat" in cap.out and "divergences" in cap.out
-    # 40 draws cannot pass the ESS check: --strict turns the warning into exit 1
-    assert "warning:" in cap.out and rc == 1
+    assert "640 records (candidates form)" in stderr
+    assert "'my-speech' is not in the registry" in stderr and "assumed" in stderr
+    assert "attributes given for datasets not in the fit: ['my-audio']" in stderr
+    assert "r_hat" in stdout and "divergences" in stdout
+    # 2 x 40 draws cannot pass the ESS check (100 a chain): --strict turns the warning
+    # into exit 1, and the fit file is still written
+    assert "warning:" in stdout and rc == 1
 
 
 def test_gaps_formats(fitted, capsys):

@@ -164,3 +164,27 @@ def test_parse_number():
     assert datasets.parse_number(" 1e3 ") == 1000.0
     for s in ("28.2 -> 69.2", ">5000", "73 (of 1289 targets)", ""):
         assert np.isnan(datasets.parse_number(s))
+
+
+def test_lemur_map_names_bundled_datasets():
+    have = set(datasets.lemur_valid_values("dataset"))
+    assert set(datasets.LEMUR_MAP.values()) <= have
+    assert datasets.LEMUR_MAP["imagenet"] == "imagenette"
+
+
+def test_lemur_accuracy_priors_round_trip_and_errors(tmp_path):
+    shipped = datasets.load_lemur_accuracy_priors()
+    assert set(shipped["datasets"]) == set(datasets.LEMUR_MAP)
+    assert datasets.priors_path().name == datasets.PRIORS_FILE
+    p = {"datasets": {"cifar-10": {"logit_level_mean": -0.87}}, "provenance": {}}
+    path = datasets.save_lemur_accuracy_priors(p, tmp_path / "new" / "p.json")
+    assert datasets.load_lemur_accuracy_priors(path) == p
+    assert not [f for f in path.parent.iterdir() if f.name.endswith(".tmp")]
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(UserInputError, match="bad.json: line 1"):
+        datasets.load_lemur_accuracy_priors(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(UserInputError, match="not a LEMUR priors file"):
+        datasets.load_lemur_accuracy_priors(tmp_path / "list.json")
+    with pytest.raises(UserInputError, match="not found"):
+        datasets.load_lemur_accuracy_priors(tmp_path / "missing.json")

@@ -89,6 +89,19 @@ def test_formats_agree(tmp_path):
     pd.testing.assert_frame_equal(a, read_runs(tmp_path / "r.csv.gz").cells)
 
 
+def test_write_runs_is_atomic_and_compresses_gz(tmp_path):
+    df = pd.read_csv(_write(tmp_path, "r.csv", CAND), dtype={"trial": str})
+    a = read_runs(tmp_path / "r.csv").cells
+    for name in ("w.csv.gz", "w.jsonl.gz"):
+        write_runs(df, tmp_path / name)
+        gzip.decompress((tmp_path / name).read_bytes())  # really gzip, not plain text
+        pd.testing.assert_frame_equal(a, read_runs(tmp_path / name).cells)
+    # two writers never share a temporary name, and none is left behind
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(UserInputError, match="cannot write"):
+        write_runs(df, tmp_path / "missing-folder" / "w.csv")
+
+
 def test_counts_csv(tmp_path):
     r = read_runs(_write(tmp_path, "c.csv", COUNTS))
     assert r.form == "counts" and r.has_accuracy

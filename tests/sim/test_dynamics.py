@@ -1,9 +1,13 @@
+"""Dynamics: transitions, emissions, one step and a trial's scan; lanes of trials give the
+numbers of one trial at a time."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.random import threefry2x32_p
 
-from llmnas_transfer.sim import dynamics
+from llmnas_transfer.sim import dynamics, keys
 from llmnas_transfer.sim.params import load_defaults
 
 
@@ -97,3 +101,76 @@ def test_candidate_noise_marginals_and_independence(key):
     # different keys give different noise
     u2, _ = dynamics.candidate_noise(jax.random.fold_in(key, 1), 16)
     assert not np.array_equal(u[:16], np.asarray(u2))
+
+
+def test_candidate_noise_follows_documented_stream_layout():
+    key = jax.random.key(5)
+    u, z = dynamics.candidate_noise(key, 7)
+    k0, k1 = keys.key_words(key)
+    # word j of stream h: first word of block (h, j) for j < 4, else second of (h, j - 4)
+    for h, got in ((0, keys.bits_to_uniform), (1, keys.bits_to_normal),
+                   (2, keys.bits_to_normal)):
+        b1, b2 = threefry2x32_p.bind(*(jnp.broadcast_to(jnp.uint32(x), (4,)) for x in
+                                       (k0, k1, h)), jnp.arange(4, dtype=jnp.uint32))
+        words = np.concatenate([b1, b2])[:7]
+        want = got(jnp.asarray(words))
+        np.testing.assert_array_equal(u if h == 0 else z[h - 1], want)
+
+
+def test_non_threefry_keys_work():
+    u, z = dynamics.candidate_noise(jax.random.key(0, impl="rbg"), 5)
+    assert u.shape == (5,) and z.shape == (2, 5)
+    assert np.all((np.asarray(u) >= 0) & (np.asarray(u) < 1))
+
+
+def _assert_same_draws(a, b):
+    """The same validity draws, states and probabilities; accuracy and novelty equal up to
+    1 ulp (XLA may fuse the float transforms of the two programs differently)."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.dtype == np.float32 and x.ndim == 2:
+            np.testing.assert_allclose(x, y, rtol=3e-7)
+        else:
+            np.testing.assert_array_equal(x, y)
+
+
+def test_a_lane_of_trials_draws_what_each_trial_draws_alone(setup):
+    """One emission implementation: the lane form (candidate axis first, trials last, as
+    the simulator's kernel runs it) equals vmapping the one-trial form."""
+    p, e = setup
+    ks = jax.random.split(jax.random.key(3), 33)
+    s = jnp.linspace(-0.5, 1.5, 33, dtype=jnp.float32)
+    lanes = jax.jit(lambda k, x: dynamics.draw_candidates(k, x, p, e, 7))(ks, s)
+    one = jax.jit(jax.vmap(lambda k, x: dynamics.draw_candidates(k, x, p, e, 7),
+                           out_axes=dynamics.Candidates(1, 1, 1, 0, 0)))(ks, s)
+    assert lanes.valid.shape == (7, 33) and lanes.p_valid.shape == (33,)
+    _assert_same_draws(lanes, one)
+    nxt, c = jax.jit(lambda k, x: dynamics.step(k, dynamics.SimState(x), p, e,
+                                                num_candidates=7))(ks, s)
+    nxt1, c1 = jax.jit(jax.vmap(
+        lambda k, x: dynamics.step(k, dynamics.SimState(x), p, e, num_candidates=7),
+        out_axes=(0, dynamics.Candidates(1, 1, 1, 0, 0))))(ks, s)
+    _assert_same_draws((nxt, c), (nxt1, c1))
+
+
+def test_run_trials_lanes_and_drift(setup):
+    p, e = setup
+    tk = jax.random.split(jax.random.key(8), 6)
+
+    def reduce(c):
+        return jnp.sum(c.valid, axis=0, dtype=jnp.int32), c.state
+
+    run = jax.jit(lambda k, shift: dynamics.run_trials(
+        k, p, e, num_iterations=4, num_candidates=9, reduce=reduce, validity_shift=shift))
+    zero = jnp.zeros(4, jnp.float32)
+    n, s = run(tk, zero)
+    assert n.shape == (4, 6) and s.shape == (4, 6)
+    n1, s1 = jax.jit(jax.vmap(lambda k: run(k, zero)))(tk)
+    np.testing.assert_array_equal(n, n1.T)
+    np.testing.assert_array_equal(s, s1.T)
+    # the state starts at the init key's draw and the shift moves validity only
+    np.testing.assert_array_equal(
+        s[0], np.asarray(dynamics.init_state(keys.init_key(tk), p).refinement))
+    n_up, s_up = run(tk, jnp.full(4, 50.0, jnp.float32))
+    np.testing.assert_array_equal(s_up, s)
+    assert int(n_up.sum()) == 0

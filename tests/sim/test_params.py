@@ -20,7 +20,7 @@ def test_shipped_defaults_load_and_build_effects():
 
 def test_roundtrip(tmp_path):
     d = load_defaults()
-    d.save(tmp_path / "p.json")
+    (tmp_path / "p.json").write_text(d.to_json())
     d2 = load_defaults(tmp_path / "p.json")
     assert d2.to_dict() == json.loads(json.dumps(d.to_dict()))
 

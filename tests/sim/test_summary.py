@@ -1,188 +1,21 @@
-"""Summary path: exact samplers, the one documented approximation, and agreement with the
-per-candidate path. Statistical tolerances are in standard errors (fixed seeds)."""
+"""Summary path: the one documented approximation (sums beyond EXACT_TERMS) and agreement
+with the per-candidate path. Statistical tolerances are in standard errors (fixed seeds)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.extend.random import threefry2x32_p
 from scipy import integrate, special, stats
 
 from llmnas_transfer import simulate
 from llmnas_transfer.errors import UserInputError
-from llmnas_transfer.sim import dynamics
+from llmnas_transfer.sim import keys
 from llmnas_transfer.sim import summary as sf
 from llmnas_transfer.sim.params import load_defaults
 
 
 def _lanes(seed, n):
-    return dynamics.key_words(jax.random.split(jax.random.key(seed), n))
-
-
-# ----------------------------------------------------------------------------- bits
-def test_threefry_block_is_jax_threefry():
-    k0, k1 = _lanes(0, 9)
-    hi = jnp.arange(9, dtype=jnp.uint32) * 7919
-    lo = jnp.arange(9, dtype=jnp.uint32) + jnp.uint32(2**31)
-    ours = dynamics.threefry_block(k0, k1, hi, lo)
-    ref = threefry2x32_p.bind(k0, k1, hi, lo)
-    for a, b in zip(ours, ref, strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_bit_transforms_are_jax_random_transforms():
-    key = jax.random.key(11)
-    bits = jax.random.bits(key, (4096,), jnp.uint32)
-    np.testing.assert_array_equal(dynamics.bits_to_uniform(bits), jax.random.uniform(key, (4096,)))
-    np.testing.assert_array_equal(dynamics.bits_to_normal(bits), jax.random.normal(key, (4096,)))
-
-
-def test_candidate_noise_follows_documented_stream_layout():
-    key = jax.random.key(5)
-    u, z = dynamics.candidate_noise(key, 7)
-    k0, k1 = dynamics.key_words(key)
-    # word j of stream h: first word of block (h, j) for j < 4, else second of (h, j - 4)
-    for h, got in ((0, dynamics.bits_to_uniform), (1, dynamics.bits_to_normal),
-                   (2, dynamics.bits_to_normal)):
-        b1, b2 = threefry2x32_p.bind(*(jnp.broadcast_to(jnp.uint32(x), (4,)) for x in
-                                       (k0, k1, h)), jnp.arange(4, dtype=jnp.uint32))
-        words = np.concatenate([b1, b2])[:7]
-        want = got(jnp.asarray(words))
-        np.testing.assert_array_equal(u if h == 0 else z[h - 1], want)
-
-
-def test_non_threefry_keys_work():
-    u, z = dynamics.candidate_noise(jax.random.key(0, impl="rbg"), 5)
-    assert u.shape == (5,) and z.shape == (2, 5)
-    assert np.all((np.asarray(u) >= 0) & (np.asarray(u) < 1))
-
-
-# ----------------------------------------------------------------------------- binomial
-BINOMIAL_CASES = [
-    (20, 0.3), (20, 0.5), (15, 0.9), (50, 0.19), (50, 0.21), (1000, 0.5), (1000, 0.002),
-    (1000, 0.999), (100_000, 0.3), (10**6, 1e-5), (7, 0.5), (400, 0.03),
-]
-LANES = 20_000
-
-
-DEGENERATE = [(0, 0.5, 0), (5, 0.0, 0), (5, 1.0, 5), (10**6, 1.0, 10**6), (0, 1.0, 0),
-              (3, 0.0, 0)]
-
-
-@pytest.fixture(scope="module")
-def binomial_draws():
-    n = np.repeat([c[0] for c in BINOMIAL_CASES], LANES).astype(np.int32)
-    p = np.repeat([c[1] for c in BINOMIAL_CASES], LANES).astype(np.float32)
-    n = np.concatenate([n, [c[0] for c in DEGENERATE]]).astype(np.int32)
-    p = np.concatenate([p, [c[1] for c in DEGENERATE]]).astype(np.float32)
-    k0, k1 = _lanes(1, n.size)
-    f = jax.jit(lambda k0, k1, n, p: sf.binomial(k0, k1, 3, n, p))
-    x = np.asarray(f(k0, k1, jnp.asarray(n), jnp.asarray(p)))
-    # the same lanes in reverse order: a lane's draw must not depend on its neighbours
-    rev = np.asarray(f(k0[::-1], k1[::-1], jnp.asarray(n[::-1]), jnp.asarray(p[::-1])))[::-1]
-    m = len(BINOMIAL_CASES) * LANES
-    return (x[:m].reshape(len(BINOMIAL_CASES), LANES), rev[:m].reshape(len(BINOMIAL_CASES), LANES),
-            x[m:])
-
-
-@pytest.mark.parametrize("case", range(len(BINOMIAL_CASES)))
-def test_binomial_is_exact(binomial_draws, case):
-    n, p = BINOMIAL_CASES[case]
-    x = binomial_draws[0][case]
-    assert x.min() >= 0 and x.max() <= n
-    mean, var = n * p, n * p * (1 - p)
-    assert abs(x.mean() - mean) < 5 * np.sqrt(var / LANES)
-    # SE of a sample variance: sqrt((mu4 - var^2) / L), mu4 of the binomial
-    mu4 = var * (1 + 3 * (n - 2) * p * (1 - p))
-    assert abs(x.var() - var) < 5 * np.sqrt((mu4 - var**2) / LANES)
-    # chi-square goodness of fit on all values with expected count >= 5 (tails pooled)
-    ks = np.arange(n + 1) if n <= 2000 else np.arange(int(mean - 8 * np.sqrt(var)),
-                                                       int(mean + 8 * np.sqrt(var)))
-    pmf = stats.binom.pmf(ks, n, p)
-    keep = pmf * LANES >= 5
-    obs = np.array([(x == k).sum() for k in ks[keep]])
-    exp = pmf[keep] * LANES
-    rest_obs, rest_exp = LANES - obs.sum(), LANES - exp.sum()
-    chi2 = ((obs - exp) ** 2 / exp).sum() + ((rest_obs - rest_exp) ** 2 / max(rest_exp, 1e-9)
-                                              if rest_exp > 1 else 0.0)
-    assert stats.chi2.sf(chi2, keep.sum()) > 1e-4
-
-
-def test_binomial_lane_does_not_depend_on_batch(binomial_draws):
-    np.testing.assert_array_equal(binomial_draws[0], binomial_draws[1])
-
-
-def test_binomial_degenerate_cases(binomial_draws):
-    np.testing.assert_array_equal(binomial_draws[2], [c[2] for c in DEGENERATE])
-
-
-# ----------------------------------------------------------------------------- histogram
-HIST_CASES = [  # n, mu, sigma
-    (500, -1.0, 0.41), (20, 0.3, 0.8), (1000, 2.5, 1.5), (3, 0.0, 1.0), (0, 0.0, 1.0),
-    (700, -6.0, 0.5), (300, 5.0, 0.3), (150, -0.3, 0.8),
-]
-HLANES = 10_000
-BINS = 20
-
-
-@pytest.fixture(scope="module")
-def hist_draws():
-    n = np.repeat([c[0] for c in HIST_CASES], HLANES).astype(np.int32)
-    mu = np.repeat([c[1] for c in HIST_CASES], HLANES).astype(np.float32)
-    sd = np.repeat([c[2] for c in HIST_CASES], HLANES).astype(np.float32)
-    k0, k1 = _lanes(4, n.size)
-    h = jax.jit(lambda *a: sf.logitnormal_hist(*a[:2], 9, *a[2:], BINS))(
-        k0, k1, jnp.asarray(n), jnp.asarray(mu), jnp.asarray(sd))
-    return np.asarray(h).reshape(len(HIST_CASES), HLANES, BINS)
-
-
-def _bin_probs(mu, sd):
-    e = np.arange(BINS + 1) / BINS
-    with np.errstate(divide="ignore"):
-        z = (np.log(e / (1 - e)) - mu) / sd
-    return np.diff(stats.norm.cdf(z))
-
-
-@pytest.mark.parametrize("case", range(len(HIST_CASES)))
-def test_histogram_is_exact_multinomial(hist_draws, case):
-    n, mu, sd = HIST_CASES[case]
-    h = hist_draws[case]
-    np.testing.assert_array_equal(h.sum(1), n)
-    p = _bin_probs(mu, sd)
-    np.testing.assert_allclose(np.asarray(sf.logitnormal_bin_probs(jnp.float32(mu),
-                                                                  jnp.float32(sd), BINS)),
-                               p, atol=2e-6)
-    if n == 0:
-        return
-    se = np.sqrt(n * p * (1 - p) / HLANES)
-    live = p * n * HLANES > 1
-    assert np.all(np.abs(h.mean(0) - n * p)[live] < 5 * se[live] + 1e-12)
-    # multinomial covariance of the two largest bins: -n p_i p_j
-    i, j = np.argsort(p)[-2:]
-    if min(p[i], p[j]) * n > 2:
-        cov = np.cov(h[:, i], h[:, j])[0, 1]
-        want = -n * p[i] * p[j]
-        sd_i, sd_j = np.sqrt(n * p[i] * (1 - p[i])), np.sqrt(n * p[j] * (1 - p[j]))
-        assert abs(cov - want) < 5 * sd_i * sd_j * np.sqrt(2 / HLANES)
-    # pooled counts are Multinomial(n L, p)
-    tot, exp = h.sum(0), p * n * HLANES
-    keep = exp >= 5
-    chi2 = ((tot[keep] - exp[keep]) ** 2 / exp[keep]).sum()
-    assert stats.chi2.sf(chi2, max(keep.sum() - 1, 1)) > 1e-4
-
-
-def test_histogram_lane_does_not_depend_on_batch(hist_draws):
-    """Each lane's counts are the same drawn alone as in the batch of 80 000 lanes with
-    very different chain lengths (every case; the first 3 lanes of each)."""
-    k0, k1 = _lanes(4, len(HIST_CASES) * HLANES)
-    for c, (n, mu, sd) in enumerate(HIST_CASES):
-        for i in range(3):
-            lane = c * HLANES + i
-            one = sf.logitnormal_hist(k0[lane:lane + 1], k1[lane:lane + 1], 9,
-                                      jnp.asarray([n], jnp.int32),
-                                      jnp.asarray([mu], jnp.float32),
-                                      jnp.asarray([sd], jnp.float32), BINS)
-            np.testing.assert_array_equal(np.asarray(one)[0], hist_draws[c, i])
+    return keys.key_words(jax.random.split(jax.random.key(seed), n))
 
 
 # ----------------------------------------------------------------------------- moments
@@ -207,7 +40,7 @@ def test_sums_are_exact_up_to_exact_terms():
     n = jnp.arange(SUM_LANES, dtype=jnp.int32) % (sf.EXACT_TERMS + 1)
     mu, sd = jnp.float32(-0.7), jnp.float32(0.6)
     s1, s2 = _sums(k0, k1, n, mu, sd)
-    z = dynamics.bits_to_normal(dynamics.stream_bits(k0, k1, 1, sf.EXACT_TERMS + 2))
+    z = keys.bits_to_normal(keys.stream_bits(k0, k1, 1, sf.EXACT_TERMS + 2)).T
     a = np.asarray(jax.nn.sigmoid(mu + sd * z[:, :sf.EXACT_TERMS]), np.float64)
     a = np.where(np.arange(sf.EXACT_TERMS) < np.asarray(n)[:, None], a, 0.0)
     np.testing.assert_allclose(s1, a.sum(1), rtol=2e-6, atol=1e-6)
@@ -342,18 +175,3 @@ def test_summary_path_matches_candidate_path_at_scale():
                 u, v = x[i, :, t], y[i, :, t]
                 u, v = u[np.isfinite(u)], v[np.isfinite(v)]
                 assert stats.ks_2samp(u, v).pvalue > 1e-4, (var, i, t)
-
-
-def test_many_lane_draw_equals_vmapped_draw_candidates():
-    """The kernel's all-lanes draw is dynamics.draw_candidates lane by lane (the same
-    validity draws; values equal up to 1 ulp, XLA fusing the two programs differently)."""
-    d = load_defaults()
-    p = d.dynamics_params()
-    e = jax.tree.map(lambda x: x[0], d.effects(["svhn"], ["detection"]))
-    keys = jax.random.split(jax.random.key(3), 33)
-    s = jnp.linspace(-0.5, 1.5, 33, dtype=jnp.float32)
-    many = dynamics.draw_candidates_many(keys, s, p, e, 7)
-    one = jax.vmap(lambda k, x: dynamics.draw_candidates(k, x, p, e, 7))(keys, s)
-    np.testing.assert_array_equal(many.valid.T, one.valid)
-    np.testing.assert_allclose(many.accuracy.T, one.accuracy, rtol=3e-7)
-    np.testing.assert_allclose(many.novelty.T, one.novelty, rtol=3e-7)

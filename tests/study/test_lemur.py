@@ -7,14 +7,18 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats
+from matplotlib.figure import Figure
 from numpyro.infer import Predictive
 
 from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.io import bundled
 from llmnas_transfer.io.bundled import load_lemur
 from llmnas_transfer.sim.expectation import logitnormal_mean
 from llmnas_transfer.study import lemur
+from llmnas_transfer.summarize.figures import save_figure
 
 # ------------------------------------------------------------------ synthetic data
 DATASETS = ("cifar-10", "d1", "d2", "d3")
@@ -48,14 +52,25 @@ def synthetic(counts=(60, 25, 200), seed: int = 1) -> lemur.LemurData:
                            1.0 / (1.0 + np.exp(-z)), names, "e1_mean")
 
 
+#: Draws of the shared synthetic fit. The convergence checks of
+#: test_recovery_on_synthetic_data need 1000 warmup + 1000 draws a chain: with 500 + 500,
+#: seeds 0-3 gave max r_hat 1.009-1.019, min bulk ESS 187-311 and one divergence (seed 1),
+#: and a fresh clone failed r_hat < 1.01 at seed 3 (1.0102), so the limit sat inside the
+#: seed-to-seed (and machine-to-machine) spread. With 1000 + 1000, seeds 0-5 gave max r_hat
+#: 1.0033-1.0070 (mean 1.0049, sd 0.0013), min bulk ESS 491-684 and no divergence: the
+#: limits r_hat < 1.01 and ESS > 300 sit about 4 sd from the mean and 0.003 r_hat and 190
+#: ESS beyond the worst seed. The extra draws cost about 3 s (compilation dominates).
+SYNTHETIC_DRAWS = {"num_warmup": 1000, "num_samples": 1000, "num_chains": 2}
+
+
 @pytest.fixture(scope="module")
 def synthetic_fit():
-    return lemur.fit_lemur(synthetic(), seed=3, num_warmup=500, num_samples=500, num_chains=2)
+    return lemur.fit_lemur(synthetic(), seed=3, **SYNTHETIC_DRAWS)
 
 
 # ------------------------------------------------------------------ data
-def test_prepare_orders_reference_first_and_counts():
-    d = lemur.prepare()
+def test_arrange_orders_reference_first_and_counts():
+    d = lemur.arrange_lemur_data()
     assert d.datasets[0] == "cifar-10" and d.sources[0] == "llm"
     assert len(d.accuracy) == len(load_lemur(task="img-classification"))
     assert d.num_groups == 35
@@ -63,13 +78,13 @@ def test_prepare_orders_reference_first_and_counts():
     assert (d.arch_group == g).sum() == 60
 
 
-def test_prepare_errors():
+def test_arrange_errors():
     with pytest.raises(UserInputError, match="e1_mean, e1_median, e1_max"):
-        lemur.prepare(statistic="e1_mode")
+        lemur.arrange_lemur_data(statistic="e1_mode")
     with pytest.raises(UserInputError, match="available task/metric"):
-        lemur.prepare(load_lemur(dataset="svhn"), task="img-segmentation")
+        lemur.arrange_lemur_data(load_lemur(dataset="svhn"), task="img-segmentation")
     with pytest.raises(UserInputError, match="groups: "):
-        lemur.prepare(load_lemur(dataset="svhn")).group_of("svhn", "algorithmic_ast")
+        lemur.arrange_lemur_data(load_lemur(dataset="svhn")).group_of("svhn", "algorithmic_ast")
 
 
 def test_group_stats_match_numpy():
@@ -105,10 +120,10 @@ def test_recovery_on_synthetic_data(synthetic_fit):
     # (scipy.stats.binom(24, 0.94).cdf(18) = 0.0051)
     assert inside.sum() >= 19, s.assign(truth=truth)
     assert np.all(np.abs(s["mean"].to_numpy() - truth) < 4 * s["sd"].to_numpy())
-    d = lemur.diagnostics(synthetic_fit)
-    assert d["max_r_hat"] < 1.01, d
+    d = lemur.convergence_summary(synthetic_fit)
+    assert d["max_r_hat"] < 1.01, d  # seeds 0-5: 1.0033-1.0070 (see SYNTHETIC_DRAWS)
     assert d["divergences"] == 0
-    assert d["min_ess_bulk"] > 200
+    assert d["min_ess_bulk"] > 300, d  # seeds 0-5: 491-684
     assert az.diagnose(synthetic_fit.tree, show_diagnostics=False) is False
 
 
@@ -128,6 +143,23 @@ def test_gaps_contain_truth_and_match_metrics_convention(synthetic_fit):
     assert gaps.loc["d1", "accuracy_gap"] > 0 > gaps.loc["d2", "accuracy_gap"]
 
 
+def test_figures_are_backend_free_and_save(synthetic_fit, tmp_path):
+    """Figures are plain ``matplotlib.figure.Figure`` objects (no pyplot, no backend)."""
+    gaps = lemur.accuracy_gaps(synthetic_fit)
+    ranks = pd.DataFrame({"reference": "cifar-10", "dataset": ["d1", "d1", "d2"],
+                          "source": ["llm", "all", "llm"], "spearman": [0.5, 0.4, 0.2],
+                          "spearman_lo": [0.3, 0.2, 0.0], "spearman_hi": [0.7, 0.6, 0.4]})
+    cov = pd.DataFrame({"dataset": ["d1", "all"], "n": [100, 400], "coverage": [0.9, 0.88],
+                        "nominal": 0.9, "band_lo": [0.81, 0.855], "band_hi": [0.99, 0.945]})
+    for stem, fig in (("gaps", lemur.plot_gap_forest(gaps)),
+                      ("ranks", lemur.plot_rank_transfer(ranks)),
+                      ("coverage", lemur.plot_coverage(cov))):
+        assert isinstance(fig, Figure) and fig.canvas.manager is None
+        paths = save_figure(fig, tmp_path / stem, dpi=lemur.FIGURE_DPI, bbox_inches="tight")
+        assert all(p.stat().st_size > 1000 for p in paths)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".pdf"] * 3 + [".png"] * 3
+
+
 def test_group_table(synthetic_fit):
     t = lemur.group_table(synthetic_fit)
     assert len(t) == 12 and list(t["n"][:3]) == [60, 25, 200]
@@ -136,12 +168,11 @@ def test_group_table(synthetic_fit):
     assert (t["mean_accuracy_hdi_lo"] < t["mean_accuracy_hdi_hi"]).all()
 
 
-@pytest.mark.slow  # two NUTS compilations (about 15 s)
-def test_same_seed_same_numbers():
-    d = synthetic((15, 5, 5))
-    a = lemur.fit_lemur(d, seed=5, num_warmup=60, num_samples=40, num_chains=1)
-    b = lemur.fit_lemur(d, seed=5, num_warmup=60, num_samples=40, num_chains=1)
-    np.testing.assert_array_equal(lemur._posterior(a, "mu"), lemur._posterior(b, "mu"))
+@pytest.mark.slow  # one more NUTS fit (about 10 s): the shared fit is the first
+def test_same_seed_same_numbers(synthetic_fit):
+    again = lemur.fit_lemur(synthetic(), seed=3, **SYNTHETIC_DRAWS)
+    np.testing.assert_array_equal(lemur._posterior(again, "mu"),
+                                  lemur._posterior(synthetic_fit, "mu"))
 
 
 def test_fit_argument_errors():
@@ -270,17 +301,14 @@ def test_shipped_priors_match_the_data():
 
 
 def test_priors_save_load_round_trip(tmp_path):
+    """Reading and writing live in io.bundled (tested there); lemur re-exports the reader."""
+    assert lemur.load_lemur_accuracy_priors is bundled.load_lemur_accuracy_priors
     p = {"datasets": {"cifar-10": {"logit_level_mean": -0.87}}, "provenance": {}}
-    path = lemur.save_lemur_accuracy_priors(p, tmp_path / "p.json")
-    assert lemur.load_lemur_accuracy_priors(path) == p
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(UserInputError, match="bad.json: line 1"):
-        lemur.load_lemur_accuracy_priors(tmp_path / "bad.json")
+    path = bundled.save_lemur_accuracy_priors(p, tmp_path / "p.json")
+    assert json.loads(path.read_text()) == p == lemur.load_lemur_accuracy_priors(path)
     (tmp_path / "other.json").write_text(json.dumps({"a": 1}))
     with pytest.raises(UserInputError, match="not a LEMUR priors file"):
         lemur.load_lemur_accuracy_priors(tmp_path / "other.json")
-    with pytest.raises(UserInputError, match="not found"):
-        lemur.load_lemur_accuracy_priors(tmp_path / "missing.json")
 
 
 # ------------------------------------------------------------------ real data (slow)
@@ -293,7 +321,7 @@ def test_real_data_fit_and_holdout_coverage():
     The split is fixed: on one of the five splits in the docs (seed 3) CelebA-gender falls
     below its band."""
     cov, fit = lemur.holdout_check(seed=0, num_warmup=500, num_samples=500, num_chains=2)
-    d = lemur.diagnostics(fit)
+    d = lemur.convergence_summary(fit)
     assert d["divergences"] == 0 and d["max_r_hat"] < 1.02
     c = cov.set_index("dataset")
     assert c.loc["all", "within_band"], cov

@@ -120,7 +120,7 @@ def test_checkpoint_is_never_partially_written(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(sweep_mod.np, "savez", broken_savez)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserInputError, match="cannot write.*disk full"):
         sweep(8, num_trials=BLOCK, chunk_size=BLOCK, devices=1, checkpoint=ckpt, **SUMMARY)
     assert ckpt.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["c.npz"]

@@ -198,3 +198,27 @@ def test_paper_values_come_from_targets_file():
 def test_bad_input():
     with pytest.raises(UserInputError, match="xarray.Dataset"):
         plotting.plot_validity_heatmap({"validity_rate": 1})
+
+
+def test_prepare_output_folder(tmp_path):
+    out = plotting.prepare_output_folder(tmp_path / "a" / "b")
+    assert out.is_dir() and list(out.iterdir()) == []
+    assert plotting.prepare_output_folder(out) == out  # an existing folder is fine
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserInputError, match="exists and is not a folder"):
+        plotting.prepare_output_folder(tmp_path / "f")
+    with pytest.raises(UserInputError, match="cannot create the folder"):
+        plotting.prepare_output_folder(tmp_path / "f" / "sub")
+
+
+def test_save_figure_options(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 3))
+    fig.subplots().plot([0, 1])
+    loose = plotting.save_figure(fig, tmp_path / "loose", dpi=50)
+    tight = plotting.save_figure(fig, tmp_path / "tight", dpi=50, bbox_inches="tight")
+    assert [p.name for p in loose] == ["loose.png", "loose.pdf"]
+    assert tight[0].stat().st_size < loose[0].stat().st_size  # cropped
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "loose.pdf", "loose.png", "tight.pdf", "tight.png"]

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from llmnas_transfer import simulate
@@ -10,6 +11,7 @@ from llmnas_transfer.summarize.tables import (
     gaps_table,
     novelty_table,
     validity_table,
+    write_csv,
 )
 
 
@@ -104,3 +106,13 @@ def test_gaps_table_survives_cells_without_valid_candidates():
         assert row.validity == 0 and np.isnan(row.accuracy)
     finally:
         registry.unregister_dataset("impossible")
+
+
+def test_write_csv_atomic_with_float_format(tmp_path):
+    df = pd.DataFrame({"a": [1 / 3, 2.0], "b": ["x", "y"]})
+    p = write_csv(df, tmp_path / "t.csv", float_format="%.3g")
+    assert p.read_text() == "a,b\n0.333,x\n2,y\n"
+    assert write_csv(df, tmp_path / "u.csv").read_text() == df.to_csv(index=False)
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["t.csv", "u.csv"]
+    with pytest.raises(UserInputError, match="cannot write"):
+        write_csv(df, tmp_path / "missing" / "t.csv")

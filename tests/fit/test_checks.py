@@ -6,8 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from llmnas_transfer.fit.model import ModelSpec, NormalStats, RunsData
-from llmnas_transfer.fit.sbc import (
+from llmnas_transfer.fit.checks import (
     defaults_from_draw,
     prior_predictive,
     rank_pit,
@@ -16,6 +15,7 @@ from llmnas_transfer.fit.sbc import (
     truth_from_defaults,
     uniformity_pvalues,
 )
+from llmnas_transfer.fit.model import ModelSpec, NormalStats, RunsData
 from llmnas_transfer.sim import registry
 from llmnas_transfer.sim.expectation import expected
 from llmnas_transfer.sim.params import load_defaults

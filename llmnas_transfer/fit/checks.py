@@ -1,4 +1,4 @@
-"""Checks of the fitting model: prior predictive, parameter recovery, SBC.
+"""Check the fitting model: prior predictive, parameter recovery, simulation-based calibration.
 
 * :func:`truth_from_defaults` maps simulator parameters (a
   :class:`~llmnas_transfer.sim.params.ModelDefaults`) onto the model's posterior variables,
@@ -34,9 +34,22 @@ import pandas as pd
 import xarray as xr
 
 from llmnas_transfer.errors import UserInputError
-from llmnas_transfer.fit.model import ModelSpec, RunsData, observed_datasets, runs_model
+from llmnas_transfer.fit.laplace import laplace_start
+from llmnas_transfer.fit.model import (
+    ModelSpec,
+    NormalStats,
+    RunsData,
+    observed_datasets,
+    prior_medians,
+    runs_model,
+)
+from llmnas_transfer.fit.preparation import prepare
+from llmnas_transfer.fit.sampling import deterministic_sites
+from llmnas_transfer.io.runs import runs_from_simulation
 from llmnas_transfer.sim import registry
+from llmnas_transfer.sim.candidates import simulate
 from llmnas_transfer.sim.params import FEATURE_NAMES, ModelDefaults, load_defaults
+from llmnas_transfer.validate import check_float, check_int
 
 #: scalar sites compared in recovery and SBC (when present in the model)
 SCALAR_SITES: tuple[str, ...] = (
@@ -51,7 +64,8 @@ VECTOR_SITES: tuple[str, ...] = (
 )
 
 
-def prior_predictive(key, data: RunsData, spec: ModelSpec, num_samples: int = 500) -> dict:
+def prior_predictive(key: jax.Array, data: RunsData, spec: ModelSpec,
+                     num_samples: int = 500) -> dict:
     """Draws from the prior and prior predictive (``n_valid``) of the model.
 
     Example
@@ -78,6 +92,12 @@ def truth_from_defaults(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, n
 
     Only the variables the model has for ``spec`` are returned (no accuracy part without
     accuracy data, no novelty part without novelty data).
+
+    Example
+    -------
+    >>> t = truth_from_defaults(load_defaults(), sbc_spec(has_accuracy=False))
+    >>> "accuracy_slope" in t, t["difficulty"].shape
+    (False, (2,))
     """
     d = defaults.dynamics
     ds = [registry.get_dataset(n) for n in spec.datasets]
@@ -123,6 +143,13 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
     """Simulator parameters from one draw of the model's prior (or posterior).
 
     ``draw`` maps site names to arrays of one draw (deterministic sites included).
+
+    Example
+    -------
+    >>> spec = sbc_spec()
+    >>> d = defaults_from_draw(truth_from_defaults(load_defaults(), spec), spec)
+    >>> d.dynamics["validity_intercept"], round(d.dynamics["kappa"], 3)
+    (0.0, 0.154)
     """
     g = {k: np.asarray(v, np.float64) for k, v in draw.items()}
     free_t = [spec.tasks[i] for i in spec.free_tasks]
@@ -171,7 +198,7 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
         interaction=inter,
         novelty_modality=nov_m,
         novelty_task=nov_t,
-        provenance={"derived_by": "llmnas_transfer.fit.sbc.defaults_from_draw"},
+        provenance={"derived_by": "llmnas_transfer.fit.checks.defaults_from_draw"},
     )
 
 
@@ -180,6 +207,13 @@ def recovery_table(dt: xr.DataTree, truth: dict[str, np.ndarray], *, ci: float =
     """Truth against the posterior: one row per scalar element of each variable.
 
     Columns: parameter, truth, mean, sd, hdi_low, hdi_high, inside, z (standardised error).
+
+    Example
+    -------
+    >>> x = np.random.default_rng(0).normal(0.2, 0.05, (2, 200))
+    >>> dt = xr.DataTree.from_dict({"posterior": xr.Dataset({"kappa": (("chain", "draw"), x)})})
+    >>> recovery_table(dt, {"kappa": np.asarray(0.2)})[["parameter", "inside"]].values.tolist()
+    [['kappa', True]]
     """
     import arviz as az
 
@@ -206,9 +240,17 @@ def recovery_table(dt: xr.DataTree, truth: dict[str, np.ndarray], *, ci: float =
     return pd.DataFrame(rows)
 
 
-def sbc_spec(datasets=("cifar-10", "audioset"), tasks=("classification", "segmentation"),
+def sbc_spec(datasets: Sequence[str] = ("cifar-10", "audioset"),
+             tasks: Sequence[str] = ("classification", "segmentation"),
              num_iterations: int = 6, has_accuracy: bool = True) -> ModelSpec:
-    """A small all-observed :class:`ModelSpec` for SBC runs (built-in datasets only)."""
+    """A small all-observed :class:`ModelSpec` for SBC runs (built-in datasets only).
+
+    Example
+    -------
+    >>> s = sbc_spec(num_iterations=3)
+    >>> s.datasets, s.observed, s.num_iterations
+    (('cifar-10', 'audioset'), ((0, 0), (0, 1), (1, 0), (1, 1)), 3)
+    """
     ds = [registry.get_dataset(d) for d in datasets]
     obs = tuple((i, k) for i in range(len(datasets)) for k in range(len(tasks)))
     return ModelSpec(tuple(datasets), tuple(tasks), tuple(d.modality for d in ds),
@@ -247,7 +289,7 @@ def rank_pit(draws: np.ndarray, truth: float, u: float) -> float:
 
 def _sbc_sampler(spec: ModelSpec, template: RunsData, *, warmup: int, draws: int,
                  chains: int, target_accept: float, adapt_metric: bool):
-    """NUTS as :func:`~llmnas_transfer.fit.inference.fit_runs` runs it (Laplace start and
+    """NUTS as :func:`~llmnas_transfer.fit.sampling.sample_nuts` runs it (Laplace start and
     metric, dense mass), compiled once as a function of the data.
 
     NumPyro's ``MCMC.run`` recompiles its chain function on every call with parallel
@@ -262,8 +304,6 @@ def _sbc_sampler(spec: ModelSpec, template: RunsData, *, warmup: int, draws: int
     from numpyro.infer import init_to_value
     from numpyro.infer.hmc import hmc
     from numpyro.infer.util import initialize_model
-
-    from llmnas_transfer.fit.model import prior_medians
 
     model = partial(runs_model, spec=spec, deterministic=False)
     info = initialize_model(jax.random.key(0), model, model_args=(template,),
@@ -303,7 +343,7 @@ def _sbc_sampler(spec: ModelSpec, template: RunsData, *, warmup: int, draws: int
 
 
 def sbc(
-    key,
+    key: jax.Array,
     spec: ModelSpec,
     *,
     num_replicates: int = 100,
@@ -324,7 +364,7 @@ def sbc(
     For each replicate: draw parameters from the model's prior, simulate runs with
     :func:`llmnas_transfer.sim.candidates` at those parameters, fit with NUTS as
     :func:`~llmnas_transfer.fit.inference.fit_runs` does (start and metric from
-    :func:`~llmnas_transfer.fit.inference.laplace_start`, step size adapted in the warmup,
+    :func:`~llmnas_transfer.fit.laplace.laplace_start`, step size adapted in the warmup,
     the metric too where the Laplace Hessian failed) and record the PIT
     of each site (:func:`rank_pit`: the randomised rank of the truth among draws thinned
     to the effective sample size, exactly uniform for a calibrated fit). Returns a
@@ -332,7 +372,7 @@ def sbc(
     ``biased_sbc``, a negative control (the PITs of the same posteriors shifted by
     ``bias_sd`` posterior standard deviations, which must fail the uniformity test), and
     ``sbc_stats`` (per replicate: divergences and whether the Laplace metric was used).
-    ``grid_size`` is passed to :func:`~llmnas_transfer.fit.inference.prepare`.
+    ``grid_size`` is passed to :func:`~llmnas_transfer.fit.preparation.prepare`.
 
     Example
     -------
@@ -343,10 +383,13 @@ def sbc(
     """
     import arviz as az
 
-    from llmnas_transfer.fit.inference import deterministic_sites, laplace_start, prepare
-    from llmnas_transfer.io.runs import runs_from_simulation
-    from llmnas_transfer.sim.candidates import simulate
-
+    num_replicates = check_int("num_replicates", num_replicates, 1)
+    num_trials = check_int("num_trials", num_trials, 1)
+    num_candidates = check_int("num_candidates", num_candidates, 1)
+    warmup = check_int("warmup", warmup, 1)
+    draws = check_int("draws", draws, 1)
+    chains = check_int("chains", chains, 1, 64)
+    target_accept = check_float("target_accept", target_accept, 0.5, 1.0, high_open=True)
     if not all(d in registry.BUILTIN_DATASET_NAMES for d in spec.datasets):
         raise UserInputError("sbc uses built-in datasets only")
     sites = [s for s in sites if spec.has_accuracy or not s.startswith("accuracy")]
@@ -400,8 +443,6 @@ def sbc(
 
 
 def _template_data(spec: ModelSpec, num_trials: int, num_candidates: int = 10) -> RunsData:
-    from llmnas_transfer.fit.model import NormalStats
-
     obs = [o for o in spec.observed for _ in range(num_trials)]
     n = len(obs)
     z = jnp.zeros((n, spec.num_iterations), jnp.float32)
@@ -411,7 +452,16 @@ def _template_data(spec: ModelSpec, num_trials: int, num_candidates: int = 10) -
 
 
 def uniformity_pvalues(dt: xr.DataTree, group: str = "prior_sbc") -> dict[str, float]:
-    """p-values of ArviZ's PIT uniformity test per variable of an SBC group."""
+    """p-values of ArviZ's PIT uniformity test per variable of an SBC group.
+
+    Example
+    -------
+    >>> import arviz as az
+    >>> u = np.random.default_rng(0).uniform(size=(1, 100))
+    >>> p = uniformity_pvalues(az.from_dict({"prior_sbc": {"kappa": u, "skewed": u**3}}))
+    >>> p["kappa"] > 0.01, p["skewed"] < 1e-6
+    (True, True)
+    """
     res = dt[group].dataset.azstats.uniformity_test()[0]
     return {k: float(v) for k, v in res.data_vars.items()}
 

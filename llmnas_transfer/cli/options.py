@@ -1,0 +1,185 @@
+"""Command-line options shared by the commands: name lists, grid, seed, counts, progress.
+
+Argument types check values with :mod:`llmnas_transfer.validate` and turn its
+:class:`~llmnas_transfer.errors.UserInputError` into :class:`argparse.ArgumentTypeError`,
+so argparse prints the message on one line and exits with status 2. Heavy modules (JAX,
+the simulator) are imported only inside the helpers that need them: ``--help`` stays
+fast, and :func:`use_cpu_devices` can still configure JAX before it starts.
+
+Example
+-------
+>>> import argparse
+>>> p = argparse.ArgumentParser()
+>>> add_grid_options(p); add_seed_option(p); add_progress_option(p)
+>>> a = p.parse_args(["--datasets", "cifar-10,svhn", "stl-10", "--seed", "3"])
+>>> split_names(a.datasets), a.trials, a.seed, a.no_progress
+(['cifar-10', 'svhn', 'stl-10'], 15, 3, False)
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.validate import check_int
+
+#: largest seed the simulator accepts (:func:`llmnas_transfer.sim.candidates.as_key`)
+MAX_SEED = 2**63 - 1
+
+
+# ------------------------------------------------------------------ commands
+def add_command(subparsers, name: str, func, *, help: str, description: str,
+                out: str | None = None, out_help: str = "output folder",
+                out_required: bool = True) -> argparse.ArgumentParser:
+    """Add the sub-command ``name`` that runs ``func(args)``, with its ``--out`` option.
+
+    ``out`` is the metavar of ``--out`` (``"DIR"``, ``"FILE"``, ...); ``None`` adds none.
+
+    Example
+    -------
+    >>> import argparse
+    >>> sub = argparse.ArgumentParser().add_subparsers()
+    >>> p = add_command(sub, "demo", print, help="a demo", description="A demo.", out="DIR")
+    >>> p.parse_args(["--out", "x"]).out
+    'x'
+    """
+    p = subparsers.add_parser(name, help=help, description=description)
+    if out is not None:
+        p.add_argument("--out", required=out_required, metavar=out, help=out_help)
+    p.set_defaults(func=func)
+    return p
+
+
+# ------------------------------------------------------------------ argument types
+def _checked_int(text: str, name: str, low: int, high: int | None = None) -> int:
+    """``text`` as an integer checked by :func:`~llmnas_transfer.validate.check_int`."""
+    try:
+        value = int(text)
+    except ValueError:  # argparse's own wording for type=int
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    try:
+        return check_int(name, value, low, high)
+    except UserInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def seed_arg(text: str) -> int:
+    """Argument type of ``--seed``: an integer in ``[0, 2**63)``.
+
+    Example
+    -------
+    >>> seed_arg("7")
+    7
+    >>> seed_arg("-1")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: seed must be an integer in [0, 9223372036854775807], got -1
+    """
+    return _checked_int(text, "seed", 0, MAX_SEED)
+
+
+def positive_int_arg(text: str) -> int:
+    """Argument type of a count that must be at least 1 (``--chains``, ``--trials``).
+
+    Example
+    -------
+    >>> positive_int_arg("4")
+    4
+    >>> positive_int_arg("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: value must be an integer >= 1, got 0
+    """
+    return _checked_int(text, "value", 1)
+
+
+def split_names(values: Sequence[str] | str | None) -> list[str] | None:
+    """Names given as ``--datasets a,b c``: ``["a", "b", "c"]``; ``None`` stays ``None``
+    (the built-ins). An option given with no name at all is a user error.
+
+    Example
+    -------
+    >>> split_names(["cifar-10,svhn", " stl-10 "])
+    ['cifar-10', 'svhn', 'stl-10']
+    >>> split_names(None) is None
+    True
+    """
+    if values is None:
+        return None
+    chunks = [values] if isinstance(values, str) else values
+    out = [v.strip() for chunk in chunks for v in chunk.split(",") if v.strip()]
+    if not out:
+        raise UserInputError("an empty name list was given; omit the option to use the built-ins")
+    return out
+
+
+def names_arg(text: str) -> list[str]:
+    """Argument type of a comma-separated name list (``--datasets a,b``).
+
+    Example
+    -------
+    >>> names_arg("cifar-10, svhn")
+    ['cifar-10', 'svhn']
+    """
+    try:
+        return split_names(text)
+    except UserInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# ------------------------------------------------------------------ option groups
+def add_grid_options(p: argparse.ArgumentParser, *, trials: int = 15,
+                     trials_help: str = "independent trials") -> None:
+    """``--datasets``, ``--tasks`` (read them with :func:`split_names`), ``--trials``,
+    ``--iterations`` and ``--candidates``. Counts are plain integers: the library checks
+    their range with messages that name the argument (``num_trials`` ...)."""
+    p.add_argument("--datasets", nargs="+", metavar="NAME",
+                   help="datasets, comma- or space-separated (default: the 8 built-ins)")
+    p.add_argument("--tasks", nargs="+", metavar="NAME",
+                   help="tasks, comma- or space-separated (default: the 4 built-ins)")
+    p.add_argument("--trials", type=int, default=trials,
+                   help=f"{trials_help} (default {trials})")
+    p.add_argument("--iterations", type=int, default=10,
+                   help="refinement iterations per trial (default 10)")
+    p.add_argument("--candidates", type=int, default=20,
+                   help="candidates generated per iteration (default 20)")
+
+
+def add_seed_option(p: argparse.ArgumentParser) -> None:
+    """``--seed`` (:func:`seed_arg`, default 0)."""
+    p.add_argument("--seed", type=seed_arg, default=0, help="random seed (default 0)")
+
+
+def add_params_option(p: argparse.ArgumentParser) -> None:
+    """``--params FILE``: read it with :func:`load_params`."""
+    p.add_argument("--params", metavar="FILE",
+                   help="parameters JSON written by 'calibrate' (default: the shipped file)")
+
+
+def add_progress_option(p: argparse.ArgumentParser, *,
+                        text: str = "hide the progress bar") -> None:
+    """``--no-progress`` (``args.no_progress``); ``text`` is its help."""
+    p.add_argument("--no-progress", action="store_true", help=text)
+
+
+# ------------------------------------------------------------------ values
+def load_params(path: str | None):
+    """The :class:`~llmnas_transfer.sim.params.ModelDefaults` of ``--params``, or ``None``
+    (the shipped defaults) when the option was not given."""
+    if not path:
+        return None
+    from llmnas_transfer.sim.params import load_defaults
+
+    return load_defaults(path)
+
+
+def use_cpu_devices(n: int) -> None:
+    """Ask JAX for ``n`` CPU devices so chains run in parallel (only before JAX starts;
+    afterwards chains run sequentially)."""
+    try:
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", int(n))
+    except Exception:  # backend already initialised
+        pass
