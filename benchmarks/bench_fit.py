@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--target-accept", type=float, default=0.8,
                     help="NUTS target acceptance (fit_runs' default is the more cautious "
                          "0.9: one divergence was seen at 0.8 on the smaller data of "
-                         "tests/test_inference.py)")
+                         "tests/fit/test_inference.py)")
     ap.add_argument("--dense-mass", action=argparse.BooleanOptionalAction, default=True,
                     help="NUTS dense (default) or diagonal mass matrix")
     ap.add_argument("--grid-check", action="store_true",

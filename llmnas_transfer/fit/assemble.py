@@ -6,21 +6,6 @@ groups ``posterior``, ``sample_stats`` (NUTS) or ``optimization`` (SVI losses),
 ``posterior_predictive``, ``log_likelihood`` (per run, the state marginalised) and
 ``predictions`` (forecast pooled validity rates per setting). The per-run groups use
 evenly thinned draws when the data are large (their ``draw`` coordinate says which).
-
-Example
--------
->>> import pandas as pd
->>> from llmnas_transfer.io.runs import runs_from_frame
->>> from llmnas_transfer.fit.preparation import prepare
->>> from llmnas_transfer.fit.sampling import sample_svi
->>> rows = [{"dataset": "cifar-10", "task": "classification", "trial": r,
-...          "iteration": 1, "n_generated": 10, "n_valid": 4} for r in range(3)]
->>> runs = runs_from_frame(pd.DataFrame(rows))
->>> p = prepare(runs)
->>> s = sample_svi(jax.random.key(0), p, steps=20, learning_rate=0.01, draws=10)
->>> dt = assemble_tree(p, s, runs, keys=jax.random.split(jax.random.key(1), 3), prior_draws=5)
->>> dt.attrs["inference"], "optimization" in dt.children
-('svi', True)
 """
 
 from __future__ import annotations
@@ -204,14 +189,11 @@ def assemble_tree(
 
     Example
     -------
-    >>> import pandas as pd
-    >>> from llmnas_transfer.io.runs import runs_from_frame
+    >>> from llmnas_transfer.io.runs import toy_runs
     >>> from llmnas_transfer.fit.preparation import prepare
     >>> from llmnas_transfer.fit.sampling import sample_svi
-    >>> rows = [{"dataset": "cifar-10", "task": "classification", "trial": r,
-    ...          "iteration": 1, "n_generated": 10, "n_valid": 4} for r in range(3)]
-    >>> runs = runs_from_frame(pd.DataFrame(rows))
-    >>> p = prepare(runs)
+    >>> runs = toy_runs(num_iterations=1)
+    >>>     >>> p = prepare(runs)
     >>> s = sample_svi(jax.random.key(0), p, steps=20, learning_rate=0.01, draws=10)
     >>> dt = assemble_tree(p, s, runs, keys=jax.random.split(jax.random.key(1), 3),
     ...               prior_draws=5, attrs={"seed": 1})

@@ -5,17 +5,6 @@ takes the Hessian at the best end point and returns a :class:`LaplaceStart`: the
 covariance (NUTS's initial metric) and one start per chain drawn from that Gaussian. Both
 :func:`~llmnas_transfer.fit.inference.fit_runs` and :func:`llmnas_transfer.fit.checks.sbc`
 start their chains here.
-
-Example
--------
->>> import pandas as pd
->>> from llmnas_transfer.io.runs import runs_from_frame
->>> from llmnas_transfer.fit.preparation import prepare
->>> rows = [{"dataset": "cifar-10", "task": "classification", "trial": r, "iteration": t,
-...          "n_generated": 10, "n_valid": 4 + t // 2} for r in range(3) for t in (1, 2)]
->>> s = laplace_start(jax.random.key(0), prepare(runs_from_frame(pd.DataFrame(rows))), 1)
->>> s.converged, s.inverse_mass_matrix(False).ndim
-(True, 1)
 """
 
 from __future__ import annotations
@@ -130,12 +119,10 @@ def laplace_start(key: jax.Array, prep: Prepared, chains: int, *, max_iter: int 
 
     Example
     -------
-    >>> import pandas as pd
-    >>> from llmnas_transfer.io.runs import runs_from_frame
+    >>> from llmnas_transfer.io.runs import toy_runs
     >>> from llmnas_transfer.fit.preparation import prepare
-    >>> rows = [{"dataset": "cifar-10", "task": "classification", "trial": r, "iteration": t,
-    ...          "n_generated": 10, "n_valid": 4 + t // 2} for r in range(3) for t in (1, 2)]
-    >>> s = laplace_start(jax.random.key(0), prepare(runs_from_frame(pd.DataFrame(rows))), 2)
+    >>> runs = toy_runs(num_iterations=2)
+    >>> s = laplace_start(jax.random.key(0), prepare(runs), 2)
     >>> s.init_params["kappa"].shape, s.converged
     ((2,), True)
     """

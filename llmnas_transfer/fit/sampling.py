@@ -6,18 +6,6 @@
 guide with optax Adam and draws from it. Both return a :class:`Sampled`: the draws of
 every site as ``(chain, draw, ...)`` arrays, deterministic sites included
 (:func:`deterministic_sites`), and the settings to record with the fit.
-
-Example
--------
->>> import pandas as pd
->>> from llmnas_transfer.io.runs import runs_from_frame
->>> from llmnas_transfer.fit.preparation import prepare
->>> rows = [{"dataset": "cifar-10", "task": "classification", "trial": r, "iteration": t,
-...          "n_generated": 10, "n_valid": 4 + t // 2} for r in range(3) for t in (1, 2)]
->>> s = sample_svi(jax.random.key(0), prepare(runs_from_frame(pd.DataFrame(rows))),
-...                steps=50, learning_rate=0.01, draws=20)
->>> s.method, s.samples["kappa"].shape
-('svi', (1, 20))
 """
 
 from __future__ import annotations
@@ -115,12 +103,10 @@ def deterministic_sites(samples: dict, spec: ModelSpec) -> dict:
 
     Example
     -------
-    >>> import pandas as pd
-    >>> from llmnas_transfer.io.runs import runs_from_frame
+    >>> from llmnas_transfer.io.runs import toy_runs
     >>> from llmnas_transfer.fit.preparation import prepare
-    >>> rows = [{"dataset": "cifar-10", "task": "classification", "trial": r,
-    ...          "iteration": 1, "n_generated": 10, "n_valid": 4} for r in range(3)]
-    >>> p = prepare(runs_from_frame(pd.DataFrame(rows)))
+    >>> runs = toy_runs(num_iterations=1)
+    >>> p = prepare(runs)
     >>> s = sample_svi(jax.random.key(0), p, steps=20, learning_rate=0.01, draws=5)
     >>> latent = {k: s.samples[k] for k in s.samples if k not in DETERMINISTIC_DIMS}
     >>> deterministic_sites(latent, p.spec)["validity"].shape[:2]
@@ -154,13 +140,11 @@ def sample_nuts(
 
     Example
     -------
-    >>> import pandas as pd
-    >>> from llmnas_transfer.io.runs import runs_from_frame
+    >>> from llmnas_transfer.io.runs import toy_runs
     >>> from llmnas_transfer.fit.laplace import laplace_start
     >>> from llmnas_transfer.fit.preparation import prepare
-    >>> rows = [{"dataset": "cifar-10", "task": "classification", "trial": r, "iteration": t,
-    ...          "n_generated": 10, "n_valid": 4 + t // 2} for r in range(3) for t in (1, 2)]
-    >>> p = prepare(runs_from_frame(pd.DataFrame(rows)))
+    >>> runs = toy_runs(num_iterations=2)
+    >>> p = prepare(runs)
     >>> s = sample_nuts(jax.random.key(1), p, laplace_start(jax.random.key(0), p, 1),
     ...                 chains=1, draws=20, warmup=20)  # doctest: +SKIP
     >>> s.attrs["metric"], s.samples["kappa"].shape  # doctest: +SKIP
@@ -206,12 +190,10 @@ def sample_svi(
 
     Example
     -------
-    >>> import pandas as pd
-    >>> from llmnas_transfer.io.runs import runs_from_frame
+    >>> from llmnas_transfer.io.runs import toy_runs
     >>> from llmnas_transfer.fit.preparation import prepare
-    >>> rows = [{"dataset": "cifar-10", "task": "classification", "trial": r,
-    ...          "iteration": 1, "n_generated": 10, "n_valid": 4} for r in range(3)]
-    >>> s = sample_svi(jax.random.key(0), prepare(runs_from_frame(pd.DataFrame(rows))),
+    >>> runs = toy_runs(num_iterations=1)
+    >>> s = sample_svi(jax.random.key(0), prepare(runs),
     ...                steps=30, learning_rate=0.01, draws=10)
     >>> s.attrs["chain_method"], s.losses.shape
     ('svi', (30,))

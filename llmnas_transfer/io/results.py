@@ -15,19 +15,6 @@ The format follows the file suffix:
 
 Every write goes to a temporary file in the target folder and is renamed into place, so an
 error never leaves a partial file behind.
-
-Example
--------
->>> import tempfile, pathlib
->>> from llmnas_transfer import simulate
->>> r = simulate(0, datasets="cifar-10", tasks="classification", num_trials=2,
-...              num_iterations=2, num_candidates=3)
->>> path = pathlib.Path(tempfile.mkdtemp()) / "run.parquet"
->>> save_results(r, path).name
-'run.parquet'
->>> back = load_results(path)
->>> int(back["n_valid"].sum()) == int(r["n_valid"].sum())
-True
 """
 
 from __future__ import annotations

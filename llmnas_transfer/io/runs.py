@@ -178,6 +178,22 @@ than n_generated (5)
     return _validate(frame, np.arange(1, len(frame) + 1), source)
 
 
+def toy_runs(num_trials: int = 3, num_iterations: int = 2,
+             num_generated: int = 10) -> ObservedRuns:
+    """A tiny counts-form data set for examples and smoke checks: one setting
+    (cifar-10 classification), ``4 + iteration // 2`` valid candidates per iteration.
+
+    Example
+    -------
+    >>> toy_runs(num_iterations=1).frame["n_valid"].tolist()
+    [4, 4, 4]
+    """
+    rows = [{"dataset": "cifar-10", "task": "classification", "trial": r, "iteration": t,
+             "n_generated": num_generated, "n_valid": 4 + t // 2}
+            for r in range(num_trials) for t in range(1, num_iterations + 1)]
+    return runs_from_frame(pd.DataFrame(rows), source="<toy runs>")
+
+
 def _clean_header(c) -> str:
     return str(c).strip().lower()
 

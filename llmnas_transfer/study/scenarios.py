@@ -411,7 +411,7 @@ def names() -> tuple[str, ...]:
 
 @functools.cache
 def get(name: str) -> Scenario:
-    """The named scenario, fitted on first use (then cached for the session).
+    """The named scenario, fitted on first use (then cached for the life of the process).
 
     Example
     -------

@@ -619,10 +619,10 @@ def plot_validity_heatmap(ds: xr.Dataset, *, iteration: int | None = None) -> Fi
 
     Example
     -------
-    >>> from llmnas_transfer import simulate
-    >>> r = simulate(0, datasets="cifar-10,svhn", tasks="classification", num_trials=2,
-    ...              num_iterations=2, num_candidates=5)
-    >>> plot_validity_heatmap(r).axes[1].get_ylabel()
+    >>> import llmnas_transfer as lt
+    >>> fig = plot_validity_heatmap(lt.simulate(0, datasets="cifar-10,svhn", num_trials=2,
+    ...                                         num_iterations=2, num_candidates=5))
+    >>> fig.axes[1].get_ylabel()
     'Final validity rate (%)'
     """
     _check_results(ds)
