@@ -26,6 +26,13 @@ from llmnas_transfer.errors import UserInputError
 
 COMMAND_MODULES: tuple[str, ...] = ("study", "fit", "lemur", "sweep")
 
+#: the top-level ``--help`` text (plain words; the module docstring is reStructuredText)
+DESCRIPTION = (
+    "Simulate how LLM-driven architecture-synthesis trends transfer beyond CIFAR-10, and fit "
+    "the model to observed runs. Run 'llmnas-transfer COMMAND --help' for a command's "
+    "options. A mistake in the input ends with a one-line message and exit status 2."
+)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse's own convention)
@@ -34,7 +41,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered command."""
-    parser = _Parser(prog="llmnas-transfer", description=__doc__.splitlines()[0])
+    from llmnas_transfer.cli.options import HelpFormatter
+
+    parser = _Parser(prog="llmnas-transfer", description=DESCRIPTION,
+                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"llmnas-transfer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:

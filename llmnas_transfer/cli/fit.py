@@ -15,15 +15,23 @@ Example
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
 
-from llmnas_transfer.cli.options import add_command, add_seed_option, names_arg
+from llmnas_transfer.cli.options import (
+    add_command,
+    add_progress_option,
+    add_seed_option,
+    ci_arg,
+    float_arg,
+    int_arg,
+    names_arg,
+    show_progress,
+    use_cpu_devices,
+)
 from llmnas_transfer.errors import UserInputError
-from llmnas_transfer.io.atomic import atomic_write_text
-from llmnas_transfer.validate import check_int
+from llmnas_transfer.io.atomic import atomic_write_text, check_writable
 
 
 def _thresholds(text: str) -> tuple[float, float]:
@@ -52,74 +60,98 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fit the hierarchical refinement model to observed runs (CSV, Parquet "
                     "or JSON Lines; see docs/data-format.md) and write an ArviZ DataTree.")
     p.add_argument("runs", help="observed runs file (.csv, .parquet, .jsonl)")
-    p.add_argument("--method", choices=("nuts", "svi"), default="nuts")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--method", choices=("nuts", "svi"), default="nuts",
+                   help="NUTS (MCMC) or SVI (variational, faster)")
+    p.add_argument("--chains", type=int_arg(1, 64), default=4,
+                   help="NUTS chains, run in parallel on as many CPU devices (1-64)")
+    p.add_argument("--draws", type=int_arg(1, 10**6), default=1000,
+                   help="posterior draws per chain (SVI: draws from the fitted guide)")
+    p.add_argument("--warmup", type=int_arg(0, 10**6), default=1000,
+                   help="NUTS warmup steps per chain (at least 1 for NUTS)")
     add_seed_option(p)
     p.add_argument("--reference", default="cifar-10:classification",
-                   help="DATASET:TASK the gaps are relative to")
-    p.add_argument("--forecast", type=int, default=0, metavar="K",
+                   help="DATASET:TASK the gaps are relative to (in the data or the registry)")
+    p.add_argument("--forecast", type=int_arg(0, 1000), default=0, metavar="K",
                    help="forecast K iterations past the data")
     p.add_argument("--strict", action="store_true",
                    help="exit with status 1 when a diagnostic check fails")
     p.add_argument("--datasets", type=names_arg, default=[],
-                   help="extra datasets to predict (comma-separated)")
+                   help="extra datasets to predict, comma-separated (default: none; a dataset "
+                        "not in the registry needs --dataset-attrs or --levels)")
     p.add_argument("--tasks", type=names_arg, default=[],
-                   help="extra tasks to predict (comma-separated)")
+                   help="extra tasks to predict, comma-separated (default: none)")
     p.add_argument("--dataset-attrs", action="append", default=[], metavar="SPEC",
                    help="attributes of a dataset not in the registry: "
-                        "NAME:modality=audio,resolution=64,num_classes=50 (repeatable)")
+                        "NAME:modality=audio,resolution=64,num_classes=50 (repeatable; "
+                        "default: none)")
     p.add_argument("--levels", metavar="FILE",
                    help="side file (CSV/JSONL) with columns name,modality,resolution,"
-                        "num_classes for new datasets")
-    p.add_argument("--target-accept", type=float, default=0.9)
+                        "num_classes for new datasets (default: none)")
+    p.add_argument("--target-accept",
+                   type=float_arg(0.5, 1.0, high_open=True), default=0.9,
+                   help="NUTS target acceptance probability, in [0.5, 1)")
     p.add_argument("--dense-mass", action=argparse.BooleanOptionalAction, default=True,
-                   help="NUTS dense (default) or diagonal mass matrix")
-    p.add_argument("--svi-steps", type=int, default=2000)
-    p.add_argument("--svi-learning-rate", type=float, default=0.01)
-    p.add_argument("--prior-draws", type=int, default=500)
-    p.add_argument("--progress", action="store_true", help="show NumPyro's progress bar")
+                   help="NUTS dense or diagonal (--no-dense-mass) mass matrix")
+    p.add_argument("--svi-steps", type=int_arg(1, 10**7), default=2000,
+                   help="SVI optimisation steps")
+    p.add_argument("--svi-learning-rate",
+                   type=float_arg(0.0, 1.0, low_open=True),
+                   default=0.01, help="SVI learning rate, in (0, 1]")
+    p.add_argument("--prior-draws", type=int_arg(1, 10**5), default=500,
+                   help="prior predictive draws stored in the fit")
+    add_progress_option(p, text="hide the sampler's progress bar")
 
     g = add_command(subparsers, "gaps", _gaps, out="FILE", out_required=False,
-                    out_help="write to this file instead of stdout",
+                    out_help="write to this file instead of stdout (default: stdout)",
                     help="posterior transfer gaps and regime probabilities",
                     description="Posterior transfer gaps of a fit, with HDIs and regime "
                                 "probabilities.")
     g.add_argument("fit", help="fit file written by 'llmnas-transfer fit'")
-    g.add_argument("--ci", type=float, default=0.94, help="HDI probability (default 0.94)")
-    g.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    g.add_argument("--ci", type=ci_arg, default=0.94, help="HDI probability, in (0, 1)")
+    g.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="output format")
     g.add_argument("--thresholds", type=_thresholds, default=(0.10, 0.20),
                    help="easy-below,hard-above (default 0.10,0.20)")
     g.add_argument("--reference", default=None, help="DATASET:TASK (default: the fit's)")
-    g.add_argument("--iteration", type=int, default=None,
+    g.add_argument("--iteration", type=int_arg(1), default=None,
                    help="iteration of the gaps (default: the last observed)")
 
     t = add_command(subparsers, "trajectory", _trajectory, out="FILE", out_required=False,
-                    out_help="write to this file instead of stdout",
+                    out_help="write to this file instead of stdout (default: stdout)",
                     help="observed and forecast validity rates",
                     description="Observed and forecast pooled validity rates of a fit, with "
                                 "HDIs.")
-    t.add_argument("fit")
-    t.add_argument("--ci", type=float, default=0.94)
-    t.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    t.add_argument("fit", help="fit file written by 'llmnas-transfer fit'")
+    t.add_argument("--ci", type=ci_arg, default=0.94, help="HDI probability, in (0, 1)")
+    t.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="output format")
 
     c = add_command(subparsers, "check", _check, out="DIR",
+                    out_help="output folder (created if missing)",
                     help="posterior predictive checks, plots, LOO",
                     description="Diagnostics, posterior predictive checks, PSIS-LOO and plots "
                                 "of a fit, written to a folder.")
-    c.add_argument("fit")
-    c.add_argument("--ci", type=float, default=0.94)
+    c.add_argument("fit", help="fit file written by 'llmnas-transfer fit'")
+    c.add_argument("--ci", type=ci_arg, default=0.94, help="HDI probability, in (0, 1)")
+
+
+def _check_out_file(out: str | None) -> None:
+    """Check ``--out FILE`` of gaps/trajectory before any work (its folder must exist)."""
+    if out is None:
+        return
+    path = Path(out).expanduser()
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserInputError(f"{out}: the folder {parent} does not exist")
+    check_writable(path)
 
 
 def _write_text(text: str, out: str | None) -> None:
     if out is None:
         sys.stdout.write(text)
         return
-    path = Path(out)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserInputError(f"{out}: the folder {parent} does not exist")
+    _check_out_file(out)
+    path = Path(out).expanduser()
     atomic_write_text(path, text)
     print(f"wrote {path}", file=sys.stderr)
 
@@ -128,13 +160,19 @@ def _fit(args) -> int:
     # everything that can be checked without JAX first (one-line errors, exit 2) ...
     from llmnas_transfer.io.runs import parse_dataset_attrs, read_levels, read_runs
 
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
     if out.is_dir():
         raise UserInputError(f"--out {out}: is a directory; give a file name such as fit.nc")
+    if out.suffix.lower() != ".nc":
+        raise UserInputError(f"--out {out}: the fit file must end in .nc (netCDF), "
+                             f"e.g. {out.with_suffix('.nc').name}")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise UserInputError(f"--out {out}: the folder {parent} does not exist")
-    check_int("--chains", args.chains, 1, 64)
+    check_writable(out)
+    if args.method == "nuts" and args.warmup < 1:
+        raise UserInputError(f"--warmup must be at least 1 with --method nuts, got {args.warmup}")
+    progress = show_progress(args)
     attrs: dict = {}
     if args.levels:
         attrs.update(read_levels(args.levels))
@@ -142,11 +180,19 @@ def _fit(args) -> int:
         for k, v in parse_dataset_attrs(spec).items():
             attrs.setdefault(k, {}).update(v)
     runs = read_runs(args.runs)
-    # ... then the JAX devices, one per chain, before JAX starts: chains run in parallel
-    from llmnas_transfer.fit.sampling import set_cpu_devices
-
+    # ... then the JAX devices, one per chain, before JAX starts (importing fit starts it):
+    # the chains run in parallel
     if args.method == "nuts" and args.chains > 1:
-        n_dev = set_cpu_devices(args.chains)
+        use_cpu_devices(args.chains)
+    # ... then the names the fit will use (still before any compiling or sampling)
+    from llmnas_transfer.fit.preparation import check_levels
+
+    check_levels(runs, reference=args.reference, datasets=args.datasets, tasks=args.tasks,
+                 dataset_attrs=attrs)
+    if args.method == "nuts" and args.chains > 1:
+        import jax
+
+        n_dev = jax.local_device_count()
         if n_dev < args.chains:
             print(f"note: {n_dev} JAX device(s) for {args.chains} chains; the chains run one "
                   "after another", file=sys.stderr)
@@ -155,20 +201,17 @@ def _fit(args) -> int:
     from llmnas_transfer.summarize.posterior import diagnostics
 
     print(runs.report(), file=sys.stderr)
-    from rich.console import Console
-
-    console = Console(stderr=True)
     what = (f"sampling {args.chains} chains x ({args.warmup} warmup + {args.draws} draws)"
             if args.method == "nuts" else f"SVI, {args.svi_steps} steps")
-    with console.status(what, spinner="dots") if not args.progress else contextlib.nullcontext():
-        dt = fit_runs(
-            runs, method=args.method, chains=args.chains, draws=args.draws,
-            warmup=args.warmup, seed=args.seed, reference=args.reference,
-            forecast=args.forecast, datasets=args.datasets, tasks=args.tasks,
-            dataset_attrs=attrs, target_accept=args.target_accept, dense_mass=args.dense_mass,
-            svi_steps=args.svi_steps, svi_learning_rate=args.svi_learning_rate,
-            prior_draws=args.prior_draws, progress=args.progress,
-        )
+    print(f"{what} ...", file=sys.stderr)
+    dt = fit_runs(
+        runs, method=args.method, chains=args.chains, draws=args.draws,
+        warmup=args.warmup, seed=args.seed, reference=args.reference,
+        forecast=args.forecast, datasets=args.datasets, tasks=args.tasks,
+        dataset_attrs=attrs, target_accept=args.target_accept, dense_mass=args.dense_mass,
+        svi_steps=args.svi_steps, svi_learning_rate=args.svi_learning_rate,
+        prior_draws=args.prior_draws, progress=progress,
+    )
     for note in notices_of(dt):
         print(f"note: {note}", file=sys.stderr)
     save_fit(dt, out)
@@ -199,6 +242,7 @@ def _load(path: str):
 def _gaps(args) -> int:
     from llmnas_transfer.summarize.posterior import format_table, posterior_gaps
 
+    _check_out_file(args.out)
     dt = _load(args.fit)
     df = posterior_gaps(dt, ci=args.ci, thresholds=args.thresholds, reference=args.reference,
                         iteration=args.iteration)
@@ -213,14 +257,36 @@ def _gaps(args) -> int:
 def _trajectory(args) -> int:
     from llmnas_transfer.summarize.posterior import format_table, trajectory
 
+    _check_out_file(args.out)
     dt = _load(args.fit)
     _write_text(format_table(trajectory(dt, ci=args.ci), args.format), args.out)
     return 0
 
 
+def _check_out_dir(out: str) -> Path:
+    """Check that the folder ``out`` can be created or written, creating nothing."""
+    from llmnas_transfer.io.atomic import probe_folder
+
+    p = Path(out).expanduser()
+    for anc in (p, *p.parents):
+        if anc.exists():
+            if not anc.is_dir():
+                raise UserInputError(f"--out {p}: cannot write here, {anc} is a file, not a "
+                                     "folder")
+            probe_folder(anc, what=f"--out {p}")
+            return p
+    return p  # pragma: no cover - the root always exists
+
+
+def _count_files(files) -> int:
+    """Files in ``check``'s ``{name: path or [paths]}`` mapping."""
+    return sum(len(v) if isinstance(v, (list, tuple)) else 1 for v in files.values())
+
+
 def _check(args) -> int:
     from llmnas_transfer.summarize.posterior import check
 
+    _check_out_dir(args.out)
     dt = _load(args.fit)
     res = check(dt, args.out, ci=args.ci)
     loo = res["loo"]
@@ -235,5 +301,5 @@ def _check(args) -> int:
     print(f"posterior predictive checks: {len(extreme)} of {len(ppc)} statistics with "
           "p < 0.01 or p > 0.99")
     print(res["diagnostics"].text())
-    print(f"wrote {len(res['files'])} outputs to {args.out}", file=sys.stderr)
+    print(f"wrote {_count_files(res['files'])} files to {args.out}", file=sys.stderr)
     return 0

@@ -17,23 +17,28 @@ import sys
 
 from llmnas_transfer.cli.options import (
     add_command,
+    add_progress_option,
     add_seed_option,
     positive_int_arg,
+    show_progress,
     use_cpu_devices,
 )
 from llmnas_transfer.errors import UserInputError
 
 
 def _lemur(args: argparse.Namespace) -> int:
+    if args.write_priors is not None and args.quick:
+        raise UserInputError("--write-priors needs the full fit; drop --quick")
+    # JAX devices before JAX starts (importing the study starts it); the defaults are
+    # lemur.RUN_SETTINGS' chain counts
+    use_cpu_devices(args.chains or (2 if args.quick else 4))
     from llmnas_transfer.study import lemur
 
     chains = args.chains or lemur.RUN_SETTINGS[bool(args.quick)]["num_chains"]
-    use_cpu_devices(chains)
-    if args.write_priors is not None and args.quick:
-        raise UserInputError("--write-priors needs the full fit; drop --quick")
     write = False if args.write_priors is None else (args.write_priors or True)
     rep = lemur.run_lemur(args.out, quick=args.quick, seed=args.seed, write_priors=write,
-                          progress=not args.quiet, num_chains=chains)
+                          progress=show_progress(args) and not args.quiet,
+                          num_chains=chains)
     if not args.quiet:
         d = rep.diagnostics
         print(f"fit: max r_hat {d['max_r_hat']:.3f}, min ESS {d['min_ess_bulk']:.0f}, "
@@ -70,11 +75,15 @@ def register(subparsers) -> None:
     p.add_argument("--quick", action="store_true",
                    help="fewer draws, bootstrap resamples and simulated trials")
     add_seed_option(p)
-    p.add_argument("--chains", type=positive_int_arg, default=None, help="NUTS chains")
+    p.add_argument("--chains", type=positive_int_arg, default=None,
+                   help="NUTS chains (default: 4, or 2 with --quick)")
     p.add_argument("--write-priors", nargs="?", const="", default=None, metavar="PATH",
                    help="also save the LLM accuracy priors for the calibration (to the "
-                        "package's data/lemur_accuracy_priors.json, or PATH)")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+                        "package's data/lemur_accuracy_priors.json, or PATH; default: not "
+                        "saved)")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing but errors (implies --no-progress)")
+    add_progress_option(p)
 
     s = add_command(
         subparsers, "scenario", _scenario, out="DIR",
@@ -83,5 +92,6 @@ def register(subparsers) -> None:
                     "simulate it and write the comparison table and a figure to --out.")
     s.add_argument("name", metavar="NAME", help="scenario name, e.g. khalid2026")
     add_seed_option(s)
-    s.add_argument("--trials", type=positive_int_arg, default=2000, help="simulated runs")
+    s.add_argument("--trials", type=positive_int_arg, default=2000,
+                   help="simulated runs (default 2000)")
     s.add_argument("--quiet", action="store_true", help="print nothing but errors")

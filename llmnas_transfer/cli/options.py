@@ -19,13 +19,32 @@ Example
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from llmnas_transfer.errors import UserInputError
-from llmnas_transfer.validate import check_int
+from llmnas_transfer.validate import check_float, check_int
 
 #: largest seed the simulator accepts (:func:`llmnas_transfer.sim.candidates.as_key`)
 MAX_SEED = 2**63 - 1
+
+
+# ------------------------------------------------------------------ help
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default: ``(default: X)`` is appended to a help text
+    that does not already mention its default (flags and options without a default are
+    left as they are)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or "%(default)" in text:
+            return text
+        default = action.default
+        if default is None or default is argparse.SUPPRESS or default is False \
+                or default == [] or not action.option_strings \
+                or isinstance(action, argparse._StoreTrueAction):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 # ------------------------------------------------------------------ commands
@@ -44,7 +63,8 @@ def add_command(subparsers, name: str, func, *, help: str, description: str,
     >>> p.parse_args(["--out", "x"]).out
     'x'
     """
-    p = subparsers.add_parser(name, help=help, description=description)
+    p = subparsers.add_parser(name, help=help, description=description,
+                              formatter_class=HelpFormatter)
     if out is not None:
         p.add_argument("--out", required=out_required, metavar=out, help=out_help)
     p.set_defaults(func=func)
@@ -92,6 +112,58 @@ def positive_int_arg(text: str) -> int:
     argparse.ArgumentTypeError: value must be an integer >= 1, got 0
     """
     return _checked_int(text, "value", 1)
+
+
+def int_arg(low: int | None = None, high: int | None = None):
+    """An argument type: an integer in ``[low, high]`` (argparse's message names the
+    option: ``argument --draws: value must be ...``).
+
+    Example
+    -------
+    >>> int_arg(1, 10)("3")
+    3
+    >>> int_arg(1, 10)("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: value must be an integer in [1, 10], got 0
+    """
+    def parse(text: str) -> int:
+        return _checked_int(text, "value", low, high)
+
+    parse.__name__ = "int"  # argparse names the type in its own messages
+    return parse
+
+
+def float_arg(low: float | None = None, high: float | None = None, *,
+              low_open: bool = False, high_open: bool = False):
+    """An argument type: a finite number between ``low`` and ``high``.
+
+    Example
+    -------
+    >>> float_arg(0, 1, low_open=True, high_open=True)("0.9")
+    0.9
+    >>> float_arg(0, 1, low_open=True, high_open=True)("1")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: value must be in (0, 1), got 1.0
+    """
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+        try:
+            return check_float("value", value, low, high, low_open=low_open,
+                               high_open=high_open)
+        except UserInputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "float"
+    return parse
+
+
+#: argument type of ``--ci``: a probability in (0, 1)
+ci_arg = float_arg(0, 1, low_open=True, high_open=True)
 
 
 def split_names(values: Sequence[str] | str | None) -> list[str] | None:
@@ -159,8 +231,26 @@ def add_params_option(p: argparse.ArgumentParser) -> None:
 
 def add_progress_option(p: argparse.ArgumentParser, *,
                         text: str = "hide the progress bar") -> None:
-    """``--no-progress`` (``args.no_progress``); ``text`` is its help."""
-    p.add_argument("--no-progress", action="store_true", help=text)
+    """``--no-progress`` (``args.no_progress``); ``text`` is its help. Progress shows by
+    default when stderr is a terminal: read it with :func:`show_progress`."""
+    p.add_argument("--no-progress", action="store_true",
+                   help=f"{text} (default: shown when stderr is a terminal)")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether to show progress: stderr is a terminal and ``--no-progress`` was not given.
+
+    Example
+    -------
+    >>> show_progress(argparse.Namespace(no_progress=True))
+    False
+    """
+    if getattr(args, "no_progress", False):
+        return False
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # a closed or replaced stderr
+        return False
 
 
 # ------------------------------------------------------------------ values
@@ -174,12 +264,14 @@ def load_params(path: str | None):
     return load_defaults(path)
 
 
-def use_cpu_devices(n: int) -> None:
-    """Ask JAX for ``n`` CPU devices so chains run in parallel (only before JAX starts;
-    afterwards chains run sequentially)."""
+def use_cpu_devices(n: int) -> bool:
+    """Ask JAX for ``n`` CPU devices so chains run in parallel. This works only before
+    JAX's backend starts (so call it before importing :mod:`llmnas_transfer.fit`, whose
+    priors are JAX arrays); returns whether the setting was accepted."""
     try:
         import jax
 
         jax.config.update("jax_num_cpu_devices", int(n))
-    except Exception:  # backend already initialised
-        pass
+    except Exception:  # backend already initialised: chains run one after another
+        return False
+    return True

@@ -3,7 +3,8 @@
 ``llmnas-transfer reproduce --out DIR`` runs the whole study (see
 :func:`llmnas_transfer.study.reproduce.run_study`); ``simulate`` runs a custom grid and writes
 netCDF, Parquet or CSV (see :mod:`llmnas_transfer.io.results`); ``calibrate`` re-derives
-the shipped parameters file and prints the expected value of every target.
+the parameters, writes them to ``--out`` (or, with ``--in-place``, over the shipped file)
+and prints the expected value of every target.
 
 A non-empty ``reproduce --out`` folder is refused unless it holds an earlier study
 (``study.json``) or ``--force`` is given.
@@ -28,6 +29,7 @@ from llmnas_transfer.cli.options import (
     add_progress_option,
     add_seed_option,
     load_params,
+    show_progress,
     split_names,
 )
 from llmnas_transfer.errors import UserInputError
@@ -67,17 +69,20 @@ def register(subparsers) -> None:
     s.add_argument("--per-candidate", action="store_true",
                    help="also keep every candidate's validity, accuracy and novelty")
     s.add_argument("--chunk-size", type=int, metavar="N",
-                   help="trials per compiled call (results do not depend on it)")
+                   help="trials per compiled call (default: chosen from the grid size; "
+                        "results do not depend on it)")
     s.add_argument("--bins", type=int, default=20,
                    help="accuracy/novelty histogram bins (0 disables; default 20)")
     add_progress_option(s)
 
     c = add_command(
         subparsers, "calibrate", _calibrate, out="PATH", out_required=False,
-        out_help="parameters file to write (default: the file the package ships)",
+        out_help="parameters file (.json) to write; without it, --in-place is needed",
         help="re-derive the default parameters from the paper's targets",
         description="Fit the default parameters to data/targets.csv (optax on exact "
                     "expectations), write them and print the expected value of every target.")
+    c.add_argument("--in-place", action="store_true",
+                   help="overwrite the parameters file the package ships (instead of --out)")
     c.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000)")
     add_progress_option(c)
 
@@ -90,7 +95,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         args.seed, out_dir=args.out, num_trials=args.trials, num_iterations=args.iterations,
         num_candidates=args.candidates, datasets=split_names(args.datasets),
         tasks=split_names(args.tasks), check_trials=args.check_trials,
-        defaults=load_params(args.params), force=args.force, progress=not args.no_progress,
+        defaults=load_params(args.params), force=args.force, progress=show_progress(args),
     )
     reproduce.print_summary(outputs)
     return 0
@@ -107,7 +112,7 @@ def _simulate(args: argparse.Namespace) -> int:
         num_trials=args.trials, num_iterations=args.iterations,
         num_candidates=args.candidates, per_candidate=args.per_candidate, bins=args.bins,
         chunk_size=args.chunk_size, defaults=load_params(args.params),
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     path = write(ds)
     extra = ""
@@ -124,11 +129,17 @@ def _calibrate(args: argparse.Namespace) -> int:
     from llmnas_transfer.study import derive as calibrate
 
     check_int("--steps", args.steps, 1, 1_000_000)
+    if args.out and args.in_place:
+        raise UserInputError("give either --out PATH or --in-place, not both")
+    if not args.out and not args.in_place:
+        raise UserInputError(
+            "calibrate needs --out PATH (a new parameters file) or --in-place (overwrite the "
+            "file the package ships)")
     out = Path(args.out) if args.out else calibrate.default_params_path()
     if out.suffix.lower() != ".json":
         raise UserInputError(f"{out}: the parameters file must end in .json")
     out = atomic.check_writable(out)
-    res = calibrate.calibrate(steps=args.steps, progress=not args.no_progress)
+    res = calibrate.calibrate(steps=args.steps, progress=show_progress(args))
     atomic.atomic_write_text(out, res.defaults.to_json())
     _print_report(res.report)
     fitted = res.report[res.report["fitted"]]

@@ -44,7 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--trial-offset", type=int, default=0, metavar="N",
                    help="index of the first trial (default 0)")
     p.add_argument("--chunk-size", type=int, metavar="N",
-                   help="trials per chunk (results do not depend on it)")
+                   help="trials per chunk (default: chosen from the grid size; results do "
+                        "not depend on it)")
     p.add_argument("--devices", type=int, metavar="N",
                    help="local devices to shard trials over (default: all; on CPU start "
                         "with JAX_NUM_CPU_DEVICES=N to have N)")
@@ -81,7 +82,7 @@ def _sweep(args: argparse.Namespace) -> int:
         num_candidates=args.candidates, bins=args.bins, path=args.path,
         trial_offset=args.trial_offset, chunk_size=args.chunk_size, devices=args.devices,
         checkpoint=ckpt, resume=args.resume, defaults=options.load_params(args.params),
-        progress=not args.no_progress,
+        progress=options.show_progress(args),
     )
     save_sweep(ds, out)
     ckpt.unlink(missing_ok=True)

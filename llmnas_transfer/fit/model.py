@@ -726,27 +726,38 @@ def derived_quantities(raw: dict, spec: ModelSpec, full: bool = True) -> dict:
     return out
 
 
-#: priors of the scalar sites of :func:`runs_model` (kept in one place: the model samples
-#: them, and the mode search and the SVI guide start at their medians)
-SCALAR_PRIORS: dict[str, dist.Distribution] = {
-    "kappa": dist.Beta(2.0, 5.0),
-    "state_noise": dist.LogNormal(math.log(0.1), 0.5),
-    "init_sd": dist.LogNormal(math.log(0.3), 0.5),
-    "validity_slope": dist.Normal(1.5, 1.0),
-    "difficulty_sd": dist.LogNormal(math.log(0.2), 0.6),
-    "accuracy_sd": dist.LogNormal(math.log(0.2), 0.6),
-    "accuracy_slope": dist.Normal(0.3, 0.5),
-    "accuracy_noise": dist.LogNormal(math.log(0.4), 0.5),
-    "novelty_intercept": dist.Normal(0.0, 1.5),
-    "novelty_slope": dist.Normal(0.0, 1.0),
-    "novelty_noise": dist.LogNormal(math.log(0.8), 0.5),
-}
+@cache
+def scalar_priors() -> dict[str, dist.Distribution]:
+    """Priors of the scalar sites of :func:`runs_model`, kept in one place: the model
+    samples them, and the mode search and the SVI guide start at their medians.
+
+    Built on first use, so importing the model does not start JAX's backend (the number
+    of CPU devices can still be set after the import).
+
+    Example
+    -------
+    >>> sorted(scalar_priors())[:3]
+    ['accuracy_noise', 'accuracy_sd', 'accuracy_slope']
+    """
+    return {
+        "kappa": dist.Beta(2.0, 5.0),
+        "state_noise": dist.LogNormal(math.log(0.1), 0.5),
+        "init_sd": dist.LogNormal(math.log(0.3), 0.5),
+        "validity_slope": dist.Normal(1.5, 1.0),
+        "difficulty_sd": dist.LogNormal(math.log(0.2), 0.6),
+        "accuracy_sd": dist.LogNormal(math.log(0.2), 0.6),
+        "accuracy_slope": dist.Normal(0.3, 0.5),
+        "accuracy_noise": dist.LogNormal(math.log(0.4), 0.5),
+        "novelty_intercept": dist.Normal(0.0, 1.5),
+        "novelty_slope": dist.Normal(0.0, 1.0),
+        "novelty_noise": dist.LogNormal(math.log(0.8), 0.5),
+    }
 
 
 @cache
 def _prior_medians() -> tuple[tuple[str, float], ...]:
     out = []
-    for name, d in SCALAR_PRIORS.items():
+    for name, d in scalar_priors().items():
         if isinstance(d, dist.LogNormal):
             out.append((name, math.exp(float(d.loc))))
         elif isinstance(d, dist.Normal):
@@ -763,7 +774,7 @@ def _prior_medians() -> tuple[tuple[str, float], ...]:
 
 
 def prior_medians() -> dict[str, float]:
-    """Medians of :data:`SCALAR_PRIORS` (closed form, or bisection on the Beta's CDF).
+    """Medians of :func:`scalar_priors` (closed form, or bisection on the Beta's CDF).
 
     Example
     -------
@@ -804,11 +815,11 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
         raw[name] = numpyro.sample(name, d)
 
     for name in ("kappa", "state_noise", "init_sd", "validity_slope"):
-        site(name, SCALAR_PRIORS[name])
+        site(name, scalar_priors()[name])
     # validity offsets: D_d + C_k + G_{m(d), k}, D_d ~ N(w0 + features_d . w, tau_D)
     # (w0, w) ~ N(DIFFICULTY_PRIOR) are integrated out of the observed levels' prior and
     # drawn from their exact conditional (see level_marginal / level_regression)
-    site("difficulty_sd", SCALAR_PRIORS["difficulty_sd"])
+    site("difficulty_sd", scalar_priors()["difficulty_sd"])
     raw.update(_sample_dataset_level("difficulty", "difficulty", DIFFICULTY_PRIOR,
                                      raw["difficulty_sd"], spec))
     if free_t:
@@ -820,18 +831,18 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
             site("interaction_free", dist.Normal(0.0, 0.5))
     # accuracy offsets: alpha_d + alpha_k, alpha_d ~ N(a0 + features_d . w_a, tau_a)
     if spec.has_accuracy:
-        site("accuracy_sd", SCALAR_PRIORS["accuracy_sd"])
+        site("accuracy_sd", scalar_priors()["accuracy_sd"])
         raw.update(_sample_dataset_level("accuracy_level", "accuracy",
                                          ACCURACY_PRIOR, raw["accuracy_sd"], spec))
         if free_t:
             with numpyro.plate("free_task", len(free_t)):
                 site("task_accuracy_free", dist.Normal(0.0, 0.5))
-        site("accuracy_slope", SCALAR_PRIORS["accuracy_slope"])
-        site("accuracy_noise", SCALAR_PRIORS["accuracy_noise"])
+        site("accuracy_slope", scalar_priors()["accuracy_slope"])
+        site("accuracy_noise", scalar_priors()["accuracy_noise"])
     # novelty offsets: nu_{m(d)} + nu_k
     if spec.has_novelty:
         for name in ("novelty_intercept", "novelty_slope", "novelty_noise"):
-            site(name, SCALAR_PRIORS[name])
+            site(name, scalar_priors()[name])
         if free_m:
             with numpyro.plate("free_modality", len(free_m)):
                 site("novelty_modality_free", dist.Normal(0.0, 0.5))

@@ -19,6 +19,7 @@ Example
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,15 +27,18 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.errors import DataFormatError, UserInputError
 from llmnas_transfer.fit.model import GRID_SIZE, ModelSpec, NormalStats, RunsData
 from llmnas_transfer.io.runs import ObservedRuns
 from llmnas_transfer.sim import registry
 from llmnas_transfer.sim.gaps import DEFAULT_REFERENCE
 from llmnas_transfer.validate import check_choice, check_int
 
-#: defaults assumed for a dataset that is not in the registry and has no attributes
-DEFAULT_NEW_DATASET = {"modality": "image", "resolution": 32, "num_classes": 10}
+#: attributes a new dataset (not in the registry) must be given
+NEW_DATASET_FIELDS: tuple[str, ...] = ("modality", "resolution", "num_classes")
+_ATTRS_HINT = ("give its attributes with --dataset-attrs "
+               "NAME:modality=...,resolution=...,num_classes=... or --levels FILE "
+               "(dataset_attrs in Python)")
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,95 @@ def parse_reference(reference: str | Sequence[str]) -> tuple[str, str]:
     return str(reference[0]).strip().lower(), str(reference[1]).strip().lower()
 
 
-def _dataset_entry(name: str, attrs: Mapping[str, Mapping] | None, notices: list[str]):
-    attrs = {k.lower(): v for k, v in (attrs or {}).items()}
+def did_you_mean(name: str, known) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``known`` to ``name``, or ``""``.
+
+    Example
+    -------
+    >>> did_you_mean("cifar10", ["cifar-10", "svhn"])
+    "; did you mean 'cifar-10'?"
+    """
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _lower_attrs(attrs: Mapping[str, Mapping] | None) -> dict[str, Mapping]:
+    return {str(k).strip().lower(): v for k, v in (attrs or {}).items()}
+
+
+def check_levels(
+    runs: ObservedRuns,
+    *,
+    reference: str | Sequence[str] = DEFAULT_REFERENCE,
+    datasets: Sequence[str] = (),
+    tasks: Sequence[str] = (),
+    dataset_attrs: Mapping[str, Mapping] | None = None,
+) -> tuple[str, str]:
+    """Check every name a fit would use before any work; returns the parsed reference.
+
+    * a dataset in the data that is not in the registry needs attributes; when a
+      registered name is a close match, the error names the file, row and column and the
+      suggestion (a misspelled dataset would otherwise become a new setting);
+    * the reference and the extra ``datasets``/``tasks`` must be in the data or the
+      registry (a new extra dataset needs attributes); unknown names get a did-you-mean.
+
+    Example
+    -------
+    >>> import pandas as pd
+    >>> from llmnas_transfer.io.runs import runs_from_frame
+    >>> df = pd.DataFrame({"dataset": "cifar-10", "task": "classification", "trial": [1],
+    ...                    "iteration": 1, "n_generated": 10, "n_valid": [3]})
+    >>> check_levels(runs_from_frame(df), reference="cifar10:classification")
+    Traceback (most recent call last):
+    ...
+    llmnas_transfer.errors.UserInputError: reference dataset 'cifar10' is neither in the \
+data nor in the registry; did you mean 'cifar-10'?
+    """
+    ref = parse_reference(reference)
+    attrs = _lower_attrs(dataset_attrs)
+    cells = runs.cells
+    data_d = list(dict.fromkeys(cells["dataset"].astype(str)))
+    data_t = list(dict.fromkeys(cells["task"].astype(str)))
+    reg_d, reg_t = registry.dataset_names(), registry.task_names()
+    rows = dict(runs.dataset_rows)
+    for d in data_d:
+        if d in reg_d or d in attrs:
+            continue
+        where = (f"{runs.source}: row {rows[d]}, column dataset" if d in rows
+                 else f"{runs.source}: column dataset")
+        hint = did_you_mean(d, reg_d)
+        if hint:
+            raise DataFormatError(f"{where}: unknown dataset {d!r}{hint} (for a new "
+                                  f"dataset, {_ATTRS_HINT})")
+        raise DataFormatError(f"{where}: dataset {d!r} is not in the registry; {_ATTRS_HINT}")
+    known_d = list(dict.fromkeys([*data_d, *reg_d, *attrs]))
+    known_t = list(dict.fromkeys([*data_t, *reg_t]))
+    if ref[0] not in known_d:
+        raise UserInputError(
+            f"reference dataset {ref[0]!r} is neither in the data nor in the registry"
+            + (did_you_mean(ref[0], known_d) or f" (known: {', '.join(known_d)})"))
+    if ref[1] not in known_t:
+        raise UserInputError(
+            f"reference task {ref[1]!r} is neither in the data nor in the registry"
+            + (did_you_mean(ref[1], known_t) or f" (known: {', '.join(known_t)})"))
+    for d in (str(x).strip().lower() for x in datasets):
+        if d not in known_d:
+            hint = did_you_mean(d, known_d)
+            raise UserInputError(
+                f"extra dataset {d!r} is neither in the data nor in the registry"
+                + (hint or f"; for a new dataset, {_ATTRS_HINT}"))
+    for t in (str(x).strip().lower() for x in tasks):
+        if t not in known_t:
+            raise UserInputError(
+                f"extra task {t!r} is neither in the data nor in the registry"
+                + (did_you_mean(t, known_t) or f" (known: {', '.join(known_t)})"))
+    used = dict.fromkeys([ref[0], *data_d, *(str(x).strip().lower() for x in datasets)])
+    for d in used:  # attributes of the new datasets: complete and valid
+        _dataset_entry(d, attrs, [])
+    return ref
+
+
+def _dataset_entry(name: str, attrs: Mapping[str, Mapping], notices: list[str]):
     try:
         ds = registry.get_dataset(name)
     except registry.UnknownSettingError:
@@ -89,30 +180,33 @@ def _dataset_entry(name: str, attrs: Mapping[str, Mapping] | None, notices: list
                 "(drop it from the dataset attributes)"
             )
         return ds
-    given = attrs.get(name)
-    a = dict(DEFAULT_NEW_DATASET)
-    if given:
-        unknown = set(given) - set(a)
-        if unknown:
-            raise UserInputError(
-                f"dataset {name!r}: unknown attributes {sorted(unknown)}; use modality, "
-                "resolution, num_classes"
-            )
-        a.update(given)
-    modality = check_choice(f"dataset {name!r}: modality", str(a["modality"]).strip().lower(),
-                            registry.MODALITIES)
+    given = dict(attrs.get(name) or {})
+    unknown = set(given) - set(NEW_DATASET_FIELDS)
+    if unknown:
+        raise UserInputError(
+            f"dataset {name!r}: unknown attributes {sorted(unknown)}; use modality, "
+            "resolution, num_classes"
+        )
+    if "modality" in given:
+        modality = check_choice(f"dataset {name!r}: modality",
+                                str(given["modality"]).strip().lower(), registry.MODALITIES)
+    missing = [f for f in NEW_DATASET_FIELDS if f not in given]
+    if missing:
+        raise UserInputError(
+            f"dataset {name!r} is not in the registry and lacks the attribute(s) "
+            f"{', '.join(missing)}; {_ATTRS_HINT}"
+        )
     try:
-        res, ncls = int(a["resolution"]), int(a["num_classes"])
+        res, ncls = int(given["resolution"]), int(given["num_classes"])
     except (TypeError, ValueError):
         raise UserInputError(
             f"dataset {name!r}: resolution and num_classes must be integers"
         ) from None
     res = check_int(f"dataset {name!r}: resolution", res, 1)
     ncls = check_int(f"dataset {name!r}: num_classes", ncls, 1)
-    how = "given" if given else "assumed (pass dataset attributes to set them)"
     notices.append(
         f"dataset {name!r} is not in the registry: a new level of the hierarchy with "
-        f"modality {modality}, resolution {res}, {ncls} classes ({how})"
+        f"modality {modality}, resolution {res}, {ncls} classes (given)"
     )
     return registry.Dataset(name, modality, res, ncls)
 
@@ -146,7 +240,9 @@ def prepare(
     num_forecast = check_int("forecast", num_forecast, 0, 1000)
     grid_size = check_int("grid_size", grid_size, 8, 512)
     notices: list[str] = list(runs.notices)
-    ref = parse_reference(reference)
+    ref = check_levels(runs, reference=reference, datasets=datasets, tasks=tasks,
+                       dataset_attrs=dataset_attrs)
+    attrs = _lower_attrs(dataset_attrs)
     cells = runs.cells
     d_names = list(dict.fromkeys([ref[0], *cells["dataset"].astype(str),
                                   *(str(d).strip().lower() for d in datasets)]))
@@ -159,8 +255,8 @@ def prepare(
     for t in t_names:
         if t not in registry.task_names():
             notices.append(f"task {t!r} is not in the registry: a new level of the hierarchy")
-    entries = [_dataset_entry(d, dataset_attrs, notices) for d in d_names]
-    unused = set(k.lower() for k in (dataset_attrs or {})) - set(d_names)
+    entries = [_dataset_entry(d, attrs, notices) for d in d_names]
+    unused = set(attrs) - set(d_names)
     if unused:
         notices.append(f"attributes given for datasets not in the fit: {sorted(unused)}")
     observed = sorted({(d_names.index(d), t_names.index(t)) for d, t in runs.settings})
@@ -206,4 +302,5 @@ def prepare(
                     tuple(str(r[2]) for r in order), tuple(notices))
 
 
-__all__ = ["DEFAULT_NEW_DATASET", "Prepared", "parse_reference", "prepare"]
+__all__ = ["NEW_DATASET_FIELDS", "Prepared", "check_levels", "did_you_mean", "parse_reference",
+           "prepare"]

@@ -80,6 +80,8 @@ class ObservedRuns:
     num_records : records read from the source (blank lines excluded).
     has_accuracy, has_novelty : whether accuracy / novelty observations exist.
     notices : human-readable notes on everything not used as-is.
+    dataset_rows : ``(dataset, row)`` pairs: the row where each dataset name first appears
+        (counted as in the error messages), so later checks can point at the file.
     """
 
     source: str
@@ -89,6 +91,7 @@ class ObservedRuns:
     has_accuracy: bool
     has_novelty: bool
     notices: tuple[str, ...] = ()
+    dataset_rows: tuple[tuple[str, int], ...] = ()
 
     @property
     def settings(self) -> list[tuple[str, str]]:
@@ -185,7 +188,7 @@ def toy_runs(num_trials: int = 3, num_iterations: int = 2,
 
     Example
     -------
-    >>> toy_runs(num_iterations=1).frame["n_valid"].tolist()
+    >>> toy_runs(num_iterations=1).cells["n_valid"].tolist()
     [4, 4, 4]
     """
     rows = [{"dataset": "cifar-10", "task": "classification", "trial": r, "iteration": t,
@@ -539,7 +542,11 @@ def _validate(frame: pd.DataFrame, rows: np.ndarray, name: str) -> ObservedRuns:
         notices.append(f"{holes} trials skip iterations; the skipped ones count as unobserved")
     if late:
         notices.append(f"{late} trials start after iteration 1; earlier ones are unobserved")
-    return ObservedRuns(name, form, cells, len(frame), has_acc, has_nov, tuple(notices))
+    first_rows: dict[str, int] = {}
+    for d, r in zip(dataset, rows, strict=True):
+        first_rows.setdefault(str(d), int(r))
+    return ObservedRuns(name, form, cells, len(frame), has_acc, has_nov, tuple(notices),
+                        tuple(first_rows.items()))
 
 
 def _candidate_cells(frame, p: _Col, dataset, task, trial, iteration, notices) -> pd.DataFrame:

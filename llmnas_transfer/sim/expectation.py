@@ -33,8 +33,10 @@ from llmnas_transfer.sim.params import DynamicsParams, SettingEffects
 from llmnas_transfer.sim.types import Array
 
 _GH_X, _GH_W = np.polynomial.hermite.hermgauss(40)
-_NODES = jnp.asarray(_GH_X * np.sqrt(2.0), jnp.float32)  # standard-normal nodes
-_WEIGHTS = jnp.asarray(_GH_W / np.sqrt(np.pi), jnp.float32)
+# NumPy, not jnp: creating a JAX array at import would start JAX's backend, after which
+# the number of CPU devices (one per chain) can no longer be set
+_NODES = (_GH_X * np.sqrt(2.0)).astype(np.float32)  # standard-normal nodes
+_WEIGHTS = (_GH_W / np.sqrt(np.pi)).astype(np.float32)
 
 
 class Expected(NamedTuple):
@@ -58,8 +60,8 @@ def gauss_normal_mean(f: Callable[[Array], Array], mean: Array, sd: Array) -> Ar
     >>> round(float(gauss_normal_mean(lambda x: x * x, jnp.float32(1.0), jnp.float32(2.0))), 4)
     5.0
     """
-    x = mean[..., None] + sd[..., None] * _NODES
-    return jnp.sum(_WEIGHTS * f(x), axis=-1)
+    x = mean[..., None] + sd[..., None] * jnp.asarray(_NODES)
+    return jnp.sum(jnp.asarray(_WEIGHTS) * f(x), axis=-1)
 
 
 def logitnormal_mean(mu: Array, sd: Array) -> Array:
@@ -85,7 +87,8 @@ def expected(params: DynamicsParams, effects: SettingEffects, num_iterations: in
     (2, 3)
     """
     m, v = state_moments(params, num_iterations)  # (T,)
-    s = m[:, None] + jnp.sqrt(v)[:, None] * _NODES  # (T, K) state nodes
+    nodes, weights = jnp.asarray(_NODES), jnp.asarray(_WEIGHTS)
+    s = m[:, None] + jnp.sqrt(v)[:, None] * nodes  # (T, K) state nodes
     vo = effects.validity_offset[:, None, None]
     p = jax.nn.sigmoid(validity_logit(s[None], params, vo))  # (S, T, K)
     a = logitnormal_mean(
@@ -96,7 +99,7 @@ def expected(params: DynamicsParams, effects: SettingEffects, num_iterations: in
         novelty_logit(s[None], params, effects.novelty_offset[:, None, None]),
         params.novelty_noise,
     )
-    ep = jnp.sum(_WEIGHTS * p, axis=-1)
-    epa = jnp.sum(_WEIGHTS * p * a, axis=-1)
-    epn = jnp.sum(_WEIGHTS * p * n, axis=-1)
+    ep = jnp.sum(weights * p, axis=-1)
+    epa = jnp.sum(weights * p * a, axis=-1)
+    epn = jnp.sum(weights * p * n, axis=-1)
     return Expected(ep, epa / ep, epn / ep)

@@ -296,23 +296,76 @@ class ModelDefaults:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
+def _check_shape(d, src: str) -> None:
+    """Raise :class:`UserInputError` naming ``src`` unless ``d`` is shaped like a
+    parameters file: an object whose fields hold numbers, or objects of numbers."""
+    if not isinstance(d, dict):
+        raise UserInputError(
+            f"{src}: not a parameters file (expected a JSON object, got {type(d).__name__})")
+
+    def is_num(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for k in ModelDefaults.__dataclass_fields__:
+        if k == "provenance":
+            if not isinstance(d.get(k, {}), dict):
+                raise UserInputError(f"{src}: field 'provenance' must be a JSON object")
+            continue
+        if k not in d:
+            raise UserInputError(f"{src}: not a parameters file (it lacks the field {k!r})")
+        v = d[k]
+        if k == "accuracy_intercept":
+            ok = is_num(v)
+        elif k == "interaction":
+            ok = isinstance(v, dict) and all(
+                isinstance(row, dict) and all(is_num(x) for x in row.values())
+                for row in v.values())
+        else:
+            ok = isinstance(v, dict) and all(is_num(x) for x in v.values())
+        if not ok:
+            want = "a number" if k == "accuracy_intercept" else "a JSON object of numbers"
+            raise UserInputError(f"{src}: field {k!r} must be {want}")
+    missing = [f for f in DynamicsParams._fields if f not in d["dynamics"]]
+    if missing:
+        raise UserInputError(f"{src}: field 'dynamics' lacks {', '.join(missing)}")
+
+
 def load_defaults(path: str | Path | None = None) -> ModelDefaults:
     """Load the shipped calibrated defaults, or a parameters file written by ``calibrate``.
+
+    A file that cannot be read, is not UTF-8 JSON or is not shaped like a parameters file
+    raises :class:`~llmnas_transfer.errors.UserInputError` naming the file.
 
     Example
     -------
     >>> load_defaults().dynamics["kappa"] > 0
     True
     """
+    if path is None:
+        src = "<package>/" + DEFAULT_PARAMS_FILE
+        data = resources.files("llmnas_transfer.data").joinpath(DEFAULT_PARAMS_FILE).read_bytes()
+    else:
+        src = str(path)
+        try:
+            data = Path(path).expanduser().read_bytes()
+        except FileNotFoundError:
+            raise UserInputError(f"{src}: parameters file not found") from None
+        except IsADirectoryError:
+            raise UserInputError(f"{src}: is a folder, not a parameters file") from None
+        except OSError as exc:
+            raise UserInputError(
+                f"{src}: cannot read the parameters file ({exc.strerror or exc})") from None
     try:
-        if path is None:
-            text = resources.files("llmnas_transfer.data").joinpath(DEFAULT_PARAMS_FILE).read_text()
-            src = "<package>/" + DEFAULT_PARAMS_FILE
-        else:
-            src = str(path)
-            text = Path(path).read_text()
-        return ModelDefaults.from_dict(json.loads(text))
-    except FileNotFoundError:
-        raise UserInputError(f"{src}: parameters file not found") from None
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserInputError(
+            f"{src}: not a parameters file (not UTF-8 text; expected the JSON written by "
+            "'calibrate')") from None
+    try:
+        d = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserInputError(f"{src}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise UserInputError(f"{src}: not valid JSON (too deeply nested)") from None
+    _check_shape(d, src)
+    return ModelDefaults.from_dict(d)

@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import difflib
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -215,8 +216,10 @@ def _unregister(table: dict, builtins, name: str, kind: str) -> None:
 def _lookup(table: dict, name: str, kind: str):
     key = _check_name(name, kind)
     if key not in table:
+        close = difflib.get_close_matches(key, list(table), n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise UnknownSettingError(
-            f"unknown {kind} {name!r}; known {kind}s: {', '.join(table)}; "
+            f"unknown {kind} {name!r}; {hint}known {kind}s: {', '.join(table)}; "
             + _REGISTER_HINT.format(kind=kind)
         )
     return table[key]

@@ -960,7 +960,11 @@ def plot_rank_transfer(ranks: pd.DataFrame):
 
 
 def plot_coverage(coverage: pd.DataFrame):
-    """Held-out coverage of the 90% predictive intervals per dataset, with the band."""
+    """Held-out coverage of the 90% predictive intervals per dataset, with the band.
+
+    Error bars: 95% intervals (coverage +- 1.96 binomial SE), the convention of every
+    study figure; the band is the acceptance band of :func:`coverage_band`.
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.2, 3.0))
@@ -968,7 +972,8 @@ def plot_coverage(coverage: pd.DataFrame):
     x = np.arange(len(coverage))
     c = coverage["coverage"].to_numpy()
     se = np.sqrt(c * (1 - c) / coverage["n"].to_numpy())
-    ax.errorbar(x, c, yerr=se, fmt="o", color="C0", capsize=2, label="held-out coverage (±1 SE)")
+    ax.errorbar(x, c, yerr=1.959963984540054 * se, fmt="o", color="C0", capsize=2,
+                label="held-out coverage (95% interval, ±1.96 binomial SE)")
     ax.fill_between(x, coverage["band_lo"], coverage["band_hi"], step="mid", color="C2",
                     alpha=0.2, label="band: nominal ± 3 binomial SE")
     ax.axhline(coverage["nominal"].iloc[0], color="C2", lw=0.8)

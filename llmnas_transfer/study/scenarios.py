@@ -283,7 +283,7 @@ def _prior_centres(base: DynamicsParams, effects: SettingEffects) -> _Raw:
 
 
 #: prior sds on the unconstrained scale (stated assumptions: weak, centred on the defaults)
-PRIOR_SD = _Raw(*(jnp.float32(v) for v in (1.0, 0.7, 0.7, 2.0, 0.7, 1.5, 1.5, 0.7, 1.0, 1.5)))
+PRIOR_SD = _Raw(*(np.float32(v) for v in (1.0, 0.7, 0.7, 2.0, 0.7, 1.5, 1.5, 0.7, 1.0, 1.5)))
 
 
 def _constrain(raw: _Raw, base: DynamicsParams, effects: SettingEffects, drift_on: bool):

@@ -13,10 +13,14 @@ Fig.   Function                                     Content
                                                     the image datasets, +- 1.96 SE
 3      :func:`plot_accuracy_distributions`          first-epoch accuracy of valid
                                                     candidates, violins per dataset
-4      :func:`plot_transfer_gaps`                   combined gap split into validity and
-                                                    accuracy components, regime lines
-5      :func:`plot_validity_heatmap`                final validity of every cell
+4      :func:`plot_transfer_gaps`                   validity and accuracy components side
+                                                    by side, combined gap as a marker,
+                                                    all +- 1.96 SE; regime bands
+5      :func:`plot_validity_heatmap`                final validity of every cell +- 1.96 SE
 =====  ===========================================  =====================================
+
+Uncertainty convention: every figure shows 95% intervals, estimate +- 1.96 Monte Carlo SE
+over trials (bootstrap SE for the gaps), and every caption says so.
 
 :func:`save_figure` writes PNG and PDF (atomically); :func:`study_figures` draws and saves
 all five; :func:`prepare_output_folder` checks and creates a folder for tables and figures.
@@ -82,6 +86,19 @@ def _caption(fig: Figure, text: str) -> None:
     width = int(fig.get_figwidth() * 15)
     fig.supxlabel(textwrap.fill(text, width), fontsize=7.5, ha="left", x=0.01,
                   multialignment="left")
+
+
+#: the uncertainty convention of every study figure (stated in each caption): 95% intervals,
+#: estimate +- 1.96 Monte Carlo SE over trials. Posterior quantities (94% HDI) are another
+#: object and are labelled as such where they appear (:mod:`llmnas_transfer.summarize.posterior`).
+UNCERTAINTY = "95% interval"
+
+
+def _uncertainty(ci: float = 0.95, *, bootstrap: bool = False) -> str:
+    """The caption sentence that states the figure's uncertainty convention."""
+    how = "bootstrap SE over trials" if bootstrap else "Monte Carlo SE over trials"
+    return (f"Uncertainty: {round(100 * ci)}% intervals (estimate $\\pm$ "
+            f"{_z(ci):.2f} {how}).")
 
 
 def _legend(ax, **kwargs) -> None:
@@ -235,8 +252,8 @@ def plot_validity_trajectories(
     _legend(ax, ncol=2, fontsize=8, loc="lower right", title="dataset", title_fontsize=8)
     _caption(
         fig,
-        f"Lines: mean over trials; bands: {round(100 * ci)}% interval (mean $\\pm$ "
-        f"{_z(ci):.2f} SE). Solid: image, dashed: audio, dash-dot: text. {_protocol(ds)}.",
+        f"Lines: mean over trials. Solid: image, dashed: audio, dash-dot: text. "
+        f"{_uncertainty(ci)} {_protocol(ds)}.",
     )
     return fig
 
@@ -353,7 +370,8 @@ def plot_validity_by_task(
     _caption(
         fig,
         "Bars: unweighted mean over " + ", ".join(avg) + " of each dataset's mean over "
-        f"trials (the definition of the calibration targets); {_protocol(ds)}.",
+        f"trials (the definition of the calibration targets). {_uncertainty()} "
+        f"{_protocol(ds)}.",
     )
     return fig
 
@@ -483,55 +501,63 @@ def plot_accuracy_distributions(
     _caption(
         fig,
         f"Violins: distribution over valid candidates pooled over trials (from {source}); "
-        f"horizontal line: median; n: valid candidates; {_protocol(ds)}.",
+        f"horizontal line: median; n: valid candidates; black: pooled mean. "
+        f"{_uncertainty()} {_protocol(ds)}.",
     )
     return fig
 
 
 # ------------------------------------------------------------------ figure 4
-def _gap_panel(ax, sub: pd.DataFrame, labels: list[str], thresholds, ylabel: bool) -> None:
+_COMPONENTS = (  # name, bar offset (in bar widths), fill colour, error-bar colour
+    ("validity", -1, "#3182bd", "#08519c"),
+    ("accuracy", 0, "#fd8d3c", "#a63603"),
+)
+_BAR_WIDTH = 0.26
+
+
+def _gap_range(panels: list[pd.DataFrame], thresholds) -> tuple[float, float]:
+    """y limits (%) that hold every bar, error bar, marker and both thresholds."""
+    vals = [0.0, 100 * thresholds[1] + 5]
+    for sub in panels:
+        for col in ("validity_component", "accuracy_component", "combined_gap"):
+            v = 100 * sub[col].to_numpy(dtype=float)
+            e = 100 * _Z95 * np.nan_to_num(sub[f"{col}_se"].to_numpy(dtype=float))
+            vals += list((v + e)[np.isfinite(v)]) + list((v - e)[np.isfinite(v)])
+    lo, hi = min(vals), max(vals)
+    pad = 0.06 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def _gap_panel(ax, sub: pd.DataFrame, labels: list[str], thresholds,
+               ylim: tuple[float, float]) -> None:
+    """Grouped bars (validity, accuracy component) and the combined gap, per column."""
     x = np.arange(len(sub))
-    vc = 100 * sub["validity_component"].to_numpy()
-    ac = 100 * sub["accuracy_component"].to_numpy()
-    cg = 100 * sub["combined_gap"].to_numpy()
+    w = _BAR_WIDTH
     lo_t, hi_t = 100 * thresholds[0], 100 * thresholds[1]
-    pos_base = np.zeros_like(vc)
-    neg_base = np.zeros_like(vc)
-    ends = {}
-    for name, comp, colour in (("validity", vc, "#3182bd"), ("accuracy", ac, "#fd8d3c")):
-        base = np.where(comp >= 0, pos_base, neg_base)
-        ax.bar(x, comp, bottom=base, width=0.6, color=colour, edgecolor="0.25", lw=0.6,
-               label=f"{name} component")
-        ends[name] = base + comp
-        pos_base = np.where(comp >= 0, pos_base + comp, pos_base)
-        neg_base = np.where(comp < 0, neg_base + comp, neg_base)
-    for name, off, colour in (("validity", -0.12, "#08519c"), ("accuracy", 0.12, "#a63603")):
-        se = 100 * sub[f"{name}_component_se"].to_numpy()
-        ax.errorbar(x + off, ends[name], yerr=_Z95 * se, fmt="none", ecolor=colour, lw=1,
-                    capsize=2.5)
-    ax.errorbar(x, cg, yerr=_Z95 * 100 * sub["combined_gap_se"].to_numpy(), fmt="D",
-                color="k", ms=5, capsize=4, label="combined gap $\\pm$ 1.96 SE")
-    cg_se = _Z95 * 100 * sub["combined_gap_se"].fillna(0).to_numpy()
-    top = max(np.nanmax(np.r_[cg + cg_se, pos_base, hi_t]) * 1.1, hi_t + 8)
-    bottom = min(np.nanmin(np.r_[neg_base, cg - cg_se, 0.0]) * 1.1 - 2, -5)
-    ax.axhspan(bottom, lo_t, color=_REGIME_COLOURS["easy"], alpha=0.5, zorder=0, lw=0)
-    ax.axhspan(lo_t, hi_t, color=_REGIME_COLOURS["moderate"], alpha=0.5, zorder=0, lw=0)
-    ax.axhspan(hi_t, top, color=_REGIME_COLOURS["hard"], alpha=0.5, zorder=0, lw=0)
+    bottom, top = ylim
+    ax.axhspan(bottom, lo_t, color=_REGIME_COLOURS["easy"], alpha=0.6, zorder=0, lw=0)
+    ax.axhspan(lo_t, hi_t, color=_REGIME_COLOURS["moderate"], alpha=0.6, zorder=0, lw=0)
+    ax.axhspan(hi_t, top, color=_REGIME_COLOURS["hard"], alpha=0.6, zorder=0, lw=0)
     for y in (lo_t, hi_t):
-        ax.axhline(y, color="0.3", ls="--", lw=1)
-    ax.text(len(x) - 0.45, lo_t - 1, f"easy < {lo_t:g}%", ha="right", va="top", fontsize=7.5)
-    ax.text(len(x) - 0.45, (lo_t + hi_t) / 2, "moderate", ha="right", va="center", fontsize=7.5)
-    ax.text(len(x) - 0.45, hi_t + 1, f"hard > {hi_t:g}%", ha="right", va="bottom", fontsize=7.5)
-    for xi, c, reg in zip(x, cg, sub["regime"], strict=True):
-        if np.isfinite(c):
-            ax.annotate(reg, (xi, c), xytext=(0, 9), textcoords="offset points", ha="center",
-                        fontsize=7, style="italic")
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_ylim(bottom, top)
+        ax.axhline(y, color="0.3", ls="--", lw=1, zorder=1)
+    ax.axhline(0, color="k", lw=0.8, zorder=1)
+    for name, off, colour, ecolour in _COMPONENTS:
+        comp = 100 * sub[f"{name}_component"].to_numpy(dtype=float)
+        se = 100 * sub[f"{name}_component_se"].to_numpy(dtype=float)
+        ax.bar(x + off * w, comp, width=w, color=colour, edgecolor="0.25", lw=0.6, zorder=2,
+               yerr=_Z95 * se, error_kw={"ecolor": ecolour, "lw": 1, "capsize": 2.5,
+                                         "zorder": 3},
+               label=f"{name} component $\\pm$ 1.96 SE")
+    cg = 100 * sub["combined_gap"].to_numpy(dtype=float)
+    ax.errorbar(x + w, cg, yerr=_Z95 * 100 * sub["combined_gap_se"].to_numpy(dtype=float),
+                fmt="D", color="k", ms=6, capsize=4, lw=1.4, zorder=4,
+                label="combined gap $\\pm$ 1.96 SE")
+    ticks = [f"{lab}\n{c:.1f}%, {reg}" if np.isfinite(c) else f"{lab}\n-"
+             for lab, c, reg in zip(labels, cg, sub["regime"], strict=True)]
+    ax.set_xticks(x, ticks, fontsize=8)
     ax.set_xlim(-0.6, len(x) - 0.4)
-    ax.set_xticks(x, labels, rotation=20)
-    if ylabel:
-        ax.set_ylabel("Transfer gap (%)")
+    ax.set_ylim(bottom, top)
+    ax.grid(axis="y", alpha=0.25, zorder=0)
 
 
 def plot_transfer_gaps(
@@ -542,14 +568,17 @@ def plot_transfer_gaps(
     thresholds: Sequence[float] = gapdefs.DEFAULT_THRESHOLDS,
     iteration: int | None = None,
 ) -> Figure:
-    """Figure 4: transfer gaps split into validity and accuracy components.
+    """Figure 4: transfer gaps and their validity and accuracy components.
 
     Left: every dataset under the reference task; right: every task for the reference
-    dataset (the reference cell itself is left out). Stacked bars are the two Shapley
-    components of :func:`llmnas_transfer.sim.gaps.gap_components` (negative parts stack
-    below zero); the black diamond is their sum, the combined gap, with +- 1.96
-    bootstrap SE; thin bars are the components' +- 1.96 SE. Dashed lines and shading
-    mark the regime thresholds.
+    dataset (the reference cell itself is left out); both panels share the y axis. For
+    each column, side by side: the validity component (blue bar), the accuracy component
+    (orange bar) -- the two Shapley components of
+    :func:`llmnas_transfer.sim.gaps.gap_components`, which add up to the combined gap --
+    and the combined gap itself (black diamond). Every bar and the diamond carry their
+    own 95% interval (+- 1.96 bootstrap SE over trials). Shading and dashed lines mark the
+    regimes; they are named in the legend outside the axes, and each tick label gives
+    the column's combined gap and regime (no text is drawn over the data).
 
     Parameters
     ----------
@@ -589,23 +618,40 @@ def plot_transfer_gaps(
         ax.set_axis_off()
         ax.set_title(f"Transfer gaps relative to {rd} {rt}")
         return fig
-    fig = _figure(min(16.0, 2.5 + 0.95 * sum(len(p) for p, _ in panels)), 5.6)
-    axes = fig.subplots(1, len(panels), squeeze=False,
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    ncol = sum(len(p) for p, _ in panels)
+    fig = _figure(min(18.0, 4.6 + 1.15 * ncol), 5.8)
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True,
                         width_ratios=[max(len(p), 2) for p, _ in panels])[0]
-    for j, (ax, (sub, lab)) in enumerate(zip(axes, panels, strict=True)):
-        _gap_panel(ax, sub, list(sub[lab]), thresholds, ylabel=j == 0)
+    ylim = _gap_range([p for p, _ in panels], thresholds)
+    for ax, (sub, lab) in zip(axes, panels, strict=True):
+        _gap_panel(ax, sub, list(sub[lab]), thresholds, ylim)
         if lab == "dataset":
-            ax.set_xlabel("Dataset")
+            ax.set_xlabel(f"Dataset (task: {rt}); under each name: combined gap, regime",
+                          fontsize=9)
             ax.set_title(f"Across datasets ({rt})")
         else:
-            ax.set_xlabel("Task")
+            ax.set_xlabel(f"Task (dataset: {rd})", fontsize=9)
             ax.set_title(f"Across tasks ({rd})")
-    _legend(axes[0], fontsize=7.5, loc="upper left")
+    axes[0].set_ylabel("Transfer gap (%)")
+    lo_t, hi_t = 100 * thresholds[0], 100 * thresholds[1]
+    handles, labels = axes[0].get_legend_handles_labels()
+    handles += [Patch(facecolor=_REGIME_COLOURS[r], alpha=0.6, edgecolor="0.6")
+                for r in ("easy", "moderate", "hard")]
+    labels += [f"easy: gap < {lo_t:g}%", f"moderate: {lo_t:g}% to {hi_t:g}%",
+               f"hard: gap > {hi_t:g}%"]
+    handles.append(Line2D([], [], color="0.3", ls="--", lw=1))
+    labels.append(f"regime thresholds ({lo_t:g}%, {hi_t:g}%)")
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
     fig.suptitle(f"Transfer gaps relative to {rd} {rt}")
     _caption(
         fig,
-        "Combined gap = 1 - (V/V_ref)(A/A_ref) = validity component + accuracy component "
-        "(Shapley split); V: final validity, A: mean first-epoch accuracy of valid candidates.",
+        "Per column: validity component (blue), accuracy component (orange), combined gap "
+        "(black diamond) = 1 - (V/V_ref)(A/A_ref) = validity + accuracy component (Shapley "
+        "split); V: final validity, A: mean first-epoch accuracy of valid candidates. "
+        f"{_uncertainty(bootstrap=True)}",
     )
     return fig
 
@@ -614,8 +660,8 @@ def plot_transfer_gaps(
 def plot_validity_heatmap(ds: xr.Dataset, *, iteration: int | None = None) -> Figure:
     """Figure 5: heatmap of final validity (mean over trials) for every cell.
 
-    Each cell is annotated with its value and its Monte Carlo SE; the lowest cell is
-    outlined.
+    Each cell is annotated with its value and the half-width of its 95% interval
+    (1.96 Monte Carlo SE over trials); the lowest cell is outlined.
 
     Example
     -------
@@ -641,7 +687,8 @@ def plot_validity_heatmap(ds: xr.Dataset, *, iteration: int | None = None) -> Fi
     cb.set_label("Final validity rate (%)")
     for i in range(len(dnames)):
         for k in range(len(tnames)):
-            txt = f"{mean[i, k]:.1f}" + ("" if np.isnan(se[i, k]) else f"\n$\\pm${se[i, k]:.1f}")
+            half = _Z95 * se[i, k]
+            txt = f"{mean[i, k]:.1f}" + ("" if np.isnan(half) else f"\n$\\pm${half:.1f}")
             colour = "k" if mean[i, k] > 60 else "w"
             ax.text(k, i, txt, ha="center", va="center", fontsize=8, color=colour)
     if np.isfinite(mean).any():
@@ -656,7 +703,8 @@ def plot_validity_heatmap(ds: xr.Dataset, *, iteration: int | None = None) -> Fi
     ax.set_xlabel("Task")
     ax.set_ylabel("Dataset")
     ax.set_title(f"Final validity rate (iteration {it})")
-    _caption(fig, f"Cells: mean over trials (%) $\\pm$ 1 SE; {_protocol(ds)}.")
+    _caption(fig, "Cells: mean over trials (%) $\\pm$ half-width of its 95% interval. "
+             f"{_uncertainty()} {_protocol(ds)}.")
     return fig
 
 

@@ -34,15 +34,16 @@ def runs_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fit_run(runs_csv, tmp_path_factory):
     """``fit --strict`` with 40 draws a chain, forecasting 2 iterations; attributes are
-    given (``--dataset-attrs``) for a dataset that is not in the data, so my-speech's
-    are assumed. Returns the fit file, the exit code and the captured stdout, stderr."""
+    given (``--dataset-attrs``) for the new dataset my-speech and for a dataset that is
+    not in the data. Returns the fit file, the exit code and the captured stdout, stderr."""
     out = tmp_path_factory.mktemp("fit") / "fit.nc"
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         rc = main(["fit", str(runs_csv), "--out", str(out), "--chains", "2", "--draws", "40",
                    "--warmup", "40", "--seed", "1", "--forecast", "2", "--prior-draws", "20",
-                   "--strict", "--dataset-attrs",
-                   "my-audio:modality=audio,resolution=64,num_classes=35"])
+                   "--strict", "--no-progress", "--dataset-attrs",
+                   "my-audio:modality=audio,resolution=64,num_classes=35",
+                   "--dataset-attrs", "my-speech:modality=audio,resolution=32,num_classes=10"])
     return out, rc, stdout.getvalue(), stderr.getvalue()
 
 
@@ -56,7 +57,7 @@ def test_fit_prints_report_and_diagnostics(fit_run):
     out, rc, stdout, stderr = fit_run
     assert out.exists()
     assert "640 records (candidates form)" in stderr
-    assert "'my-speech' is not in the registry" in stderr and "assumed" in stderr
+    assert "'my-speech' is not in the registry" in stderr and "(given)" in stderr
     assert "attributes given for datasets not in the fit: ['my-audio']" in stderr
     assert "r_hat" in stdout and "divergences" in stdout
     # 2 x 40 draws cannot pass the ESS check (100 a chain): --strict turns the warning
@@ -90,8 +91,11 @@ def test_trajectory_csv(fitted, tmp_path):
 
 def test_check(fitted, tmp_path, capsys):
     assert main(["check", str(fitted), "--out", str(tmp_path / "chk")]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "LOO (per run)" in out
+    n_files = len([p for p in (tmp_path / "chk").iterdir() if p.is_file()])
+    assert f"wrote {n_files} files to" in captured.err
     assert (tmp_path / "chk" / "trace.png").exists()
     assert (tmp_path / "chk" / "energy.pdf").exists()
 
@@ -108,7 +112,11 @@ def test_errors_are_one_line_exit_2(args, parts, tmp_path, capsys, runs_csv):
     bad.write_text("dataset,task,trial,iteration,valid\ncifar-10,classification,1,0,1\n")
     args = [a.replace("BAD", str(bad)).replace("OUT", str(tmp_path / "o.nc"))
             .replace("RUNS", str(runs_csv)) for a in args]
-    assert main(args) == 2
+    try:
+        rc = main(args)
+    except SystemExit as exc:  # argparse's own errors (ranges checked at parse time)
+        rc = exc.code
+    assert rc == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     for p in parts:

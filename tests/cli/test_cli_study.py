@@ -124,6 +124,8 @@ def _bad_cases(tmp_path):
         (["simulate", "--out", nc, "--seed", "x"], "invalid int value"),
         (["simulate", *SIM], "--out"),
         # calibrate
+        (["calibrate", "--steps", "1"], "--in-place"),  # never overwrites the shipped file
+        (["calibrate", "--out", tmp_path / "p.json", "--in-place"], "not both"),
         (["calibrate", "--out", tmp_path / "p.json", "--steps", "0"], "--steps"),
         (["calibrate", "--out", tmp_path / "p.json", "--steps", "-3"], "--steps"),
         (["calibrate", "--out", tmp_path / "p.txt", "--steps", "1"], ".json"),

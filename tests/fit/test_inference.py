@@ -217,15 +217,16 @@ def test_prepare_levels_and_notices():
     assert p.spec.modalities == ("image", "audio")
     assert any("'my-audio' is not in the registry" in n and "(given)" in n for n in p.notices)
     assert any("task 'captioning'" in n for n in p.notices)
-    q = prepare(runs)
-    assert any("assumed" in n for n in q.notices)
+    with pytest.raises(UserInputError, match="'my-audio' is not in the registry"):
+        prepare(runs)  # a new dataset needs its attributes (none are assumed)
+    audio = {"my-audio": {"modality": "audio", "resolution": 64, "num_classes": 50}}
     with pytest.raises(UserInputError, match="is in the registry"):
-        prepare(runs, dataset_attrs={"cifar-10": {"modality": "audio"}})
+        prepare(runs, dataset_attrs={**audio, "cifar-10": {"modality": "audio"}})
     with pytest.raises(UserInputError, match="modality"):
         prepare(runs, dataset_attrs={"my-audio": {"modality": "smell"}})
     with pytest.raises(UserInputError, match="DATASET:TASK"):
-        prepare(runs, reference="cifar-10")
-    r = prepare(runs, reference="svhn:classification")
+        prepare(runs, reference="cifar-10", dataset_attrs=audio)
+    r = prepare(runs, reference="svhn:classification", dataset_attrs=audio)
     assert any("has no data" in n for n in r.notices)
 
 

@@ -13,7 +13,6 @@ from numpyro import handlers
 from scipy import stats
 
 from llmnas_transfer.fit.model import (
-    SCALAR_PRIORS,
     MarginalRuns,
     ModelSpec,
     NormalStats,
@@ -28,6 +27,7 @@ from llmnas_transfer.fit.model import (
     prior_medians,
     runs_loglik,
     runs_model,
+    scalar_priors,
     state_grid,
 )
 from llmnas_transfer.sim import registry
@@ -162,8 +162,8 @@ def test_sample_matches_exact_expectation():
 def test_prior_medians_are_medians():
     """Each start value of the mode search is its prior's median: CDF 0.5 to 1e-6."""
     med = prior_medians()
-    assert set(med) == set(SCALAR_PRIORS)
-    for name, d in SCALAR_PRIORS.items():
+    assert set(med) == set(scalar_priors())
+    for name, d in scalar_priors().items():
         assert abs(float(d.cdf(med[name])) - 0.5) < 1e-6, name
 
 

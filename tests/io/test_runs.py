@@ -337,3 +337,12 @@ def test_fuzz_counts_frames(rows):
     assert r.num_records == len(df)
     assert len(r.cells) == len(df)  # one cell per counts row: nothing dropped
     assert (r.cells["n_valid"] <= r.cells["n_generated"]).all()
+
+
+def test_dataset_rows_point_at_the_file(tmp_path):
+    p = tmp_path / "r.csv"
+    p.write_text("dataset,task,trial,iteration,valid\n"
+                 "cifar-10,classification,1,1,1\n\n"
+                 "svhn,classification,1,1,0\n"
+                 "cifar-10,classification,1,2,1\n")
+    assert dict(read_runs(p).dataset_rows) == {"cifar-10": 2, "svhn": 4}

@@ -64,3 +64,34 @@ def test_user_dataset_uses_attribute_regression_and_overrides():
 def test_model_defaults_is_plain_data():
     d = load_defaults()
     assert ModelDefaults.from_dict(d.to_dict()) == d
+
+
+@pytest.mark.parametrize("content, match", [
+    (bytes(range(256)), "not UTF-8"),
+    (b"", "not valid JSON"),
+    (b"{oops", "line 1: not valid JSON"),
+    (b"[1, 2, 3]", "expected a JSON object, got list"),
+    (b'{"dynamics": {}}', "lacks the field 'difficulty_coef'"),
+])
+def test_load_defaults_bad_files_name_the_file(content, match, tmp_path):
+    p = tmp_path / "params.json"
+    p.write_bytes(content)
+    with pytest.raises(UserInputError, match=match) as exc:
+        load_defaults(p)
+    assert str(p) in str(exc.value)
+
+
+def test_load_defaults_wrong_shapes(tmp_path):
+    good = load_defaults().to_dict()
+    cases = [({**good, "dynamics": [1, 2]}, "field 'dynamics' must be"),
+             ({**good, "accuracy_intercept": "x"}, "must be a number"),
+             ({**good, "interaction": {"audio": 1.0}}, "field 'interaction' must be"),
+             ({**good, "dynamics": {"kappa": 0.1}}, "field 'dynamics' lacks")]
+    for d, match in cases:
+        p = tmp_path / "p.json"
+        p.write_text(json.dumps(d))
+        with pytest.raises(UserInputError, match=match):
+            load_defaults(p)
+    for bad in (tmp_path, tmp_path / "missing.json"):
+        with pytest.raises(UserInputError, match=str(bad)):
+            load_defaults(bad)

@@ -36,6 +36,86 @@ def _labels_ok(fig):
     assert any("%" in ax.get_ylabel() for ax in fig.axes)
 
 
+def _drawn_texts(fig):
+    """The text artists a render of ``fig`` shows (non-empty, visible, ticks in view)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    FigureCanvasAgg(fig).draw()
+    hidden = set()
+    for ax in fig.axes:
+        if not ax.axison:
+            hidden.update(id(t) for t in ax.xaxis.findobj(Text) + ax.yaxis.findobj(Text))
+            continue
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            tol = 1e-9 * max(1.0, abs(hi - lo))
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not lo - tol <= tick.get_loc() <= hi + tol:
+                    hidden.update((id(tick.label1), id(tick.label2)))
+    return [t for t in fig.findobj(Text)
+            if t.get_visible() and t.get_text().strip() and id(t) not in hidden]
+
+
+def _overlap(a, b, tol=0.5):
+    """Whether two display boxes share more than ``tol`` pixels in both directions."""
+    return (min(a.x1, b.x1) - max(a.x0, b.x0) > tol) and (min(a.y1, b.y1) - max(a.y0, b.y0) > tol)
+
+
+def assert_no_overlapping_text(fig):
+    """No two drawn text artists of ``fig`` overlap, and every one lies inside the figure."""
+    texts = _drawn_texts(fig)
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t, t.get_window_extent(renderer)) for t in texts]
+    page = fig.bbox
+    for t, b in boxes:
+        assert b.x0 >= page.x0 - 1 and b.x1 <= page.x1 + 1, f"{t.get_text()!r} leaves the figure"
+        assert b.y0 >= page.y0 - 1 and b.y1 <= page.y1 + 1, f"{t.get_text()!r} leaves the figure"
+    for i, (t, a) in enumerate(boxes):
+        for u, b in boxes[i + 1:]:
+            assert not _overlap(a, b), f"text {t.get_text()!r} overlaps {u.get_text()!r}"
+    return boxes
+
+
+def _data_boxes(ax):
+    """Display boxes of every bar and every error-bar segment and cap of ``ax``."""
+    from matplotlib.container import BarContainer, ErrorbarContainer
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    out = []
+    for c in ax.containers:
+        if isinstance(c, BarContainer):
+            out += [("bar", p.get_window_extent(renderer)) for p in c.patches]
+        elif isinstance(c, ErrorbarContainer):
+            _, caps, cols = c.lines
+            for ln in caps:  # one Line2D holds every cap as a marker: box each one
+                px = ln.get_markersize() * ax.figure.dpi / 72 / 2
+                py = max(ln.get_markeredgewidth(), 1.0) * ax.figure.dpi / 72 / 2
+                pts = ln.get_transform().transform(np.column_stack(ln.get_data()))
+                out += [("cap", Bbox([[x - px, y - py], [x + px, y + py]]))
+                        for x, y in pts if np.isfinite(x) and np.isfinite(y)]
+            for col in cols:
+                for seg in col.get_segments():
+                    pts = col.get_transform().transform(np.asarray(seg))
+                    if np.isfinite(pts).all():
+                        box = Bbox(pts)
+                        clipped = Bbox.intersection(box, ax.bbox)
+                        if clipped is not None:
+                            out.append(("error bar", clipped))
+    return out
+
+
+def assert_text_clear_of_data(fig, ax):
+    """No drawn text of ``fig`` overlaps a bar, an error bar or a cap of ``ax``."""
+    boxes = assert_no_overlapping_text(fig)
+    data = _data_boxes(ax)
+    assert data, "nothing drawn to check against"
+    for t, a in boxes:
+        for kind, b in data:
+            assert not _overlap(a, b), f"text {t.get_text()!r} overlaps a {kind}"
+
+
 def test_matplotlib_is_not_imported_by_the_package():
     code = ("import sys, llmnas_transfer, llmnas_transfer.summarize.figures, "
             "llmnas_transfer.study.reproduce;"
@@ -119,23 +199,109 @@ def test_fig3_violins(which, request):
     np.testing.assert_allclose([m.get_ydata()[0] for m in markers], 100 * pooled, rtol=1e-6)
 
 
-def test_fig4_components_add_up_and_thresholds_drawn(full):
-    gaps = metrics.gaps_table(full, n_boot=50)
+@pytest.fixture(scope="module")
+def gaps(full):
+    return metrics.gaps_table(full, n_boot=50)
+
+
+def test_fig4_components_side_by_side_and_thresholds_drawn(gaps):
     fig = plotting.plot_transfer_gaps(gaps=gaps, thresholds=(0.05, 0.3))
     _labels_ok(fig)
     left, right = fig.axes[:2]
     sub = gaps[(gaps["task"] == "classification") & (gaps["dataset"] != "cifar-10")]
-    diamonds = [ln for ln in left.get_lines() if ln.get_marker() == "D"]
-    np.testing.assert_allclose(diamonds[0].get_ydata(), 100 * sub["combined_gap"].to_numpy())
+    bars = [c for c in left.containers if c.__class__.__name__ == "BarContainer"]
+    assert len(bars) == 2  # validity and accuracy components, not stacked
+    for c, name in zip(bars, ("validity", "accuracy"), strict=True):
+        np.testing.assert_allclose([p.get_height() for p in c.patches],
+                                   100 * sub[f"{name}_component"].to_numpy())
+        assert all(p.get_y() == 0 for p in c.patches)  # every bar starts at zero
+    v, a = ([p.get_x() for p in c.patches] for c in bars)
+    assert all(xa > xv for xv, xa in zip(v, a, strict=True))  # side by side
     hlines = {round(ln.get_ydata()[0], 6) for ln in left.get_lines()
               if ln.get_linestyle() == "--" and len(set(ln.get_ydata())) == 1}
     assert {5.0, 30.0} <= hlines
-    assert [t.get_text() for t in right.get_xticklabels()] == ["segmentation", "detection",
-                                                               "generation"]
+    ticks = [t.get_text().split("\n")[0] for t in right.get_xticklabels()]
+    assert ticks == ["segmentation", "detection", "generation"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "easy: gap < 5%" in legend and "hard: gap > 30%" in legend
+    assert left.get_ylim() == right.get_ylim()  # one scale for both panels
     with pytest.raises(UserInputError, match="lacks the column"):
         plotting.plot_transfer_gaps(gaps=gaps.drop(columns=["regime"]))
     with pytest.raises(UserInputError, match="needs results"):
         plotting.plot_transfer_gaps()
+
+
+def test_fig4_marker_is_the_combined_gap_with_its_interval(gaps):
+    fig = plotting.plot_transfer_gaps(gaps=gaps)
+    for ax, sub, col in (
+        (fig.axes[0], gaps[(gaps["task"] == "classification") & (gaps["dataset"] != "cifar-10")],
+         "dataset"),
+        (fig.axes[1], gaps[(gaps["dataset"] == "cifar-10") & (gaps["task"] != "classification")],
+         "task"),
+    ):
+        diamonds = [ln for ln in ax.get_lines() if ln.get_marker() == "D"]
+        assert len(diamonds) == 1
+        want = 100 * sub["combined_gap"].to_numpy()
+        np.testing.assert_allclose(diamonds[0].get_ydata(), want)
+        # the marker's error bar is the 95% interval, +- 1.96 SE
+        errs = [c for c in ax.containers if c.__class__.__name__ == "ErrorbarContainer"
+                and c.lines[0] is diamonds[0]]
+        seg = np.array([s[:, 1] for s in errs[0].lines[2][0].get_segments()])
+        half = 100 * 1.959963984540054 * sub["combined_gap_se"].to_numpy()
+        np.testing.assert_allclose(seg.min(1), want - half)
+        np.testing.assert_allclose(seg.max(1), want + half)
+        # each tick label names the combined gap and the regime of its column
+        for t, (_, r) in zip(ax.get_xticklabels(), sub.iterrows(), strict=True):
+            assert t.get_text() == f"{r[col]}\n{100 * r['combined_gap']:.1f}%, {r['regime']}"
+
+
+@pytest.mark.parametrize("thresholds", [(0.1, 0.2), (0.05, 0.3)])
+def test_fig4_text_never_overlaps_text_bars_or_error_bars(gaps, thresholds):
+    fig = plotting.plot_transfer_gaps(gaps=gaps, thresholds=thresholds)
+    for ax in fig.axes:
+        assert_text_clear_of_data(fig, ax)
+
+
+def test_overlap_check_can_fail(gaps):
+    fig = plotting.plot_transfer_gaps(gaps=gaps)
+    ax = fig.axes[0]
+    bar = next(c for c in ax.containers if c.__class__.__name__ == "BarContainer").patches[-1]
+    ax.text(bar.get_x(), bar.get_height() / 2, "over a bar", fontsize=12)
+    with pytest.raises(AssertionError, match="overlaps a bar"):
+        assert_text_clear_of_data(fig, ax)
+    ax.texts[-1].remove()
+    ax.text(0.5, 1.0, ax.get_title(), transform=ax.transAxes, ha="center", va="bottom",
+            fontsize=12)  # on top of the panel title
+    with pytest.raises(AssertionError, match="overlaps"):
+        assert_no_overlapping_text(fig)
+
+
+def _study_figures(ds):
+    return {
+        "fig1": plotting.plot_validity_trajectories(ds),
+        "fig2": plotting.plot_validity_by_task(ds),
+        "fig3": plotting.plot_accuracy_distributions(ds),
+        "fig4": plotting.plot_transfer_gaps(ds),
+        "fig5": plotting.plot_validity_heatmap(ds),
+    }
+
+
+@pytest.fixture(scope="module")
+def all_figures(full):
+    return _study_figures(full)
+
+
+@pytest.mark.parametrize("name", ["fig1", "fig2", "fig3", "fig4", "fig5"])
+def test_every_study_figure_has_no_overlapping_text(all_figures, name):
+    assert_no_overlapping_text(all_figures[name])
+
+
+@pytest.mark.parametrize("name", ["fig1", "fig2", "fig3", "fig4", "fig5"])
+def test_every_caption_states_the_uncertainty_convention(all_figures, name):
+    caption = all_figures[name].get_supxlabel().replace("\n", " ")
+    assert "95% intervals" in caption
+    assert "1.96" in caption and "SE over trials" in caption
+    assert "1 SE" not in caption.replace("1.96", "")
 
 
 def test_fig5_annotates_every_cell_and_marks_lowest(full):
@@ -145,7 +311,8 @@ def test_fig5_annotates_every_cell_and_marks_lowest(full):
     assert len(ax.texts) == 32
     mean = 100 * full["validity_rate"].sel(iteration=5).mean("trial")
     assert ax.texts[0].get_text().startswith(f"{float(mean[0, 0]):.1f}")
-    assert "$\\pm$" in ax.texts[0].get_text()
+    se = 100 * full["validity_rate"].sel(iteration=5).std("trial", ddof=1) / np.sqrt(TRIALS)
+    assert ax.texts[0].get_text().endswith(f"$\\pm${1.959963984540054 * float(se[0, 0]):.1f}")
     i, k = np.unravel_index(np.argmin(mean.values), mean.shape)  # first of any ties
     label = ax.get_legend().get_texts()[0].get_text()
     d, t = registry.BUILTIN_DATASET_NAMES[i], registry.BUILTIN_TASK_NAMES[k]
