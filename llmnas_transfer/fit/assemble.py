@@ -193,7 +193,7 @@ def assemble_tree(
     >>> from llmnas_transfer.fit.preparation import prepare
     >>> from llmnas_transfer.fit.sampling import sample_svi
     >>> runs = toy_runs(num_iterations=1)
-    >>>     >>> p = prepare(runs)
+    >>> p = prepare(runs)
     >>> s = sample_svi(jax.random.key(0), p, steps=20, learning_rate=0.01, draws=10)
     >>> dt = assemble_tree(p, s, runs, keys=jax.random.split(jax.random.key(1), 3),
     ...               prior_draws=5, attrs={"seed": 1})

@@ -732,13 +732,19 @@ def scalar_priors() -> dict[str, dist.Distribution]:
     samples them, and the mode search and the SVI guide start at their medians.
 
     Built on first use, so importing the model does not start JAX's backend (the number
-    of CPU devices can still be set after the import).
+    of CPU devices can still be set after the import), and built eagerly even when first
+    asked for inside a trace, so the cached distributions hold constants, never tracers.
 
     Example
     -------
     >>> sorted(scalar_priors())[:3]
     ['accuracy_noise', 'accuracy_sd', 'accuracy_slope']
     """
+    with jax.ensure_compile_time_eval():
+        return _build_scalar_priors()
+
+
+def _build_scalar_priors() -> dict[str, dist.Distribution]:
     return {
         "kappa": dist.Beta(2.0, 5.0),
         "state_noise": dist.LogNormal(math.log(0.1), 0.5),
@@ -756,6 +762,11 @@ def scalar_priors() -> dict[str, dist.Distribution]:
 
 @cache
 def _prior_medians() -> tuple[tuple[str, float], ...]:
+    with jax.ensure_compile_time_eval():
+        return _median_table()
+
+
+def _median_table() -> tuple[tuple[str, float], ...]:
     out = []
     for name, d in scalar_priors().items():
         if isinstance(d, dist.LogNormal):
