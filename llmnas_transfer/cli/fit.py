@@ -45,6 +45,14 @@ def _thresholds(text: str) -> tuple[float, float]:
     return parts[0], parts[1]
 
 
+def _add_table_options(p: argparse.ArgumentParser) -> None:
+    """The fit file, ``--ci`` and ``--format`` of the table commands (gaps, trajectory)."""
+    p.add_argument("fit", help="fit file written by 'llmnas-transfer fit'")
+    p.add_argument("--ci", type=ci_arg, default=0.94, help="HDI probability, in (0, 1)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="output format")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fit``, ``gaps``, ``trajectory`` and ``check`` to the CLI.
 
@@ -106,10 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="posterior transfer gaps and regime probabilities",
                     description="Posterior transfer gaps of a fit, with HDIs and regime "
                                 "probabilities.")
-    g.add_argument("fit", help="fit file written by 'llmnas-transfer fit'")
-    g.add_argument("--ci", type=ci_arg, default=0.94, help="HDI probability, in (0, 1)")
-    g.add_argument("--format", choices=("table", "csv", "json"), default="table",
-                   help="output format")
+    _add_table_options(g)
     g.add_argument("--thresholds", type=_thresholds, default=(0.10, 0.20),
                    help="easy-below,hard-above (default 0.10,0.20)")
     g.add_argument("--reference", default=None, help="DATASET:TASK (default: the fit's)")
@@ -121,10 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="observed and forecast validity rates",
                     description="Observed and forecast pooled validity rates of a fit, with "
                                 "HDIs.")
-    t.add_argument("fit", help="fit file written by 'llmnas-transfer fit'")
-    t.add_argument("--ci", type=ci_arg, default=0.94, help="HDI probability, in (0, 1)")
-    t.add_argument("--format", choices=("table", "csv", "json"), default="table",
-                   help="output format")
+    _add_table_options(t)
 
     c = add_command(subparsers, "check", _check, out="DIR",
                     out_help="output folder (created if missing)",
