@@ -15,6 +15,7 @@ Example
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
 from numbers import Integral, Real
@@ -108,3 +109,27 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
     if value not in choices:
         raise UserInputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def closest_name(name: str, known: Sequence[str]) -> str | None:
+    """The name in ``known`` closest to ``name`` (difflib ratio >= 0.75), or ``None``.
+
+    Example
+    -------
+    >>> closest_name("cifar10", ["cifar-10", "svhn"]), closest_name("esc-50", ["svhn"])
+    ('cifar-10', None)
+    """
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``known`` to ``name``, or ``""``.
+
+    Example
+    -------
+    >>> did_you_mean("cifar10", ["cifar-10", "svhn"])
+    "; did you mean 'cifar-10'?"
+    """
+    close = closest_name(name, known)
+    return f"; did you mean {close!r}?" if close else ""

@@ -28,7 +28,6 @@ from llmnas_transfer.cli.options import (
     int_arg,
     names_arg,
     show_progress,
-    use_cpu_devices,
 )
 from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.io.atomic import atomic_write_text, check_writable
@@ -182,22 +181,19 @@ def _fit(args) -> int:
         for k, v in parse_dataset_attrs(spec).items():
             attrs.setdefault(k, {}).update(v)
     runs = read_runs(args.runs)
-    # ... then the JAX devices, one per chain, before JAX starts (importing fit starts it):
-    # the chains run in parallel
-    if args.method == "nuts" and args.chains > 1:
-        use_cpu_devices(args.chains)
-    # ... then the names the fit will use (still before any compiling or sampling)
+    # ... then the JAX devices, one per chain, before JAX's backend starts: the chains run
+    # in parallel
     from llmnas_transfer.fit.preparation import check_levels
+    from llmnas_transfer.fit.sampling import set_cpu_devices
 
-    check_levels(runs, reference=args.reference, datasets=args.datasets, tasks=args.tasks,
-                 dataset_attrs=attrs)
     if args.method == "nuts" and args.chains > 1:
-        import jax
-
-        n_dev = jax.local_device_count()
+        n_dev = set_cpu_devices(args.chains)
         if n_dev < args.chains:
             print(f"note: {n_dev} JAX device(s) for {args.chains} chains; the chains run one "
                   "after another", file=sys.stderr)
+    # ... then the names the fit will use (still before any compiling or sampling)
+    check_levels(runs, reference=args.reference, datasets=args.datasets, tasks=args.tasks,
+                 dataset_attrs=attrs)
     from llmnas_transfer.fit.fitfile import fit_info, notices_of, save_fit
     from llmnas_transfer.fit.inference import fit_runs
     from llmnas_transfer.summarize.posterior import diagnostics

@@ -4,7 +4,7 @@ Argument types check values with :mod:`llmnas_transfer.validate` and turn its
 :class:`~llmnas_transfer.errors.UserInputError` into :class:`argparse.ArgumentTypeError`,
 so argparse prints the message on one line and exits with status 2. Heavy modules (JAX,
 the simulator) are imported only inside the helpers that need them: ``--help`` stays
-fast, and :func:`use_cpu_devices` can still configure JAX before it starts.
+fast, and the commands can still set JAX's CPU device count before its backend starts.
 
 Example
 -------
@@ -72,49 +72,25 @@ def add_command(subparsers, name: str, func, *, help: str, description: str,
 
 
 # ------------------------------------------------------------------ argument types
-def _checked_int(text: str, name: str, low: int, high: int | None = None) -> int:
-    """``text`` as an integer checked by :func:`~llmnas_transfer.validate.check_int`."""
-    try:
-        value = int(text)
-    except ValueError:  # argparse's own wording for type=int
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    try:
-        return check_int(name, value, low, high)
-    except UserInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _arg_type(convert, check, type_name: str):
+    """An argparse type: ``convert(text)`` (argparse's wording when it fails), then
+    ``check(value)``, whose :class:`~llmnas_transfer.errors.UserInputError` becomes the
+    one-line :class:`argparse.ArgumentTypeError`."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {type_name} value: {text!r}") from None
+        try:
+            return check(value)
+        except UserInputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = type_name  # argparse names the type in its own messages
+    return parse
 
 
-def seed_arg(text: str) -> int:
-    """Argument type of ``--seed``: an integer in ``[0, 2**63)``.
-
-    Example
-    -------
-    >>> seed_arg("7")
-    7
-    >>> seed_arg("-1")
-    Traceback (most recent call last):
-    ...
-    argparse.ArgumentTypeError: seed must be an integer in [0, 9223372036854775807], got -1
-    """
-    return _checked_int(text, "seed", 0, MAX_SEED)
-
-
-def positive_int_arg(text: str) -> int:
-    """Argument type of a count that must be at least 1 (``--chains``, ``--trials``).
-
-    Example
-    -------
-    >>> positive_int_arg("4")
-    4
-    >>> positive_int_arg("0")
-    Traceback (most recent call last):
-    ...
-    argparse.ArgumentTypeError: value must be an integer >= 1, got 0
-    """
-    return _checked_int(text, "value", 1)
-
-
-def int_arg(low: int | None = None, high: int | None = None):
+def int_arg(low: int | None = None, high: int | None = None, *, name: str = "value"):
     """An argument type: an integer in ``[low, high]`` (argparse's message names the
     option: ``argument --draws: value must be ...``).
 
@@ -126,12 +102,12 @@ def int_arg(low: int | None = None, high: int | None = None):
     Traceback (most recent call last):
     ...
     argparse.ArgumentTypeError: value must be an integer in [1, 10], got 0
+    >>> seed_arg("-1")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: seed must be an integer in [0, 9223372036854775807], got -1
     """
-    def parse(text: str) -> int:
-        return _checked_int(text, "value", low, high)
-
-    parse.__name__ = "int"  # argparse names the type in its own messages
-    return parse
+    return _arg_type(int, lambda v: check_int(name, v, low, high), "int")
 
 
 def float_arg(low: float | None = None, high: float | None = None, *,
@@ -147,21 +123,14 @@ def float_arg(low: float | None = None, high: float | None = None, *,
     ...
     argparse.ArgumentTypeError: value must be in (0, 1), got 1.0
     """
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
-        try:
-            return check_float("value", value, low, high, low_open=low_open,
-                               high_open=high_open)
-        except UserInputError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    parse.__name__ = "float"
-    return parse
+    return _arg_type(float, lambda v: check_float("value", v, low, high, low_open=low_open,
+                                                   high_open=high_open), "float")
 
 
+#: argument type of ``--seed``: an integer in ``[0, 2**63)``
+seed_arg = int_arg(0, MAX_SEED, name="seed")
+#: argument type of a count that must be at least 1 (``--chains``, ``--trials``)
+positive_int_arg = int_arg(1)
 #: argument type of ``--ci``: a probability in (0, 1)
 ci_arg = float_arg(0, 1, low_open=True, high_open=True)
 
@@ -262,16 +231,3 @@ def load_params(path: str | None):
     from llmnas_transfer.sim.params import load_defaults
 
     return load_defaults(path)
-
-
-def use_cpu_devices(n: int) -> bool:
-    """Ask JAX for ``n`` CPU devices so chains run in parallel. This works only before
-    JAX's backend starts (so call it before importing :mod:`llmnas_transfer.fit`, whose
-    priors are JAX arrays); returns whether the setting was accepted."""
-    try:
-        import jax
-
-        jax.config.update("jax_num_cpu_devices", int(n))
-    except Exception:  # backend already initialised: chains run one after another
-        return False
-    return True

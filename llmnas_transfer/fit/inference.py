@@ -17,7 +17,7 @@
 The fit records its settings and timings in its attributes
 (:func:`~llmnas_transfer.fit.fitfile.fit_info` reads them back);
 :func:`~llmnas_transfer.fit.fitfile.save_fit` writes it as netCDF atomically and
-:func:`~llmnas_transfer.fit.fitfile.load_fit` reads it back (both importable from here).
+:func:`~llmnas_transfer.fit.fitfile.load_fit` reads it back.
 
 Example
 -------
@@ -29,6 +29,7 @@ Example
 ...               seed=0, prior_draws=20)  # doctest: +SKIP
 >>> sorted(dt.children)  # doctest: +SKIP
 ['constant_data', 'log_likelihood', 'observed_data', ...]
+>>> from llmnas_transfer.fit.fitfile import fit_info
 >>> fit_info(dt).chain_method  # doctest: +SKIP
 'sequential'
 """
@@ -43,21 +44,13 @@ import jax
 import xarray as xr
 
 from llmnas_transfer.fit.assemble import assemble_tree
-from llmnas_transfer.fit.fitfile import (
-    FIT_FORMAT,
-    FitInfo,
-    fit_info,
-    load_fit,
-    notices_of,
-    save_fit,
-    spec_of,
-)
 from llmnas_transfer.fit.laplace import laplace_start
 from llmnas_transfer.fit.model import GRID_SIZE
-from llmnas_transfer.fit.preparation import Prepared, prepare
+from llmnas_transfer.fit.preparation import prepare
 from llmnas_transfer.fit.sampling import sample_nuts, sample_svi
 from llmnas_transfer.io.runs import ObservedRuns, read_runs
 from llmnas_transfer.sim.gaps import DEFAULT_REFERENCE
+from llmnas_transfer.sim.keys import as_key
 from llmnas_transfer.validate import check_choice, check_float, check_int
 
 
@@ -126,6 +119,7 @@ def fit_runs(
     Example
     -------
     >>> dt = fit_runs("examples/runs_counts.csv", chains=2, seed=0)  # doctest: +SKIP
+    >>> from llmnas_transfer.fit.fitfile import fit_info
     >>> fit_info(dt).seconds_sampling  # doctest: +SKIP
     41.2
     """
@@ -134,7 +128,7 @@ def fit_runs(
     chains = check_int("chains", chains, 1, 64)
     draws = check_int("draws", draws, 1, 10**6)
     warmup = check_int("warmup", warmup, 0 if method == "svi" else 1, 10**6)
-    seed = check_int("seed", seed, 0, 2**32 - 1)
+    seed = check_int("seed", seed, 0, 2**63 - 1)  # the range as_key accepts
     prior_draws = check_int("prior_draws", prior_draws, 1, 10**5)
     target_accept = check_float("target_accept", target_accept, 0.5, 1.0, high_open=True)
     if method == "svi":
@@ -143,7 +137,7 @@ def fit_runs(
         runs = read_runs(runs)
     prep = prepare(runs, reference=reference, datasets=datasets, tasks=tasks,
                    dataset_attrs=dataset_attrs, num_forecast=forecast, grid_size=grid_size)
-    k_fit, k_prior, k_ppc, k_fc = jax.random.split(jax.random.key(seed), 4)
+    k_fit, k_prior, k_ppc, k_fc = jax.random.split(as_key(seed), 4)
     t1 = time.perf_counter()
     if method == "nuts":
         k_init, k_fit = jax.random.split(k_fit)
@@ -155,15 +149,12 @@ def fit_runs(
         sampled = sample_svi(k_fit, prep, steps=svi_steps, learning_rate=svi_learning_rate,
                              draws=draws, batch=svi_batch, progress=progress)
     t_sampling = time.perf_counter() - t1
-    dt = assemble_tree(prep, sampled, runs, keys=(k_prior, k_ppc, k_fc), prior_draws=prior_draws,
-                  max_pointwise=max_pointwise,
-                  attrs={"seed": seed, "target_accept": target_accept})
+    dt = assemble_tree(prep, sampled, runs, keys=(k_prior, k_ppc, k_fc),
+                       prior_draws=prior_draws, max_pointwise=max_pointwise,
+                       attrs={"seed": seed, "target_accept": target_accept})
     dt.attrs["seconds_sampling"] = round(t_sampling, 3)
     dt.attrs["seconds_total"] = round(time.perf_counter() - t0, 3)
     return dt
 
 
-__all__ = [
-    "FIT_FORMAT", "FitInfo", "Prepared", "fit_info", "fit_runs", "load_fit", "notices_of",
-    "prepare", "save_fit", "spec_of",
-]
+__all__ = ["fit_runs"]

@@ -19,7 +19,6 @@ Example
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from llmnas_transfer.fit.model import GRID_SIZE, ModelSpec, NormalStats, RunsDat
 from llmnas_transfer.io.runs import ObservedRuns
 from llmnas_transfer.sim import registry
 from llmnas_transfer.sim.gaps import DEFAULT_REFERENCE
-from llmnas_transfer.validate import check_choice, check_int
+from llmnas_transfer.validate import check_choice, check_int, did_you_mean
 
 #: attributes a new dataset (not in the registry) must be given
 NEW_DATASET_FIELDS: tuple[str, ...] = ("modality", "resolution", "num_classes")
@@ -78,18 +77,6 @@ def parse_reference(reference: str | Sequence[str]) -> tuple[str, str]:
     if len(reference) != 2:
         raise UserInputError("reference must be (dataset, task)")
     return str(reference[0]).strip().lower(), str(reference[1]).strip().lower()
-
-
-def did_you_mean(name: str, known) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``known`` to ``name``, or ``""``.
-
-    Example
-    -------
-    >>> did_you_mean("cifar10", ["cifar-10", "svhn"])
-    "; did you mean 'cifar-10'?"
-    """
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _lower_attrs(attrs: Mapping[str, Mapping] | None) -> dict[str, Mapping]:
@@ -302,5 +289,5 @@ def prepare(
                     tuple(str(r[2]) for r in order), tuple(notices))
 
 
-__all__ = ["NEW_DATASET_FIELDS", "Prepared", "check_levels", "did_you_mean", "parse_reference",
+__all__ = ["NEW_DATASET_FIELDS", "Prepared", "check_levels", "parse_reference",
            "prepare"]

@@ -18,12 +18,12 @@ True
 
 from __future__ import annotations
 
-import difflib
 import math
 import zlib
 from dataclasses import dataclass, field
 
 from llmnas_transfer.errors import UnknownSettingError, UserInputError
+from llmnas_transfer.validate import closest_name
 
 MODALITIES: tuple[str, ...] = ("image", "audio", "text")
 
@@ -216,8 +216,8 @@ def _unregister(table: dict, builtins, name: str, kind: str) -> None:
 def _lookup(table: dict, name: str, kind: str):
     key = _check_name(name, kind)
     if key not in table:
-        close = difflib.get_close_matches(key, list(table), n=1, cutoff=0.75)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        close = closest_name(key, list(table))
+        hint = f"did you mean {close!r}? " if close else ""
         raise UnknownSettingError(
             f"unknown {kind} {name!r}; {hint}known {kind}s: {', '.join(table)}; "
             + _REGISTER_HINT.format(kind=kind)

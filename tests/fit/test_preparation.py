@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from llmnas_transfer.errors import DataFormatError, UserInputError
-from llmnas_transfer.fit.preparation import check_levels, did_you_mean, prepare
+from llmnas_transfer.fit.preparation import check_levels, prepare
 from llmnas_transfer.io.runs import runs_from_frame
+from llmnas_transfer.validate import did_you_mean
 
 AUDIO = {"modality": "audio", "resolution": 64, "num_classes": 50}
 
