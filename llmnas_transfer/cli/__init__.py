@@ -3,9 +3,9 @@
 Each group of commands lives in its own module with a ``register(subparsers)`` function:
 :mod:`~llmnas_transfer.cli.study` (reproduce, simulate, calibrate),
 :mod:`~llmnas_transfer.cli.fit` (fit, gaps, trajectory, check),
-:mod:`~llmnas_transfer.cli.lemur` (lemur, scenario) and :mod:`~llmnas_transfer.cli.sweep`
-(sweep); the options they share (grid, seed, counts, progress) are built by
-:mod:`~llmnas_transfer.cli.options`. A user's mistake
+:mod:`~llmnas_transfer.cli.lemur` (lemur, scenario), :mod:`~llmnas_transfer.cli.sweep`
+(sweep) and :mod:`~llmnas_transfer.cli.report` (report); the options they share (grid,
+seed, counts, progress) are built by :mod:`~llmnas_transfer.cli.options`. A user's mistake
 (:class:`~llmnas_transfer.errors.UserInputError`) ends with a one-line message on stderr
 and exit code 2, never a traceback.
 
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from llmnas_transfer import __version__
 from llmnas_transfer.errors import UserInputError
 
-COMMAND_MODULES: tuple[str, ...] = ("study", "fit", "lemur", "sweep")
+COMMAND_MODULES: tuple[str, ...] = ("study", "fit", "lemur", "sweep", "report")
 
 #: the top-level ``--help`` text (plain words; the module docstring is reStructuredText)
 DESCRIPTION = (

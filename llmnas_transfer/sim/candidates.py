@@ -29,7 +29,7 @@ import xarray as xr
 from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.progress import progress_bar
 from llmnas_transfer.sim import registry
-from llmnas_transfer.sim.dynamics import Candidates, run_trials
+from llmnas_transfer.sim.dynamics import Candidates, fixed_sum0, run_trials
 from llmnas_transfer.sim.keys import as_key, trial_keys
 from llmnas_transfer.sim.params import DynamicsParams, ModelDefaults, SettingEffects, load_defaults
 from llmnas_transfer.sim.summary import IterationSummary, summary_chunk
@@ -67,23 +67,11 @@ def _hist(x: Array, valid: Array, bins: int) -> Array:
     return jnp.moveaxis(counts, 0, -1)
 
 
-def _tree_sum0(x: Array) -> Array:
-    """Sum over axis 0 by a fixed pairwise tree of elementwise adds.
-
-    ``jnp.sum`` lets XLA pick the summation order, and its choice can change with the
-    number of lanes; this order does not, so per-trial sums are the same bits whatever
-    the chunk size (which streaming sweeps rely on).
-    """
-    while x.shape[0] > 1:
-        if x.shape[0] % 2:
-            x = jnp.concatenate([x, jnp.zeros_like(x[:1])], 0)
-        h = x.shape[0] // 2
-        x = x[:h] + x[h:]
-    return x[0]
-
-
-def summarize_candidates(c: Candidates, bins: int) -> IterationSummary:
+def summarize_candidates(c: Candidates, bins: int, chance: Array = 0.0) -> IterationSummary:
     """Reduce one iteration's candidates (candidate axis first) to :class:`IterationSummary`.
+
+    The accuracy histogram bins the chance-normalised accuracy ``(A - c) / (1 - c)`` on
+    [0, 1] (as the summary path does); sums are of the accuracy itself.
 
     Works for one trial (``valid`` of shape ``(N,)``) or a lane of trials (``(N,) + L``);
     sums run in a fixed order, so a trial's numbers do not depend on the lanes beside it.
@@ -95,24 +83,27 @@ def summarize_candidates(c: Candidates, bins: int) -> IterationSummary:
     >>> d = load_defaults()
     >>> e = jax.tree.map(lambda x: x[0], d.effects(["cifar-10"], ["classification"]))
     >>> c = draw_candidates(jax.random.key(0), jnp.float32(0.5), d.dynamics_params(), e, 8)
-    >>> summarize_candidates(c, bins=4).accuracy_hist.shape
+    >>> summarize_candidates(c, bins=4, chance=e.chance).accuracy_hist.shape
     (4,)
     """
     acc = jnp.where(c.valid, c.accuracy, 0.0)
     nov = jnp.where(c.valid, c.novelty, 0.0)
     lanes = c.valid.shape[1:]
+    chance = jnp.broadcast_to(chance, lanes)
+    chance = chance.reshape((1,) + chance.shape)  # candidate axis in front
+    span = jnp.where(chance < 1.0, 1.0 - chance, 1.0)
     return IterationSummary(
         jnp.sum(c.valid, axis=0, dtype=jnp.int32),  # integers: exact in any order
-        _tree_sum0(acc), _tree_sum0(acc * acc), _tree_sum0(nov), _tree_sum0(nov * nov),
+        fixed_sum0(acc), fixed_sum0(acc * acc), fixed_sum0(nov), fixed_sum0(nov * nov),
         c.state, c.p_valid,
-        _hist(c.accuracy, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
+        _hist((c.accuracy - chance) / span, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
         _hist(c.novelty, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
     )
 
 
-def _candidate_reduce(bins: int, per_candidate: bool):
+def _candidate_reduce(bins: int, per_candidate: bool, chance: Array = 0.0):
     def reduce(c: Candidates):
-        return summarize_candidates(c, bins), (c if per_candidate else None)
+        return summarize_candidates(c, bins, chance), (c if per_candidate else None)
 
     return reduce
 
@@ -147,7 +138,7 @@ def simulate_trial(
     """
     return run_trials(key, params, effects, num_iterations=num_iterations,
                       num_candidates=num_candidates,
-                      reduce=_candidate_reduce(bins, per_candidate))
+                      reduce=_candidate_reduce(bins, per_candidate, effects.chance))
 
 
 PATHS = ("candidates", "summary")
@@ -165,6 +156,7 @@ def chunk_kernel(
     bins: int = 20,
     per_candidate: bool = False,
     path: str = "candidates",
+    feedback: bool = False,
 ) -> tuple[IterationSummary, Candidates | None]:
     """The kernel of a chunk: settings (vmap) x trials (lanes) x iterations (scan).
 
@@ -176,7 +168,8 @@ def chunk_kernel(
     order the kernel produces them in, trials on the minor axis (:func:`simulate`
     rearranges them as a view on the host). ``path="summary"`` draws each pair's
     summaries directly (:mod:`llmnas_transfer.sim.summary`); it has no per-candidate
-    output.
+    output. ``feedback`` (static) tells the summary path whether the feedback strengths
+    may be nonzero (:func:`has_feedback`); the candidate path always feeds back.
 
     Example
     -------
@@ -191,7 +184,7 @@ def chunk_kernel(
     if path == "summary":
         return summary_chunk(key, params, effects, setting_ids, trial_ids,
                              num_iterations=num_iterations, num_candidates=num_candidates,
-                             bins=bins), None
+                             bins=bins, feedback=feedback), None
 
     # The scan over iterations runs outside the trials: each step works on all trials of
     # the chunk at once (trials on the minor axis), and the stacked per-candidate output
@@ -199,7 +192,7 @@ def chunk_kernel(
     def one_setting(eff: SettingEffects, tkeys: PRNGKey):
         return run_trials(tkeys, params, eff, num_iterations=num_iterations,
                           num_candidates=num_candidates,
-                          reduce=_candidate_reduce(bins, per_candidate))
+                          reduce=_candidate_reduce(bins, per_candidate, eff.chance))
 
     tkeys = trial_keys(key, setting_ids, trial_ids)  # (setting, trial)
     summ, cands = jax.vmap(one_setting)(effects, tkeys)  # (setting, iteration, ...)
@@ -209,8 +202,22 @@ def chunk_kernel(
 #: :func:`chunk_kernel` jitted (one compile per shape and static setting)
 simulate_chunk = jax.jit(
     chunk_kernel,
-    static_argnames=("num_iterations", "num_candidates", "bins", "per_candidate", "path"),
+    static_argnames=("num_iterations", "num_candidates", "bins", "per_candidate", "path",
+                     "feedback"),
 )
+
+
+def has_feedback(params: DynamicsParams) -> bool:
+    """Whether either feedback strength is nonzero (concrete parameters only).
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> has_feedback(load_defaults().dynamics_params()._replace(feedback_accuracy=0.5))
+    True
+    """
+    return bool(np.asarray(params.feedback_validity) != 0
+                or np.asarray(params.feedback_accuracy) != 0)
 
 
 def simulate(
@@ -311,6 +318,7 @@ def simulate(
                 key, params, effects, jnp.asarray(sids), jnp.asarray(ids),
                 num_iterations=num_iterations, num_candidates=num_candidates,
                 bins=bins, per_candidate=per_candidate, path=path,
+                feedback=has_feedback(params),
             )
             n_keep = min(chunk_size, num_trials - c * chunk_size)
             summaries.append(jax.tree.map(lambda x, n=n_keep: np.asarray(x[:, :n]), summ))
@@ -329,7 +337,7 @@ def simulate(
     return to_dataset(
         summ, cands, [d.name for d in ds_list], [t.name for t in task_list],
         trial_ids=np.arange(trial_offset, trial_offset + num_trials),
-        num_candidates=num_candidates, attrs={
+        num_candidates=num_candidates, chance=np.asarray(effects.chance), attrs={
             "seed": str(jax.random.key_data(key).tolist()),
             "num_candidates": num_candidates,
             "path": path,
@@ -346,9 +354,14 @@ def to_dataset(
     *,
     trial_ids: np.ndarray,
     num_candidates: int,
+    chance: np.ndarray | None = None,
     attrs: dict | None = None,
 ) -> xr.Dataset:
     """Arrange kernel outputs ``(setting, trial, iteration, ...)`` as an xarray Dataset.
+
+    ``chance`` (one per setting, dataset-major; 0 if not given) is stored as the
+    ``chance`` variable: the floor of each setting's accuracy, which also maps the
+    chance-normalised ``accuracy_bin`` centres to accuracies, ``c + (1 - c) x``.
 
     Example
     -------
@@ -412,6 +425,11 @@ def to_dataset(
         coords["candidate"] = np.arange(num_candidates)
     out = xr.Dataset(data, coords=coords, attrs=dict(attrs or {}))
     out["n_generated"] = xr.DataArray(num_candidates)
+    ch = np.zeros(nd * nt) if chance is None else np.asarray(chance, float).reshape(-1)
+    out["chance"] = xr.DataArray(ch.reshape(nd, nt), dims=("dataset", "task"),
+                                 coords={"dataset": list(datasets), "task": list(tasks)},
+                                 attrs={"units": "accuracy of guessing (fraction); 0 if "
+                                                 "the metric has no chance level"})
     units = {
         "validity_rate": "fraction of generated candidates",
         "accuracy_mean": "first-epoch accuracy (fraction)",
@@ -419,4 +437,8 @@ def to_dataset(
     }
     for k, u in units.items():
         out[k].attrs["units"] = u
+    if "accuracy_hist" in out:
+        out["accuracy_hist"].attrs["description"] = (
+            "counts of valid candidates by chance-normalised accuracy (A - chance) / "
+            "(1 - chance); bin centres map to accuracies as chance + (1 - chance) x")
     return out

@@ -8,16 +8,23 @@ trials), with the same draws for each trial either way (accuracy and novelty equ
 to an ulp: see :func:`candidate_noise`). :func:`run_trials` scans
 :func:`step` over iterations; the simulator (:mod:`llmnas_transfer.sim.candidates`) and
 the scenarios (:mod:`llmnas_transfer.study.scenarios`) run it. The NumPyro model
-(:mod:`llmnas_transfer.fit.model`) reuses :func:`transition_mean`, :func:`validity_logit`,
-:func:`accuracy_logit` and :func:`novelty_logit`.
+(:mod:`llmnas_transfer.fit.model`) reuses :func:`transition_mean`, :func:`state_moments`,
+:func:`validity_logit`, :func:`accuracy_logit` and :func:`novelty_logit`.
 
-Model (one trial of one setting; ``t = 1..T``)::
+Model (one trial of setting ``s``; ``t = 1..T``)::
 
     s_1       ~ N(0, init_sd^2)
-    s_{t+1}   = s_t + kappa (1 - s_t) + state_noise * e_t,        e_t ~ N(0, 1)
     valid_tj  ~ Bernoulli(sigmoid(b0 + b_s s_t - delta))
-    acc_tj    = sigmoid(alpha + lambda s_t + sigma_a z_tj),       z_tj ~ N(0, 1)
-    nov_tj    = sigmoid(nu0 + nu + nu_s s_t + sigma_n z'_tj),     z'_tj ~ N(0, 1)
+    acc_tj    = c + (1 - c) sigmoid(alpha + lambda s_t + sigma_a z_tj),   z_tj ~ N(0, 1)
+    nov_tj    = sigmoid(nu0 + nu + nu_s s_t + sigma_n z'_tj),             z'_tj ~ N(0, 1)
+    s_{t+1}   = s_t + kappa_s (mu_s - s_t)
+                + phi_v (v_t - 1/2) + phi_a (a_t - 1/2) + state_noise * e_t,  e_t ~ N(0, 1)
+
+with the setting's rate ``kappa_s = sigmoid(logit kappa + r_s)``, asymptote ``mu_s`` and
+chance level ``c`` (``1/num_classes`` for an accuracy, 0 for metrics without one), and the
+iteration's feedback: ``v_t`` its valid fraction and ``a_t`` the mean chance-normalised
+accuracy ``(acc - c) / (1 - c)`` of its valid candidates (``1/2`` if none is valid).
+``r_s = 0``, ``mu_s = 1`` and ``phi_v = phi_a = 0`` give one drift shared by every setting.
 
 Example
 -------
@@ -60,6 +67,14 @@ class SimState(NamedTuple):
     refinement: Array
 
 
+class Feedback(NamedTuple):
+    """What an iteration shows the generator: its valid fraction and the mean
+    chance-normalised accuracy of its valid candidates (``1/2`` if none is valid)."""
+
+    valid_fraction: Array
+    accuracy: Array
+
+
 class Candidates(NamedTuple):
     """Per-candidate draws of one iteration. Accuracy and novelty are NaN if invalid.
 
@@ -86,8 +101,47 @@ def init_state(key: PRNGKey, params: DynamicsParams) -> SimState:
     return SimState(params.init_sd * normal_per_key(key))
 
 
-def transition_mean(s: Array, params: DynamicsParams) -> Array:
-    """Deterministic part of the transition, ``s + kappa (1 - s)``.
+def setting_rate(params: DynamicsParams, effects: SettingEffects | None = None) -> Array:
+    """Refinement rate ``kappa_s = sigmoid(logit kappa + r_s)`` (``kappa`` if no effects).
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> p = load_defaults().dynamics_params()
+    >>> bool(jnp.isclose(setting_rate(p), p.kappa))
+    True
+    """
+    if effects is None:
+        return jnp.asarray(params.kappa)
+    logit_k = jnp.log(params.kappa) - jnp.log1p(-params.kappa)
+    # a zero offset keeps kappa's own bits (the shared drift is exactly today's)
+    return jnp.where(effects.rate_offset == 0, params.kappa,
+                     jax.nn.sigmoid(logit_k + effects.rate_offset))
+
+
+def feedback_shift(params: DynamicsParams, feedback: Feedback | None) -> Array:
+    """``phi_v (v_t - 1/2) + phi_a (a_t - 1/2)``; 0 without feedback.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> p = load_defaults().dynamics_params()._replace(feedback_validity=jnp.float32(2.0))
+    >>> float(feedback_shift(p, Feedback(jnp.float32(0.75), jnp.float32(0.5))))
+    0.5
+    """
+    if feedback is None:
+        return jnp.float32(0.0)
+    return (params.feedback_validity * (feedback.valid_fraction - 0.5)
+            + params.feedback_accuracy * (feedback.accuracy - 0.5))
+
+
+def transition_mean(
+    s: Array, params: DynamicsParams, effects: SettingEffects | None = None,
+    feedback: Feedback | None = None,
+) -> Array:
+    """Deterministic part of the transition, ``s + kappa_s (mu_s - s) + feedback shift``.
+
+    Without ``effects`` the rate is ``kappa`` and the asymptote 1 (the shared drift).
 
     Example
     -------
@@ -95,10 +149,15 @@ def transition_mean(s: Array, params: DynamicsParams) -> Array:
     >>> float(transition_mean(jnp.float32(1.0), load_defaults().dynamics_params()))
     1.0
     """
-    return s + params.kappa * (1.0 - s)
+    rate = setting_rate(params, effects)
+    target = 1.0 if effects is None else effects.asymptote
+    return s + rate * (target - s) + feedback_shift(params, feedback)
 
 
-def transition(key: PRNGKey, state: SimState, params: DynamicsParams) -> SimState:
+def transition(
+    key: PRNGKey, state: SimState, params: DynamicsParams,
+    effects: SettingEffects | None = None, feedback: Feedback | None = None,
+) -> SimState:
     """One noisy state-space transition (one normal per key; key shape = state shape).
 
     Example
@@ -109,7 +168,65 @@ def transition(key: PRNGKey, state: SimState, params: DynamicsParams) -> SimStat
     dtype('float32')
     """
     eps = normal_per_key(key)
-    return SimState(transition_mean(state.refinement, params) + params.state_noise * eps)
+    mean = transition_mean(state.refinement, params, effects, feedback)
+    return SimState(mean + params.state_noise * eps)
+
+
+def fixed_sum0(x: Array) -> Array:
+    """Sum over axis 0 by a fixed pairwise tree of elementwise adds.
+
+    ``jnp.sum`` lets XLA pick the summation order, and its choice can change with the
+    number of lanes; this order does not, so per-trial sums (and the feedback built from
+    them) are the same bits whatever the chunk size.
+
+    Example
+    -------
+    >>> float(fixed_sum0(jnp.arange(5.0)))
+    10.0
+    """
+    while x.shape[0] > 1:
+        if x.shape[0] % 2:
+            x = jnp.concatenate([x, jnp.zeros_like(x[:1])], 0)
+        h = x.shape[0] // 2
+        x = x[:h] + x[h:]
+    return x[0]
+
+
+def feedback_from_sums(n_valid: Array, num_candidates: int, accuracy_norm_sum: Array
+                       ) -> Feedback:
+    """:class:`Feedback` from an iteration's valid count and its sum of chance-normalised
+    accuracies over the valid candidates.
+
+    Example
+    -------
+    >>> fb = feedback_from_sums(jnp.int32(0), 4, jnp.float32(0.0))
+    >>> float(fb.valid_fraction), float(fb.accuracy)
+    (0.0, 0.5)
+    """
+    n = jnp.asarray(n_valid, jnp.float32)
+    acc = jnp.where(n > 0, accuracy_norm_sum / jnp.maximum(n, 1.0), 0.5)
+    return Feedback(n / num_candidates, acc)
+
+
+def candidate_feedback(c: Candidates, chance: Array) -> Feedback:
+    """:class:`Feedback` of one iteration's candidates (candidate axis first).
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> d = load_defaults()
+    >>> e = jax.tree.map(lambda x: x[0], d.effects(["cifar-10"], ["classification"]))
+    >>> c = draw_candidates(jax.random.key(0), jnp.float32(0.5), d.dynamics_params(), e, 8)
+    >>> fb = candidate_feedback(c, e.chance)
+    >>> 0.0 <= float(fb.valid_fraction) <= 1.0
+    True
+    """
+    chance = jnp.broadcast_to(chance, c.state.shape)
+    chance = chance.reshape((1,) + chance.shape)  # candidate axis in front
+    span = jnp.where(chance < 1.0, 1.0 - chance, 1.0)
+    norm = jnp.where(c.valid, (c.accuracy - chance) / span, 0.0)
+    n = jnp.sum(c.valid, axis=0, dtype=jnp.int32)
+    return feedback_from_sums(n, c.valid.shape[0], fixed_sum0(norm))
 
 
 def validity_logit(s: Array, params: DynamicsParams, validity_offset: Array) -> Array:
@@ -126,7 +243,8 @@ def validity_logit(s: Array, params: DynamicsParams, validity_offset: Array) -> 
 
 
 def accuracy_logit(s: Array, params: DynamicsParams, accuracy_offset: Array) -> Array:
-    """Mean of the logit first-epoch accuracy of a valid candidate, ``alpha + lambda s``.
+    """Mean logit of the chance-normalised first-epoch accuracy of a valid candidate,
+    ``alpha + lambda s``; the accuracy is ``c + (1 - c) sigmoid(.)`` (:func:`to_accuracy`).
 
     Example
     -------
@@ -135,6 +253,17 @@ def accuracy_logit(s: Array, params: DynamicsParams, accuracy_offset: Array) -> 
     -1.0
     """
     return accuracy_offset + params.accuracy_slope * s
+
+
+def to_accuracy(normalised: Array, chance: Array) -> Array:
+    """Accuracy from chance-normalised accuracy: ``c + (1 - c) x`` (never below ``c``).
+
+    Example
+    -------
+    >>> float(to_accuracy(jnp.float32(0.0), jnp.float32(0.5)))
+    0.5
+    """
+    return chance + (1.0 - chance) * normalised
 
 
 def novelty_logit(s: Array, params: DynamicsParams, novelty_offset: Array) -> Array:
@@ -210,8 +339,9 @@ def draw_candidates(
 
     p = jax.nn.sigmoid(validity_logit(s, params, effects.validity_offset))
     valid = u < lead(p)
-    acc = jax.nn.sigmoid(lead(accuracy_logit(s, params, effects.accuracy_offset))
-                         + params.accuracy_noise * z[0])
+    acc = to_accuracy(jax.nn.sigmoid(lead(accuracy_logit(s, params, effects.accuracy_offset))
+                                     + params.accuracy_noise * z[0]),
+                      lead(jnp.broadcast_to(effects.chance, s.shape)))
     nov = jax.nn.sigmoid(lead(novelty_logit(s, params, effects.novelty_offset))
                          + params.novelty_noise * z[1])
     nan = jnp.float32(jnp.nan)
@@ -227,7 +357,8 @@ def step(
     *,
     num_candidates: int,
 ) -> tuple[SimState, Candidates]:
-    """Generate one iteration's candidates from ``state``, then transition.
+    """Generate one iteration's candidates from ``state``, then transition (with the
+    setting's rate and asymptote and the candidates' :class:`Feedback`).
 
     ``key`` is the iteration key (:func:`~llmnas_transfer.sim.keys.iteration_key`), split
     into the candidate and the state key by
@@ -249,7 +380,8 @@ def step(
     """
     k_cand, k_state = split_iteration_key(key)
     cands = draw_candidates(k_cand, state.refinement, params, effects, num_candidates)
-    return transition(k_state, state, params), cands
+    fb = candidate_feedback(cands, effects.chance)
+    return transition(k_state, state, params, effects, fb), cands
 
 
 def run_trials(
@@ -297,8 +429,16 @@ def run_trials(
 
 
 # ----------------------------------------------------------------------------- moments
-def state_moments(params: DynamicsParams, num_iterations: int) -> tuple[Array, Array]:
-    """Exact mean and variance of ``s_t`` for ``t = 1..T`` (the state is Gaussian).
+def state_moments(
+    params: DynamicsParams, num_iterations: int, effects: SettingEffects | None = None,
+    feedback: Feedback | None = None,
+) -> tuple[Array, Array]:
+    """Exact mean and variance of ``s_t`` for ``t = 1..T``, shape ``effects + (T,)``.
+
+    Without feedback strengths, or given the feedback each iteration showed (fields of
+    shape ``(..., T)``; the last column is unused), the state is Gaussian and these are
+    its exact moments (conditional on that feedback). For the moments with feedback
+    drawn by the model see :func:`llmnas_transfer.sim.expectation.expected_state_moments`.
 
     Example
     -------
@@ -307,13 +447,21 @@ def state_moments(params: DynamicsParams, num_iterations: int) -> tuple[Array, A
     >>> m.shape
     (3,)
     """
+    rate = setting_rate(params, effects)
+    target = jnp.float32(1.0) if effects is None else jnp.asarray(effects.asymptote)
+    if feedback is None:
+        shift = jnp.zeros((num_iterations,), jnp.float32)
+    else:
+        shift = feedback_shift(params, feedback)
+    base = jnp.broadcast_shapes(jnp.shape(rate), jnp.shape(target), jnp.shape(shift)[:-1])
+    rate, target = jnp.broadcast_to(rate, base), jnp.broadcast_to(target, base)
+    shift = jnp.moveaxis(jnp.broadcast_to(shift, base + (num_iterations,)), -1, 0)
 
-    def body(carry, _):
+    def body(carry, sh):
         m, v = carry
-        rho = 1.0 - params.kappa
-        nxt = (m + params.kappa * (1.0 - m), rho**2 * v + params.state_noise**2)
+        nxt = (m + rate * (target - m) + sh, (1.0 - rate) ** 2 * v + params.state_noise**2)
         return nxt, carry
 
-    init = (jnp.zeros_like(params.kappa), params.init_sd**2 + jnp.zeros_like(params.kappa))
-    _, (m, v) = jax.lax.scan(body, init, None, length=num_iterations)
-    return m, v
+    init = (jnp.zeros(base, jnp.float32), params.init_sd**2 + jnp.zeros(base, jnp.float32))
+    _, (m, v) = jax.lax.scan(body, init, shift)
+    return jnp.moveaxis(m, 0, -1), jnp.moveaxis(v, 0, -1)

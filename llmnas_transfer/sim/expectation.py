@@ -1,9 +1,13 @@
 """Differentiable expected values of the simulator (Gauss-Hermite quadrature).
 
-Because the state is linear-Gaussian, ``s_t ~ N(m_t, v_t)`` exactly
-(:func:`llmnas_transfer.sim.dynamics.state_moments`). Expectations of the emissions are
-one- or two-dimensional Gaussian integrals, computed here by Gauss-Hermite quadrature.
-They are what the calibration fits and what the Monte Carlo tests compare against.
+Without feedback the state is linear-Gaussian, ``s_t ~ N(m_t, v_t)`` exactly
+(:func:`llmnas_transfer.sim.dynamics.state_moments`). With feedback the next state depends
+on what the iteration drew, and :func:`expected_state_moments` propagates the mean and
+variance by Gauss-Hermite quadrature over the state (moment matching: the state is then
+taken as Gaussian, an approximation the Monte Carlo tests bound). Expectations of the
+emissions are one- or two-dimensional Gaussian integrals, computed here by Gauss-Hermite
+quadrature. They are what the calibration fits and what the Monte Carlo tests compare
+against.
 
 Example
 -------
@@ -26,7 +30,7 @@ import numpy as np
 from llmnas_transfer.sim.dynamics import (
     accuracy_logit,
     novelty_logit,
-    state_moments,
+    setting_rate,
     validity_logit,
 )
 from llmnas_transfer.sim.params import DynamicsParams, SettingEffects
@@ -43,13 +47,16 @@ class Expected(NamedTuple):
     """Expected values per (setting, iteration).
 
     validity : E[P(valid)], the expected validity rate.
-    accuracy : E[acc | valid] pooled over candidates, i.e. E[p A] / E[p].
+    accuracy : E[acc | valid] pooled over candidates, i.e. E[p A] / E[p]; never below the
+        setting's chance level.
     novelty : E[novelty | valid] pooled over candidates.
+    accuracy_norm : the pooled chance-normalised accuracy ``(accuracy - c) / (1 - c)``.
     """
 
     validity: Array
     accuracy: Array
     novelty: Array
+    accuracy_norm: Array
 
 
 def gauss_normal_mean(f: Callable[[Array], Array], mean: Array, sd: Array) -> Array:
@@ -75,8 +82,68 @@ def logitnormal_mean(mu: Array, sd: Array) -> Array:
     return gauss_normal_mean(jax.nn.sigmoid, mu, jnp.broadcast_to(sd, jnp.shape(mu)))
 
 
-def expected(params: DynamicsParams, effects: SettingEffects, num_iterations: int) -> Expected:
+def expected_state_moments(
+    params: DynamicsParams, effects: SettingEffects, num_iterations: int,
+    num_candidates: int = 20,
+) -> tuple[Array, Array]:
+    """Mean and variance of ``s_t``, shape ``(S, T)``, with the feedback drawn by the model.
+
+    Given ``s_t = s``, the iteration's valid fraction has mean ``p(s)`` and variance
+    ``p (1 - p) / N``; its mean normalised accuracy has mean ``E[x | s]`` (``1/2`` with
+    probability ``(1 - p)^N`` that nothing is valid) and variance about
+    ``Var[x | s] / (N p)``. The next mean and variance follow by quadrature over
+    ``s ~ N(m_t, v_t)``. Without feedback every feedback term is exactly 0 and these are
+    the exact moments of :func:`~llmnas_transfer.sim.dynamics.state_moments`.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> d = load_defaults()
+    >>> m, v = expected_state_moments(d.dynamics_params(), d.effects(["svhn"], None), 4)
+    >>> m.shape
+    (4, 4)
+    """
+    nodes, weights = jnp.asarray(_NODES), jnp.asarray(_WEIGHTS)
+    rate = setting_rate(params, effects)
+    target = jnp.asarray(effects.asymptote)
+    base = jnp.shape(effects.validity_offset)
+    rate, target = jnp.broadcast_to(rate, base), jnp.broadcast_to(target, base)
+    vo, ao = effects.validity_offset[..., None], effects.accuracy_offset[..., None]
+    n = jnp.float32(num_candidates)
+    phi_v, phi_a = params.feedback_validity, params.feedback_accuracy
+
+    def body(carry, _):
+        m, v = carry
+        sd = jnp.sqrt(v)
+        s = m[..., None] + sd[..., None] * nodes  # (S, K)
+        p = jax.nn.sigmoid(validity_logit(s, params, vo))
+        mu = accuracy_logit(s, params, ao)
+        x1 = logitnormal_mean(mu, params.accuracy_noise)
+        x2 = gauss_normal_mean(lambda y: jax.nn.sigmoid(y) ** 2, mu,
+                               jnp.broadcast_to(params.accuracy_noise, jnp.shape(mu)))
+        none = (1.0 - p) ** n
+        f = phi_v * (p - 0.5) + phi_a * ((1.0 - none) * x1 + none * 0.5 - 0.5)
+        ef = jnp.sum(weights * f, axis=-1)
+        cov = jnp.sum(weights * (s - m[..., None]) * (f - ef[..., None]), axis=-1)
+        var_f = jnp.sum(weights * (f - ef[..., None]) ** 2, axis=-1)
+        sampling = jnp.sum(weights * (phi_v**2 * p * (1.0 - p) / n + phi_a**2
+                                      * jnp.maximum(x2 - x1 * x1, 0.0)
+                                      / jnp.maximum(n * p, 1.0)), axis=-1)
+        keep = 1.0 - rate
+        nxt = (m + rate * (target - m) + ef,
+               keep**2 * v + 2.0 * keep * cov + var_f + sampling + params.state_noise**2)
+        return nxt, carry
+
+    init = (jnp.zeros(base, jnp.float32), params.init_sd**2 + jnp.zeros(base, jnp.float32))
+    _, (m, v) = jax.lax.scan(body, init, None, length=num_iterations)
+    return jnp.moveaxis(m, 0, -1), jnp.moveaxis(v, 0, -1)
+
+
+def expected(params: DynamicsParams, effects: SettingEffects, num_iterations: int,
+             num_candidates: int = 20) -> Expected:
     """Expected validity, pooled accuracy and pooled novelty, shape ``(S, T)``.
+
+    ``num_candidates`` matters only with feedback (the noise of what an iteration shows).
 
     Example
     -------
@@ -86,20 +153,22 @@ def expected(params: DynamicsParams, effects: SettingEffects, num_iterations: in
     >>> ev.accuracy.shape
     (2, 3)
     """
-    m, v = state_moments(params, num_iterations)  # (T,)
+    m, v = expected_state_moments(params, effects, num_iterations, num_candidates)  # (S, T)
     nodes, weights = jnp.asarray(_NODES), jnp.asarray(_WEIGHTS)
-    s = m[:, None] + jnp.sqrt(v)[:, None] * nodes  # (T, K) state nodes
+    s = m[..., None] + jnp.sqrt(v)[..., None] * nodes  # (S, T, K) state nodes
     vo = effects.validity_offset[:, None, None]
-    p = jax.nn.sigmoid(validity_logit(s[None], params, vo))  # (S, T, K)
+    p = jax.nn.sigmoid(validity_logit(s, params, vo))  # (S, T, K)
     a = logitnormal_mean(
-        accuracy_logit(s[None], params, effects.accuracy_offset[:, None, None]),
+        accuracy_logit(s, params, effects.accuracy_offset[:, None, None]),
         params.accuracy_noise,
     )
     n = logitnormal_mean(
-        novelty_logit(s[None], params, effects.novelty_offset[:, None, None]),
+        novelty_logit(s, params, effects.novelty_offset[:, None, None]),
         params.novelty_noise,
     )
     ep = jnp.sum(weights * p, axis=-1)
     epa = jnp.sum(weights * p * a, axis=-1)
     epn = jnp.sum(weights * p * n, axis=-1)
-    return Expected(ep, epa / ep, epn / ep)
+    norm = epa / ep
+    c = jnp.asarray(effects.chance)[..., None]
+    return Expected(ep, c + (1.0 - c) * norm, epn / ep, norm)

@@ -39,9 +39,17 @@ DEFAULT_PARAMS_FILE = "default_params.json"
 class DynamicsParams(NamedTuple):
     """Global refinement dynamics (all scalars).
 
-    State: ``s_1 ~ N(0, init_sd^2)``, ``s_{t+1} = s_t + kappa (1 - s_t) + state_noise e_t``.
+    State: ``s_1 ~ N(0, init_sd^2)``,
+    ``s_{t+1} = s_t + kappa_s (mu_s - s_t) + phi_v (v_t - 1/2) + phi_a (a_t - 1/2)
+    + state_noise e_t`` with the setting's rate ``kappa_s = sigmoid(logit kappa + r_s)``
+    and asymptote ``mu_s`` (:class:`SettingEffects`), and the feedback of the iteration:
+    its valid fraction ``v_t`` and the mean chance-normalised accuracy ``a_t`` of its valid
+    candidates (``1/2`` when none is valid), with strengths ``phi_v = feedback_validity``
+    and ``phi_a = feedback_accuracy``. ``r_s = 0``, ``mu_s = 1`` and ``phi = 0`` give one
+    shared drift toward 1.
     Emissions: ``logit P(valid) = validity_intercept + validity_slope s_t - delta``,
-    ``logit acc = alpha + accuracy_slope s_t + accuracy_noise z``,
+    accuracy ``c + (1 - c) sigmoid(alpha + accuracy_slope s_t + accuracy_noise z)`` with
+    the setting's chance level ``c``,
     ``logit novelty = nu + novelty_slope s_t + novelty_noise z'``.
     """
 
@@ -55,19 +63,31 @@ class DynamicsParams(NamedTuple):
     novelty_intercept: Array
     novelty_slope: Array
     novelty_noise: Array
+    feedback_validity: Array = 0.0
+    feedback_accuracy: Array = 0.0
+
+
+#: dynamics fields a parameters file may omit (files written before feedback existed)
+OPTIONAL_DYNAMICS: dict[str, float] = {"feedback_validity": 0.0, "feedback_accuracy": 0.0}
 
 
 class SettingEffects(NamedTuple):
     """Per-setting offsets; each field has a leading ``setting`` axis (or is a scalar).
 
     ``validity_offset`` is ``delta = D_d + C_k + G_{m(d),k}`` (subtracted from the validity
-    logit), ``accuracy_offset`` is ``alpha_d + alpha_k`` and ``novelty_offset`` is
-    ``nu_{m(d)} + nu_k``.
+    logit), ``accuracy_offset`` is ``alpha_d + alpha_k`` (logit of the chance-normalised
+    accuracy) and ``novelty_offset`` is ``nu_{m(d)} + nu_k``. ``rate_offset`` ``r_s`` moves
+    the refinement rate on the logit scale, ``asymptote`` ``mu_s`` is the level the state
+    drifts to, and ``chance`` is the floor of the setting's first-epoch score
+    (:func:`~llmnas_transfer.sim.registry.chance_level`).
     """
 
     validity_offset: Array
     accuracy_offset: Array
     novelty_offset: Array
+    rate_offset: Array = 0.0
+    asymptote: Array = 1.0
+    chance: Array = 0.0
 
 
 def dynamics_from_dict(d: dict[str, float]) -> DynamicsParams:
@@ -79,6 +99,7 @@ def dynamics_from_dict(d: dict[str, float]) -> DynamicsParams:
     >>> p.kappa.dtype
     dtype('float32')
     """
+    d = {**OPTIONAL_DYNAMICS, **d}
     missing = [f for f in DynamicsParams._fields if f not in d]
     if missing:
         raise UserInputError(f"dynamics parameters missing: {', '.join(missing)}")
@@ -98,6 +119,11 @@ def dynamics_to_dict(p: DynamicsParams) -> dict[str, float]:
 
 FEATURE_NAMES: tuple[str, ...] = ("audio", "text", "log2_image_resolution", "log10_classes")
 
+#: tables of the per-setting trend: logit-rate and log-asymptote effects of datasets and
+#: tasks (absent names get 0: the pooled mean, i.e. the shared trend)
+TREND_TABLES: tuple[str, ...] = ("rate_dataset", "rate_task", "asymptote_dataset",
+                                 "asymptote_task")
+
 
 @dataclass(frozen=True)
 class ModelDefaults:
@@ -105,7 +131,10 @@ class ModelDefaults:
 
     ``difficulty_coef`` and ``accuracy_coef`` are the attribute regressions (over
     :data:`FEATURE_NAMES`) used for datasets without a fitted residual. Built-in datasets
-    carry fitted residuals on top of the regression.
+    carry fitted residuals on top of the regression. ``trend`` holds the
+    :data:`TREND_TABLES`: the rate of setting ``(d, k)`` is
+    ``sigmoid(logit kappa + rate_dataset[d] + rate_task[k])`` and its asymptote
+    ``exp(asymptote_dataset[d] + asymptote_task[k])``; missing entries are 0.
     """
 
     dynamics: dict[str, float]
@@ -119,6 +148,8 @@ class ModelDefaults:
     interaction: dict[str, dict[str, float]]
     novelty_modality: dict[str, float]
     novelty_task: dict[str, float]
+    trend: dict[str, dict[str, float]] = field(
+        default_factory=lambda: {k: {} for k in TREND_TABLES})
     provenance: dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- pieces
@@ -225,7 +256,8 @@ class ModelDefaults:
         True
         """
         ds_list, task_list = registry.resolve(datasets, tasks)
-        v, a, n = [], [], []
+        v, a, n, r, mu, c = [], [], [], [], [], []
+        tr = {k: self.trend.get(k, {}) for k in TREND_TABLES}
         for ds in ds_list:
             for t in task_list:
                 v.append(
@@ -237,9 +269,12 @@ class ModelDefaults:
                     self.novelty_modality.get(ds.modality, 0.0)
                     + self._task_value(self.novelty_task, t, None)
                 )
-        return SettingEffects(
-            jnp.asarray(v, jnp.float32), jnp.asarray(a, jnp.float32), jnp.asarray(n, jnp.float32)
-        )
+                r.append(tr["rate_dataset"].get(ds.name, 0.0) + tr["rate_task"].get(t.name, 0.0))
+                mu.append(float(np.exp(tr["asymptote_dataset"].get(ds.name, 0.0)
+                                       + tr["asymptote_task"].get(t.name, 0.0))))
+                c.append(registry.chance_level(ds, t))
+        f32 = jnp.float32
+        return SettingEffects(*(jnp.asarray(x, f32) for x in (v, a, n, r, mu, c)))
 
     # ---------------------------------------------------------------- io
     def to_dict(self) -> dict[str, Any]:
@@ -262,6 +297,7 @@ class ModelDefaults:
             "interaction": self.interaction,
             "novelty_modality": self.novelty_modality,
             "novelty_task": self.novelty_task,
+            "trend": self.trend,
             "provenance": self.provenance,
         }
 
@@ -275,9 +311,11 @@ class ModelDefaults:
         >>> ModelDefaults.from_dict(d.to_dict()) == d
         True
         """
+        trend = {k: dict(d.get("trend", {}).get(k, {})) for k in TREND_TABLES}
         try:
-            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k != "provenance"},
-                       provenance=d.get("provenance", {}))
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__
+                          if k not in ("provenance", "trend")},
+                       trend=trend, provenance=d.get("provenance", {}))
         except KeyError as exc:
             raise UserInputError(f"parameter file lacks the field {exc.args[0]!r}") from None
 
@@ -311,6 +349,15 @@ def _check_shape(d, src: str) -> None:
             if not isinstance(d.get(k, {}), dict):
                 raise UserInputError(f"{src}: field 'provenance' must be a JSON object")
             continue
+        if k == "trend":  # optional: files without it have the shared trend
+            v = d.get(k, {})
+            if not (isinstance(v, dict) and set(v) <= set(TREND_TABLES) and all(
+                    isinstance(row, dict) and all(is_num(x) for x in row.values())
+                    for row in v.values())):
+                raise UserInputError(
+                    f"{src}: field 'trend' must map {', '.join(TREND_TABLES)} to JSON "
+                    "objects of numbers")
+            continue
         if k not in d:
             raise UserInputError(f"{src}: not a parameters file (it lacks the field {k!r})")
         v = d[k]
@@ -325,7 +372,8 @@ def _check_shape(d, src: str) -> None:
         if not ok:
             want = "a number" if k == "accuracy_intercept" else "a JSON object of numbers"
             raise UserInputError(f"{src}: field {k!r} must be {want}")
-    missing = [f for f in DynamicsParams._fields if f not in d["dynamics"]]
+    missing = [f for f in DynamicsParams._fields
+               if f not in d["dynamics"] and f not in OPTIONAL_DYNAMICS]
     if missing:
         raise UserInputError(f"{src}: field 'dynamics' lacks {', '.join(missing)}")
 

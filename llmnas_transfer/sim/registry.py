@@ -42,7 +42,8 @@ class Dataset:
     difficulty : optional override of the validity difficulty ``D_d`` (logit scale).
         ``None`` means: use the calibrated value for built-ins, or the attribute
         regression for user datasets.
-    accuracy_level : optional override of the accuracy level ``alpha_d`` (logit scale).
+    accuracy_level : optional override of the accuracy level ``alpha_d`` (logit scale of
+        the chance-normalised accuracy, see :func:`chance_level`).
     """
 
     name: str
@@ -73,6 +74,17 @@ class Dataset:
             math.log10(self.num_classes / 10.0),
         )
 
+    @property
+    def chance(self) -> float:
+        """Accuracy of guessing on the classification version, ``1 / num_classes``.
+
+        Example
+        -------
+        >>> get_dataset("nlp-sst2").chance
+        0.5
+        """
+        return 1.0 / self.num_classes
+
 
 @dataclass(frozen=True)
 class Task:
@@ -84,6 +96,9 @@ class Task:
     complexity : optional override of the task complexity ``C_k`` (logit scale).
     accuracy_offset : optional override of the task's accuracy offset (logit scale).
     interaction : optional per-modality overrides of the modality x task interaction.
+    metric : the first-epoch score the task reports (``"accuracy"``, ``"mIoU"``, ...).
+    has_chance : whether the metric has a chance level of ``1 / num_classes`` (accuracy
+        of a classifier). Metrics without one (IoU, mAP, BLEU) have a floor of 0.
     """
 
     name: str
@@ -91,6 +106,8 @@ class Task:
     accuracy_offset: float | None = None
     interaction: dict[str, float] = field(default_factory=dict)
     description: str = ""
+    metric: str = "score"
+    has_chance: bool = False
 
 
 _BUILTIN_DATASETS: tuple[Dataset, ...] = (
@@ -104,10 +121,13 @@ _BUILTIN_DATASETS: tuple[Dataset, ...] = (
     Dataset("nlp-sst2", "text", 64, 2, 1, description="SST-2 sentiment, 64-token input"),
 )
 _BUILTIN_TASKS: tuple[Task, ...] = (
-    Task("classification", description="one label per input"),
-    Task("segmentation", description="dense per-pixel (per-frame, per-token) labels"),
-    Task("detection", description="localised objects or events"),
-    Task("generation", description="decoder-heavy generative models"),
+    Task("classification", description="one label per input", metric="accuracy",
+         has_chance=True),
+    Task("segmentation", description="dense per-pixel (per-frame, per-token) labels",
+         metric="mIoU"),
+    Task("detection", description="localised objects or events", metric="mAP"),
+    Task("generation", description="decoder-heavy generative models",
+         metric="BLEU or task score"),
 )
 
 BUILTIN_DATASET_NAMES: tuple[str, ...] = tuple(d.name for d in _BUILTIN_DATASETS)
@@ -179,11 +199,15 @@ def register_task(
     accuracy_offset: float | None = None,
     interaction: dict[str, float] | None = None,
     description: str = "",
+    metric: str = "score",
+    has_chance: bool = False,
     replace: bool = False,
 ) -> Task:
     """Add a task to the registry at run time.
 
     Unknown parameters default to the mean of the built-in non-classification tasks.
+    ``has_chance=True`` declares a metric whose chance level is ``1 / num_classes`` of the
+    dataset (an accuracy); otherwise the metric's floor is 0.
 
     Example
     -------
@@ -201,7 +225,8 @@ def register_task(
     bad = set(inter) - set(MODALITIES)
     if bad:
         raise UserInputError(f"task {key!r}: unknown modalities in interaction: {sorted(bad)}")
-    t = Task(key, complexity, accuracy_offset, inter, description)
+    t = Task(key, complexity, accuracy_offset, inter, description, str(metric),
+             bool(has_chance))
     _TASKS[key] = t
     return t
 
@@ -325,6 +350,22 @@ def resolve(
         if dup:
             raise UserInputError(f"duplicate {kind} names: {', '.join(sorted(dup))}")
     return ds, ts
+
+
+def chance_level(dataset: Dataset, task: Task) -> float:
+    """Floor of the first-epoch score of a setting: ``1 / num_classes`` or 0.
+
+    A classification accuracy cannot be expected below guessing; metrics without a
+    chance level (IoU, mAP, BLEU: ``task.has_chance`` false) have a floor of 0.
+
+    Example
+    -------
+    >>> chance_level(get_dataset("cifar-100"), get_task("classification"))
+    0.01
+    >>> chance_level(get_dataset("cifar-100"), get_task("segmentation"))
+    0.0
+    """
+    return dataset.chance if task.has_chance else 0.0
 
 
 def setting_id(dataset: str, task: str) -> int:

@@ -54,6 +54,7 @@ import numpy as np
 from llmnas_transfer.sim.dynamics import (
     SimState,
     accuracy_logit,
+    feedback_from_sums,
     init_state,
     novelty_logit,
     transition,
@@ -254,12 +255,17 @@ def summarize_pairs(
             logitnormal_hist(k0, k1, STREAM_NOVELTY_HIST, n, mu[1], sigma[1], bins)])
     else:
         hist = jnp.zeros((2,) + shape + (0,), jnp.int32)
-    return IterationSummary(n, sums[0][0], sums[1][0], sums[0][1], sums[1][1], s, p,
-                            hist[0], hist[1])
+    # sums of the chance-normalised accuracy x; the accuracy is c + (1 - c) x
+    c = jnp.asarray(effects.chance, jnp.float32)
+    nf = n.astype(jnp.float32)
+    # (sums[m][q]: moment m of quantity q, accuracy q = 0 and novelty q = 1)
+    acc1 = c * nf + (1.0 - c) * sums[0][0]
+    acc2 = c * c * nf + 2.0 * c * (1.0 - c) * sums[0][0] + (1.0 - c) ** 2 * sums[1][0]
+    return IterationSummary(n, acc1, acc2, sums[0][1], sums[1][1], s, p, hist[0], hist[1])
 
 
-def trial_states(key: PRNGKey, params: DynamicsParams,
-                 num_iterations: int) -> tuple[PRNGKey, Array]:
+def trial_states(key: PRNGKey, params: DynamicsParams, num_iterations: int,
+                 effects: SettingEffects | None = None) -> tuple[PRNGKey, Array]:
     """Candidate keys and latent states of one trial: ``(k_cand (T,), s (T,))``.
 
     Uses the key scheme of :mod:`llmnas_transfer.sim.keys` and the same
@@ -278,7 +284,7 @@ def trial_states(key: PRNGKey, params: DynamicsParams,
     k_cand, k_state = split_iteration_key(iteration_keys(key, num_iterations))
 
     def body(carry: SimState, ks):
-        return transition(ks, carry, params), carry.refinement
+        return transition(ks, carry, params, effects), carry.refinement
 
     _, states = jax.lax.scan(body, state, k_state)
     return k_cand, states
@@ -294,12 +300,16 @@ def summary_chunk(
     num_iterations: int,
     num_candidates: int,
     bins: int = 20,
+    feedback: bool = False,
 ) -> IterationSummary:
     """Summary-path kernel with leaves of shape ``(setting, trial, iteration, ...)``.
 
     Not jitted itself; :func:`llmnas_transfer.sim.candidates.simulate_chunk` jits it.
     Trial keys come from :func:`~llmnas_transfer.sim.keys.trial_keys`, as on the
-    candidate path.
+    candidate path. Without feedback (``feedback=False``: both feedback strengths are 0)
+    the states are drawn first and every (trial, iteration) pair is summarised in one
+    flat call; with feedback each iteration's summaries feed its transition, so the
+    pairs are summarised iteration by iteration inside a scan (same keys and streams).
 
     Example
     -------
@@ -312,8 +322,12 @@ def summary_chunk(
     ((1, 2, 3), (1, 2, 3, 0))
     """
     tkeys = trial_keys(key, setting_ids, trial_ids)  # (S, C)
+    if feedback:
+        return _summary_chunk_feedback(tkeys, params, effects, num_iterations,
+                                       num_candidates, bins)
     kc, states = jax.vmap(jax.vmap(
-        lambda k: trial_states(k, params, num_iterations)))(tkeys)  # (S, C, T)
+        lambda k, e: trial_states(k, params, num_iterations, e),
+        in_axes=(0, None)))(tkeys, effects)  # (S, C, T)
     shape = states.shape
     k0, k1 = key_words(kc)
     # one flat lane axis: XLA vectorises along the minor axis, which must not be T (~10)
@@ -323,3 +337,28 @@ def summary_chunk(
                           num_candidates=num_candidates, bins=bins)
     return jax.tree.map(lambda x: x.reshape(shape + x.shape[1:]), out)
 
+
+def _summary_chunk_feedback(tkeys, params, effects, num_iterations, num_candidates, bins):
+    """The summary path with feedback: a scan over iterations, lanes = (setting, trial)."""
+    S, C = tkeys.shape
+    flat = tkeys.ravel()
+    eff = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x)[:, None], (S, C)).ravel(),
+                       effects)
+    k_cand, k_state = split_iteration_key(jax.vmap(
+        lambda k: iteration_keys(k, num_iterations))(flat))  # (L, T)
+    state0 = init_state(init_key(flat), params)
+
+    def body(state: SimState, ks):
+        kc, kst = ks
+        k0, k1 = key_words(kc)
+        out = summarize_pairs(k0, k1, state.refinement, params, eff,
+                              num_candidates=num_candidates, bins=bins)
+        c = eff.chance
+        span = jnp.where(c < 1.0, 1.0 - c, 1.0)
+        norm_sum = (out.accuracy_sum - c * out.n_valid.astype(jnp.float32)) / span
+        fb = feedback_from_sums(out.n_valid, num_candidates, norm_sum)
+        return transition(kst, state, params, eff, fb), out
+
+    _, out = jax.lax.scan(body, state0, (k_cand.T, k_state.T))  # leaves (T, L, ...)
+    return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape((S, C) + x.shape[0:1]
+                                                                + x.shape[2:]), out)

@@ -62,6 +62,7 @@ from llmnas_transfer.sim.candidates import (
     MAX_ITERATIONS,
     PATHS,
     chunk_kernel,
+    has_feedback,
 )
 from llmnas_transfer.sim.keys import as_key
 from llmnas_transfer.sim.params import DynamicsParams, ModelDefaults, SettingEffects, load_defaults
@@ -129,14 +130,14 @@ def _block_partials(summ, mask: Array, num_candidates: int):
 
 
 def _chunk_partials(key, params, effects, setting_ids, trial_ids, mask, *, num_iterations,
-                    num_candidates, bins, path):
+                    num_candidates, bins, path, feedback):
     summ, _ = chunk_kernel(key, params, effects, setting_ids, trial_ids,
                            num_iterations=num_iterations, num_candidates=num_candidates,
-                           bins=bins, per_candidate=False, path=path)
+                           bins=bins, per_candidate=False, path=path, feedback=feedback)
     return _block_partials(summ, mask, num_candidates)
 
 
-_STATIC = ("num_iterations", "num_candidates", "bins", "path")
+_STATIC = ("num_iterations", "num_candidates", "bins", "path", "feedback")
 
 
 @partial(jax.jit, static_argnames=_STATIC)
@@ -382,7 +383,7 @@ def sweep(
                 raise UserInputError(f"{ckpt}: corrupt checkpoint (next_trial={start})")
 
     kw = dict(num_iterations=num_iterations, num_candidates=num_candidates, bins=bins,
-              path=path)
+              path=path, feedback=has_feedback(params))
     if n_dev == 1:
         dev = devs[0]
 

@@ -70,9 +70,11 @@ def test_validity_is_bernoulli_with_sigmoid_probability(key, setup):
     prob = float(jax.nn.sigmoid(dynamics.validity_logit(s, p, e.validity_offset)))
     se = np.sqrt(prob * (1 - prob) / N)
     assert abs(float(np.mean(c.valid)) - prob) < 5 * se
-    # logit accuracy of valid candidates ~ N(alpha + lambda s, sigma_a^2)
-    z = np.log(np.asarray(c.accuracy)[np.asarray(c.valid)])
-    z = z - np.log1p(-np.asarray(c.accuracy)[np.asarray(c.valid)])
+    # logit chance-normalised accuracy of valid candidates ~ N(alpha + lambda s, sigma_a^2)
+    ch = float(e.chance)
+    x = (np.asarray(c.accuracy, np.float64)[np.asarray(c.valid)] - ch) / (1.0 - ch)
+    assert x.min() > 0.0  # never below chance
+    z = np.log(x) - np.log1p(-x)
     mu = float(dynamics.accuracy_logit(s, p, e.accuracy_offset))
     sd = float(p.accuracy_noise)
     assert abs(z.mean() - mu) < 5 * sd / np.sqrt(z.size)
