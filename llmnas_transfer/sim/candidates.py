@@ -96,7 +96,8 @@ def summarize_candidates(c: Candidates, bins: int, chance: Array = 0.0) -> Itera
         jnp.sum(c.valid, axis=0, dtype=jnp.int32),  # integers: exact in any order
         fixed_sum0(acc), fixed_sum0(acc * acc), fixed_sum0(nov), fixed_sum0(nov * nov),
         c.state, c.p_valid,
-        _hist((c.accuracy - chance) / span, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
+        (_hist((c.accuracy - chance) / span, c.valid, bins) if bins
+         else jnp.zeros(lanes + (0,), jnp.int32)),
         _hist(c.novelty, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
     )
 

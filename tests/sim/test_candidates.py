@@ -7,7 +7,7 @@ import pytest
 
 from llmnas_transfer.errors import UnknownSettingError, UserInputError
 from llmnas_transfer.sim import dynamics, registry
-from llmnas_transfer.sim.candidates import as_key, simulate, simulate_chunk
+from llmnas_transfer.sim.candidates import as_key, simulate
 from llmnas_transfer.sim.params import load_defaults
 
 CONFIGS = [
