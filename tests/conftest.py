@@ -36,6 +36,21 @@ def strict_jax():
         yield
 
 
+@pytest.fixture(scope="session")
+def trend_defaults():
+    """The shipped defaults with per-setting rates and asymptotes (AudioSet slower and
+    lower, generation faster and higher) and both feedback strengths on."""
+    import dataclasses
+
+    from llmnas_transfer.sim.params import load_defaults
+
+    d = load_defaults()
+    dyn = {**d.dynamics, "feedback_validity": 0.8, "feedback_accuracy": -0.6}
+    trend = {"rate_dataset": {"audioset": -1.0}, "rate_task": {"generation": 0.5},
+             "asymptote_dataset": {"audioset": -0.4}, "asymptote_task": {"generation": 0.2}}
+    return dataclasses.replace(d, dynamics=dyn, trend=trend)
+
+
 #: Test modules kept out of the default (CI) run while their issue is open (marked slow;
 #: run them with ``-m slow``). Empty: every module runs by default, and only tests marked
 #: ``slow`` themselves (SBC, paper-size recovery, 1e9-candidate sweeps) are left out.

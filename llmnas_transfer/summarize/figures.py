@@ -1,4 +1,4 @@
-"""The study's five figures, drawn from :func:`llmnas_transfer.sim.candidates` results.
+"""The study's five figures and the trend figure, from simulated results.
 
 matplotlib is imported inside the functions (never at module import) and only through
 its object-oriented API (:class:`matplotlib.figure.Figure`, no ``pyplot``), so the
@@ -64,6 +64,7 @@ FIGURE_NAMES: tuple[str, ...] = (
     "fig3_accuracy_distributions",
     "fig4_transfer_gaps",
     "fig5_heatmap",
+    "fig6_trend_gains",
 )
 #: iteration at which the paper reports its values
 PAPER_ITERATION = 10
@@ -397,11 +398,14 @@ def _hist_stats(ds: xr.Dataset, d: str, task: str, it: int) -> dict | None:
     cw = np.cumsum(h) / n
     coords = np.linspace(centres[nz[0]] - width / 2, centres[nz[-1]] + width / 2, 200)
     idx = np.clip(((coords) / width).astype(int), 0, len(centres) - 1)
+    # the histogram bins chance-normalised accuracy x; the accuracy is c + (1 - c) x
+    c = float(ds["chance"].sel(dataset=d, task=task)) if "chance" in ds else 0.0
+    acc = c + (1.0 - c) * coords
     return {
-        "coords": coords, "vals": h[idx] / (n * width),
-        "mean": float((h * centres).sum() / n),
-        "median": float(centres[np.searchsorted(cw, 0.5)]),
-        "min": float(coords[0]), "max": float(coords[-1]),
+        "coords": acc, "vals": h[idx] / (n * width * (1.0 - c)),
+        "mean": c + (1.0 - c) * float((h * centres).sum() / n),
+        "median": c + (1.0 - c) * float(centres[np.searchsorted(cw, 0.5)]),
+        "min": float(acc[0]), "max": float(acc[-1]),
     }
 
 
@@ -708,6 +712,85 @@ def plot_validity_heatmap(ds: xr.Dataset, *, iteration: int | None = None) -> Fi
     return fig
 
 
+def plot_trend_gains(
+    ds: xr.Dataset | None = None,
+    *,
+    gains: pd.DataFrame | None = None,
+    reference: Sequence[str] = gapdefs.DEFAULT_REFERENCE,
+    interval: str = "95% interval (estimate $\\pm$ 1.96 bootstrap SE over trials)",
+) -> Figure:
+    """Figure 6: refinement gain per setting against the reference's.
+
+    The gain of a setting is its validity at the last iteration minus at iteration 1 (in
+    percentage points); one panel per task, one point per dataset with its interval, and
+    the reference setting's gain and interval as a dashed line and band in every panel.
+    A setting whose interval lies below the band gains less than the reference: its
+    trend does not carry over (its trend gap, ``1 - gain / gain_ref``, is above 0).
+
+    Parameters
+    ----------
+    ds : results (used when ``gains`` is not given; gains from
+        :func:`llmnas_transfer.summarize.tables.gaps_table`).
+    gains : a table with columns ``dataset``, ``task``, ``gain``, ``gain_lo``, ``gain_hi``
+        (fractions), e.g. posterior gains with their HDI.
+    interval : the caption's statement of what the intervals are.
+
+    Example
+    -------
+    >>> from llmnas_transfer import simulate
+    >>> r = simulate(0, datasets="cifar-10,audioset", tasks="classification,generation",
+    ...              num_trials=3, num_iterations=3, num_candidates=8)
+    >>> plot_trend_gains(r).axes[0].get_ylabel()
+    'Gain in validity, last minus first iteration (points)'
+    """
+    rd, rt = reference[0].lower(), reference[1].lower()
+    if gains is None:
+        if ds is None:
+            raise UserInputError("plot_trend_gains needs results (ds) or a gains table")
+        _check_results(ds)
+        g = metrics.gaps_table(ds, reference=reference)
+        gains = g.assign(gain_lo=g["gain"] - _Z95 * g["gain_se"].fillna(0.0),
+                         gain_hi=g["gain"] + _Z95 * g["gain_se"].fillna(0.0))
+        protocol = f" {_protocol(ds)}."
+    else:
+        protocol = ""
+    need = {"dataset", "task", "gain", "gain_lo", "gain_hi"}
+    missing = sorted(need - set(gains.columns))
+    if missing:
+        raise UserInputError(f"gains table lacks the column(s) {', '.join(missing)}")
+    ref = gains[(gains["dataset"] == rd) & (gains["task"] == rt)]
+    tasks = list(dict.fromkeys(gains["task"]))
+    dnames = list(dict.fromkeys(gains["dataset"]))
+    fig = _figure(min(18.0, 2.0 + 0.55 * len(dnames) * len(tasks) + 0.8 * len(tasks)), 4.6)
+    axes = fig.subplots(1, len(tasks), squeeze=False, sharey=True)[0]
+    colours = _colours(dnames)
+    for ax, t in zip(axes, tasks, strict=True):
+        sub = gains[gains["task"] == t].set_index("dataset").reindex(dnames)
+        x = np.arange(len(dnames))
+        if len(ref):
+            r = ref.iloc[0]
+            ax.axhspan(100 * r["gain_lo"], 100 * r["gain_hi"], color="0.85", zorder=0,
+                       label=f"reference {rd} {rt}")
+            ax.axhline(100 * r["gain"], color="0.3", ls="--", lw=1, zorder=1)
+        for i, d in enumerate(dnames):
+            row = sub.loc[d]
+            if not np.isfinite(row["gain"]):
+                continue
+            lo, hi = 100 * (row["gain"] - row["gain_lo"]), 100 * (row["gain_hi"] - row["gain"])
+            ax.errorbar([x[i]], [100 * row["gain"]], yerr=[[lo], [hi]], fmt="o",
+                        color=colours[d], capsize=3, zorder=3)
+        ax.axhline(0, color="0.5", lw=0.8, zorder=1)
+        ax.set_xticks(x, dnames, rotation=45, ha="right", fontsize=8)
+        ax.set_title(t)
+        ax.grid(axis="y", alpha=0.25, zorder=0)
+    axes[0].set_ylabel("Gain in validity, last minus first iteration (points)")
+    _legend(axes[-1], loc="upper right", fontsize=8)
+    fig.suptitle("Refinement gain per setting against the reference")
+    _caption(fig, "Points: gain of each setting; dashed line and grey band: the reference's "
+             f"gain and interval. Uncertainty: {interval}.{protocol}")
+    return fig
+
+
 # ------------------------------------------------------------------ saving
 def save_figure(fig: Figure, stem: str | os.PathLike, *, dpi: int = 150,
                 bbox_inches: str | None = None) -> list[Path]:
@@ -766,7 +849,7 @@ def study_figures(
     reference: Sequence[str] = gapdefs.DEFAULT_REFERENCE,
     thresholds: Sequence[float] = gapdefs.DEFAULT_THRESHOLDS,
 ) -> list[Path]:
-    """Draw the five study figures and save them (PNG and PDF) under ``out_dir``.
+    """Draw the five study figures and the trend figure, PNG and PDF, under ``out_dir``.
 
     Example
     -------
@@ -775,7 +858,7 @@ def study_figures(
     >>> r = simulate(0, datasets="cifar-10,svhn", tasks="classification,generation",
     ...              num_trials=3, num_iterations=2, num_candidates=8)
     >>> len(study_figures(r, tempfile.mkdtemp()))
-    10
+    12
     """
     out = Path(out_dir)
     builders = (
@@ -784,6 +867,7 @@ def study_figures(
         lambda: plot_accuracy_distributions(ds),
         lambda: plot_transfer_gaps(ds, gaps=gaps, reference=reference, thresholds=thresholds),
         lambda: plot_validity_heatmap(ds),
+        lambda: plot_trend_gains(ds, reference=reference),
     )
     paths: list[Path] = []
     for name, build in zip(FIGURE_NAMES, builders, strict=True):

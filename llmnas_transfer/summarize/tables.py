@@ -24,12 +24,14 @@ import xarray as xr
 
 from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.io.atomic import atomic_write
+from llmnas_transfer.sim import registry
 from llmnas_transfer.sim.gaps import (
     DEFAULT_REFERENCE,
     DEFAULT_THRESHOLDS,
     check_thresholds,
     classify_regime,
     gap_components,
+    trend_gap,
 )
 from llmnas_transfer.validate import check_float
 
@@ -124,8 +126,11 @@ def accuracy_table(
                 x = x[np.isfinite(x)]
                 qv = np.quantile(x, quantiles).tolist() if x.size else [np.nan] * len(quantiles)
             elif "accuracy_hist" in ds:
+                # the histogram bins chance-normalised accuracy; map centres to accuracies
                 h = ds["accuracy_hist"].sel(dataset=d, task=t, iteration=it).sum("trial").values
-                qv = _weighted_quantiles(ds["accuracy_bin"].values, h, quantiles)
+                c = float(ds["chance"].sel(dataset=d, task=t)) if "chance" in ds else 0.0
+                qv = _weighted_quantiles(c + (1.0 - c) * ds["accuracy_bin"].values, h,
+                                         quantiles)
             else:
                 qv = [np.nan] * len(quantiles)
             row = {"dataset": d, "task": t, "accuracy_mean": float(p["accuracy_mean"]),
@@ -147,6 +152,40 @@ def _setting_summary(ds: xr.Dataset, it: int) -> tuple[np.ndarray, np.ndarray, n
     return nv, acc, np.full_like(nv, ngen)
 
 
+def chance_levels(ds: xr.Dataset) -> np.ndarray:
+    """Chance level of each (dataset, task) of simulated results, ``(D, K)``.
+
+    Results carry it as the ``chance`` variable; results without it (written before
+    accuracy was chance-aware) get it from the registry when the names are registered,
+    else 0.
+
+    Example
+    -------
+    >>> from llmnas_transfer import simulate
+    >>> r = simulate(0, datasets="nlp-sst2", tasks="classification", num_trials=1,
+    ...              num_iterations=1, num_candidates=2)
+    >>> chance_levels(r).tolist()
+    [[0.5]]
+    """
+    if "chance" in ds:
+        return np.asarray(ds["chance"].transpose("dataset", "task").values, float)
+    out = np.zeros((ds.sizes["dataset"], ds.sizes["task"]))
+    for i, d in enumerate(ds["dataset"].values):
+        for k, t in enumerate(ds["task"].values):
+            try:
+                out[i, k] = registry.chance_level(registry.get_dataset(str(d)),
+                                                  registry.get_task(str(t)))
+            except UserInputError:
+                out[i, k] = 0.0
+    return out
+
+
+#: gap columns of :func:`gaps_table` (each with a ``_se`` column)
+GAP_COLUMNS: tuple[str, ...] = ("validity_gap", "accuracy_gap", "combined_gap",
+                                "validity_component", "accuracy_component",
+                                "raw_accuracy_gap", "trend_gap")
+
+
 def gaps_table(
     ds: xr.Dataset,
     *,
@@ -158,7 +197,11 @@ def gaps_table(
 ) -> pd.DataFrame:
     """Transfer gaps of every setting relative to ``reference``, with bootstrap SEs.
 
-    The SEs resample trials independently within each setting (and the reference).
+    The accuracy gap compares chance-normalised accuracies (``raw_accuracy_gap`` compares
+    the accuracies as measured; :mod:`llmnas_transfer.sim.gaps`). ``trend_gap`` compares
+    the refinement gain, validity at ``iteration`` minus validity at iteration 1, with the
+    reference's (:func:`~llmnas_transfer.sim.gaps.trend_gap`). The SEs resample trials
+    independently within each setting (and the reference).
 
     Example
     -------
@@ -172,33 +215,36 @@ def gaps_table(
     it = _resolve_iteration(ds, iteration)
     rd, rt = _check_reference(ds, reference)
     nv, acc, ngen = _setting_summary(ds, it)
+    nv1 = ds["n_valid"].sel(iteration=int(ds["iteration"].values[0])).values.astype(float)
     dnames, tnames = list(ds["dataset"].values), list(ds["task"].values)
+    chance = chance_levels(ds)
     R = nv.shape[-1]
     rng = np.random.default_rng(seed)
+    i_ref, k_ref = dnames.index(rd), tnames.index(rt)
 
-    def stats(nv_, acc_, ng_):
+    def gaps(nv_, acc_, ng_, nv1_, ref):
         V = nv_.sum(-1) / ng_.sum(-1)
+        gain = V - nv1_.sum(-1) / ng_.sum(-1)
         with np.errstate(invalid="ignore", divide="ignore"):
             A = acc_.sum(-1) / nv_.sum(-1)
-        return V, A
+            g = gap_components(V, A, ref(V), ref(A), chance_s=chance,
+                               chance_ref=chance[i_ref, k_ref])
+            g["trend_gap"] = trend_gap(gain, ref(gain))
+        return V, A, gain, g
 
-    V, A = stats(nv, acc, ngen)
-    i_ref, k_ref = dnames.index(rd), tnames.index(rt)
-    g = gap_components(V, A, V[i_ref, k_ref], A[i_ref, k_ref])
+    V, A, gain, g = gaps(nv, acc, ngen, nv1, lambda x: x[i_ref, k_ref])
     # bootstrap: independent resampling of trials per setting
     idx = rng.integers(0, R, size=(n_boot,) + nv.shape)  # (B, D, K, R)
-    nvb = np.take_along_axis(nv[None], idx, -1)
-    accb = np.take_along_axis(acc[None], idx, -1)
-    ngb = np.take_along_axis(ngen[None], idx, -1)
-    Vb, Ab = stats(nvb, accb, ngb)
-    gb = gap_components(Vb, Ab, Vb[:, i_ref, k_ref][:, None, None],
-                        Ab[:, i_ref, k_ref][:, None, None])
+    take = lambda x: np.take_along_axis(x[None], idx, -1)  # noqa: E731
+    _, _, gainb, gb = gaps(take(nv), take(acc), take(ngen), take(nv1),
+                           lambda x: x[:, i_ref, k_ref][:, None, None])
     rows = []
     for i, d in enumerate(dnames):
         for k, t in enumerate(tnames):
-            row = {"dataset": d, "task": t, "validity": V[i, k], "accuracy": A[i, k]}
-            for name in ("validity_gap", "accuracy_gap", "combined_gap", "validity_component",
-                         "accuracy_component"):
+            row = {"dataset": d, "task": t, "validity": V[i, k], "accuracy": A[i, k],
+                   "chance": chance[i, k], "gain": gain[i, k],
+                   "gain_se": _nan_sd(gainb[:, i, k])}
+            for name in GAP_COLUMNS:
                 row[name] = float(g[name][i, k])
                 se = _nan_sd(gb[name][:, i, k]) if (i, k) != (i_ref, k_ref) else 0.0
                 row[f"{name}_se"] = float(se)

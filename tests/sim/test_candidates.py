@@ -65,19 +65,9 @@ def _reference_trial(key, p, vo, ao, no, T, N, chance=0.0, rate=None, target=1.0
     return rows
 
 
-def _trend_defaults():
-    """Defaults with per-setting rates and asymptotes and both feedback strengths on."""
-    import dataclasses
-    d = load_defaults()
-    dyn = {**d.dynamics, "feedback_validity": 0.8, "feedback_accuracy": -0.6}
-    trend = {"rate_dataset": {"audioset": -1.0}, "rate_task": {"generation": 0.5},
-             "asymptote_dataset": {"audioset": -0.4}, "asymptote_task": {"generation": 0.2}}
-    return dataclasses.replace(d, dynamics=dyn, trend=trend)
-
-
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-trend", "setting-trend"])
-def test_scan_vmap_equals_plain_python_loop(shared):
-    d = load_defaults() if shared else _trend_defaults()
+def test_scan_vmap_equals_plain_python_loop(shared, trend_defaults):
+    d = load_defaults() if shared else trend_defaults
     p = d.dynamics_params()
     ds, ts, R, T, N = ["cifar-10", "audioset"], ["classification", "generation"], 3, 5, 6
     r = simulate(7, datasets=ds, tasks=ts, num_trials=R, num_iterations=T, num_candidates=N,

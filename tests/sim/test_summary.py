@@ -175,3 +175,20 @@ def test_summary_path_matches_candidate_path_at_scale():
                 u, v = x[i, :, t], y[i, :, t]
                 u, v = u[np.isfinite(u)], v[np.isfinite(v)]
                 assert stats.ks_2samp(u, v).pvalue > 1e-4, (var, i, t)
+
+
+def test_feedback_paths_agree_in_distribution_and_do_not_depend_on_chunks(trend_defaults):
+    """With feedback the two paths draw different states; their laws must agree."""
+    kw = dict(datasets="cifar-10,audioset", tasks="classification,generation",
+              num_iterations=4, num_candidates=20, bins=0, defaults=trend_defaults)
+    R = 3000
+    a = simulate(5, num_trials=R, path="summary", **kw)
+    b = simulate(5, num_trials=R, path="candidates", **kw)
+    for var in ("validity_rate", "state"):
+        x, y = a[var].values, b[var].values  # (D, K, R, T)
+        se = np.sqrt(x.var(2, ddof=1) / R + y.var(2, ddof=1) / R)
+        assert np.all(np.abs(x.mean(2) - y.mean(2)) < 5 * se), var
+    # a trial's numbers depend only on (seed, setting, trial): not on the chunk size
+    c = simulate(5, num_trials=7, path="summary", chunk_size=3, **kw)
+    np.testing.assert_array_equal(c["n_valid"].values, a["n_valid"].values[:, :, :7])
+    np.testing.assert_array_equal(c["state"].values, a["state"].values[:, :, :7])

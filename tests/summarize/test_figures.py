@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from llmnas_transfer import simulate
@@ -389,3 +390,14 @@ def test_save_figure_options(tmp_path):
     assert tight[0].stat().st_size < loose[0].stat().st_size  # cropped
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "loose.pdf", "loose.png", "tight.pdf", "tight.png"]
+
+
+def test_trend_figure_has_a_panel_per_task_and_the_reference_band(full):
+    fig = plotting.plot_trend_gains(full)
+    tasks = list(full["task"].values)
+    assert [ax.get_title() for ax in fig.axes] == tasks
+    assert "points" in fig.axes[0].get_ylabel()
+    # the reference's interval is drawn as a band in every panel
+    assert all(len(ax.patches) >= 1 for ax in fig.axes)
+    with pytest.raises(UserInputError, match="gain_lo"):
+        plotting.plot_trend_gains(gains=pd.DataFrame({"dataset": [], "task": [], "gain": []}))

@@ -89,6 +89,28 @@ def test_gaps_table(results):
         gaps_table(results, iteration=9)
 
 
+def test_gaps_table_normalises_accuracy_by_chance_and_has_trend_gaps():
+    """A 2-class task is never 'better' than CIFAR-10 by guessing; gains against the
+    reference's give the trend gap, computed by hand here from the per-trial counts."""
+    r = simulate(2, datasets="cifar-10,nlp-sst2", tasks="classification", num_trials=20,
+                 num_iterations=4, num_candidates=15)
+    g = gaps_table(r, n_boot=50).set_index("dataset")
+    assert g.loc["nlp-sst2", "chance"] == 0.5
+    assert g.loc["cifar-10", "chance"] == pytest.approx(0.1)
+    A, c = g["accuracy"], g["chance"]
+    norm = (A - c) / (1 - c)
+    assert g.loc["nlp-sst2", "accuracy_gap"] == pytest.approx(
+        1 - norm["nlp-sst2"] / norm["cifar-10"])
+    assert g.loc["nlp-sst2", "raw_accuracy_gap"] == pytest.approx(
+        1 - A["nlp-sst2"] / A["cifar-10"])
+    rate = r["validity_rate"].sel(task="classification").mean("trial")
+    gain = (rate.isel(iteration=-1) - rate.isel(iteration=0)).to_series()
+    assert g.loc["nlp-sst2", "gain"] == pytest.approx(gain["nlp-sst2"])
+    assert g.loc["nlp-sst2", "trend_gap"] == pytest.approx(
+        1 - gain["nlp-sst2"] / gain["cifar-10"])
+    assert g.loc["cifar-10", "trend_gap"] == 0 and g.loc["nlp-sst2", "trend_gap_se"] > 0
+
+
 def test_gaps_table_survives_cells_without_valid_candidates():
     from llmnas_transfer.sim.params import load_defaults
 
