@@ -1,6 +1,6 @@
 """The package's import graph: layers import one way, with no cycles and no private reach-ins.
 
-Layers, bottom up: base modules (``errors``, ``validate``, ``progress``), then ``sim`` and
+Layers, bottom up: base modules (``errors``, ``validate``, ``progress``, ``cache``), then ``sim`` and
 ``io`` (peers that do not import each other), ``fit``, ``summarize``, ``study``, ``cli``.
 Every import counts, at module top or inside a function.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "llmnas_transfer"
-BASE = ("errors", "validate", "progress")
+BASE = ("errors", "validate", "progress", "cache")
 RANK = {"base": 0, "sim": 1, "io": 1, "fit": 2,
         "summarize": 3, "study": 4, "cli": 5}
 

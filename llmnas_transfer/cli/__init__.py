@@ -5,7 +5,8 @@ Each group of commands lives in its own module with a ``register(subparsers)`` f
 :mod:`~llmnas_transfer.cli.fit` (fit, gaps, trajectory, check),
 :mod:`~llmnas_transfer.cli.lemur` (lemur, scenario), :mod:`~llmnas_transfer.cli.sweep`
 (sweep) and :mod:`~llmnas_transfer.cli.report` (report); the options they share (grid,
-seed, counts, progress) are built by :mod:`~llmnas_transfer.cli.options`. A user's mistake
+seed, counts, progress) are built by :mod:`~llmnas_transfer.cli.options`. Commands keep
+compiled programs in JAX's persistent cache (:mod:`llmnas_transfer.cache`). A user's mistake
 (:class:`~llmnas_transfer.errors.UserInputError`) ends with a one-line message on stderr
 and exit code 2, never a traceback.
 
@@ -59,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from llmnas_transfer.cache import enable_compilation_cache
+
+    enable_compilation_cache()
     try:
         return int(args.func(args) or 0)
     except UserInputError as exc:

@@ -1,0 +1,45 @@
+"""The persistent compilation cache: where it lives, how to turn it off."""
+
+import jax
+import pytest
+
+from llmnas_transfer import cache
+
+
+def test_cache_folder_follows_xdg_and_the_switch(monkeypatch, tmp_path):
+    monkeypatch.delenv(cache.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_folder() == tmp_path / "xdg" / "llmnas-transfer" / "jax"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.cache_folder() == tmp_path / "home" / ".cache" / "llmnas-transfer" / "jax"
+    for off in ("off", "OFF", "0", "false"):
+        monkeypatch.setenv(cache.ENV_VAR, off)
+        assert cache.cache_folder() is None
+    monkeypatch.setenv(cache.ENV_VAR, str(tmp_path / "mine"))
+    assert cache.cache_folder() == tmp_path / "mine"
+
+
+@pytest.fixture
+def restore_cache_dir():
+    old = jax.config.jax_compilation_cache_dir
+    yield
+    jax.config.update("jax_compilation_cache_dir", old)
+
+
+def test_enable_sets_jax_and_creates_the_folder(monkeypatch, tmp_path, restore_cache_dir):
+    monkeypatch.setenv(cache.ENV_VAR, str(tmp_path / "c"))
+    assert cache.enable_compilation_cache() == tmp_path / "c"
+    assert (tmp_path / "c").is_dir()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "c")
+
+
+def test_unusable_folder_or_off_leaves_the_cache_alone(monkeypatch, tmp_path,
+                                                       restore_cache_dir):
+    before = jax.config.jax_compilation_cache_dir
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv(cache.ENV_VAR, str(tmp_path / "file" / "sub"))
+    assert cache.enable_compilation_cache() is None
+    monkeypatch.setenv(cache.ENV_VAR, "off")
+    assert cache.enable_compilation_cache() is None
+    assert jax.config.jax_compilation_cache_dir == before
