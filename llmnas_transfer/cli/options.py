@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from llmnas_transfer.errors import UserInputError
-from llmnas_transfer.validate import check_float, check_int
+from llmnas_transfer.validate import check_float, check_int, did_you_mean
 
 #: largest seed the simulator accepts (:func:`llmnas_transfer.sim.candidates.as_key`)
 MAX_SEED = 2**63 - 1
@@ -192,10 +192,16 @@ def add_seed_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_arg, default=0, help="random seed (default 0)")
 
 
+#: names of the shipped parameter sets (:data:`llmnas_transfer.sim.params.PARAM_SETS`)
+PARAM_SET_NAMES: tuple[str, ...] = ("paper", "lemur")
+
+
 def add_params_option(p: argparse.ArgumentParser) -> None:
-    """``--params FILE``: read it with :func:`load_params`."""
-    p.add_argument("--params", metavar="FILE",
-                   help="parameters JSON written by 'calibrate' (default: the shipped file)")
+    """``--params paper|lemur|FILE``: read it with :func:`load_params`."""
+    p.add_argument("--params", metavar="paper|lemur|FILE",
+                   help="parameter set: 'paper' (calibrated on the paper's statements), "
+                        "'lemur' (on LEMUR's real first-epoch accuracies) or a parameters "
+                        "JSON written by 'calibrate' (default: paper)")
 
 
 def add_progress_option(p: argparse.ArgumentParser, *,
@@ -223,11 +229,34 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 
 # ------------------------------------------------------------------ values
-def load_params(path: str | None):
+def load_params(value: str | None):
     """The :class:`~llmnas_transfer.sim.params.ModelDefaults` of ``--params``, or ``None``
-    (the shipped defaults) when the option was not given."""
-    if not path:
-        return None
-    from llmnas_transfer.sim.params import load_defaults
+    (the shipped ``paper`` set) when the option was not given.
 
+    ``paper`` and ``lemur`` name the shipped sets; anything else is a file path. A value
+    that is neither a set nor an existing file is a
+    :class:`~llmnas_transfer.errors.UserInputError` (exit 2) naming the closest set.
+
+    Example
+    -------
+    >>> load_params("lemur").provenance["target_set"]
+    'lemur'
+    >>> load_params("lemr")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    llmnas_transfer.errors.UserInputError: --params: 'lemr' is neither ...did you mean 'lemur'?...
+    """
+    if not value:
+        return None
+    from pathlib import Path
+
+    from llmnas_transfer.sim.params import load_defaults, load_param_set
+
+    if value in PARAM_SET_NAMES:
+        return load_param_set(value)
+    path = Path(value).expanduser()
+    if not path.exists() and path.suffix.lower() != ".json" and len(path.parts) == 1:
+        raise UserInputError(
+            f"--params: {value!r} is neither a parameter set nor a file"
+            f"{did_you_mean(value, PARAM_SET_NAMES)}; valid sets: {', '.join(PARAM_SET_NAMES)}")
     return load_defaults(path)

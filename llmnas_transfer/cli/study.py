@@ -3,8 +3,10 @@
 ``llmnas-transfer reproduce --out DIR`` runs the whole study (see
 :func:`llmnas_transfer.study.reproduce.run_study`); ``simulate`` runs a custom grid and writes
 netCDF, Parquet or CSV (see :mod:`llmnas_transfer.io.results`); ``calibrate`` re-derives
-the parameters, writes them to ``--out`` (or, with ``--in-place``, over the shipped file)
-and prints the expected value of every target.
+a parameter set (``--set paper|lemur``), writes it to ``--out`` (or, with ``--in-place``,
+over the shipped file) with its held-out report beside it, and prints the expected value
+of every target. ``--params paper|lemur|FILE`` picks the parameters that ``reproduce`` and
+``simulate`` use.
 
 A non-empty ``reproduce --out`` folder is refused unless it holds an earlier study
 (``study.json``) or ``--force`` is given.
@@ -78,12 +80,22 @@ def register(subparsers) -> None:
     c = add_command(
         subparsers, "calibrate", _calibrate, out="PATH", out_required=False,
         out_help="parameters file (.json) to write; without it, --in-place is needed",
-        help="re-derive the default parameters from the paper's targets",
-        description="Fit the default parameters to data/targets.csv (optax on exact "
-                    "expectations), write them and print the expected value of every target.")
+        help="re-derive a parameter set from its targets",
+        description="Fit a parameter set to its targets (optax on exact expectations): "
+                    "'paper' to data/targets.csv, 'lemur' to those plus "
+                    "data/targets_lemur.csv. Then calibrate again without the section 3.4 "
+                    "regimes and 3.5 hardest cell, and without the section 3.3 accuracy "
+                    "ordering, to check whether they follow from the rest. Writes the "
+                    "parameters, the held-out report beside them (NAME.heldout.csv) and "
+                    "prints the expected value of every target.")
+    c.add_argument("--set", dest="target_set", choices=("paper", "lemur"), default="paper",
+                   help="target set to calibrate on (default: paper)")
     c.add_argument("--in-place", action="store_true",
-                   help="overwrite the parameters file the package ships (instead of --out)")
+                   help="overwrite the set's parameters file the package ships (instead of "
+                        "--out)")
     c.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000)")
+    c.add_argument("--no-heldout", action="store_true",
+                   help="skip the held-out check (two more calibrations)")
     add_progress_option(c)
 
 
@@ -126,7 +138,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from llmnas_transfer.io import atomic
-    from llmnas_transfer.study import derive as calibrate
+    from llmnas_transfer.study import derive
 
     check_int("--steps", args.steps, 1, 1_000_000)
     if args.out and args.in_place:
@@ -135,16 +147,25 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise UserInputError(
             "calibrate needs --out PATH (a new parameters file) or --in-place (overwrite the "
             "file the package ships)")
-    out = Path(args.out) if args.out else calibrate.default_params_path()
+    out = Path(args.out) if args.out else derive.default_params_path(args.target_set)
     if out.suffix.lower() != ".json":
         raise UserInputError(f"{out}: the parameters file must end in .json")
     out = atomic.check_writable(out)
-    res = calibrate.calibrate(steps=args.steps, progress=show_progress(args))
+    heldout_out = atomic.check_writable(derive.heldout_path(out))
+    res = derive.calibrate(target_set=args.target_set, steps=args.steps,
+                           heldout=not args.no_heldout, progress=show_progress(args))
     atomic.atomic_write_text(out, res.defaults.to_json())
     _print_report(res.report)
-    fitted = res.report[res.report["fitted"]]
-    print(f"wrote {out}; {int(fitted['met'].sum())}/{len(fitted)} fitted targets met "
-          f"(expected values, tolerance 1.5 points)")
+    counted = res.report[res.report["role"] == "target"]
+    msg = (f"wrote {out}; {int(counted['met'].sum())}/{len(counted)} counted targets met "
+           f"(expected values; set {args.target_set!r})")
+    if res.heldout is not None:
+        atomic.atomic_write(heldout_out, lambda tmp: res.heldout.to_csv(
+            tmp, index=False, float_format="%.6g"))
+        follows = res.heldout[res.heldout["verdict"] == "follows"]
+        msg += (f"; held-out check ({heldout_out.name}): {len(follows)}/{len(res.heldout)} "
+                "left-out statements follow from the rest")
+    print(msg)
     return 0
 
 
@@ -153,11 +174,11 @@ def _print_report(report) -> None:
     from rich.table import Table
 
     tab = Table(title="Targets: paper value vs the model's expected value")
-    for col in ("target", "paper", "expected", "met", "fitted"):
+    for col in ("target", "paper", "expected", "met", "role", "fitted"):
         tab.add_column(col)
     for _, r in report.iterrows():
         pv = r["paper_value"]
         tab.add_row(str(r["target"]), f"{pv:.4g}" if isinstance(pv, float) else str(pv),
                     f"{r['expected_value']:.4f}", "yes" if r["met"] else "NO",
-                    "yes" if r["fitted"] else "reported only")
+                    str(r["role"]), "yes" if r["fitted"] else "no")
     Console(file=sys.stdout).print(tab)

@@ -6,7 +6,8 @@ The format follows the file suffix:
   kept, attributes included.
 * ``.parquet`` and ``.csv`` - a tidy table with one row per (dataset, task, trial,
   iteration) and one column per per-iteration variable (``n_valid``, ``validity_rate``,
-  accuracy and novelty statistics, ``state``, ``p_valid``, the scalar ``n_generated``).
+  accuracy and novelty statistics, ``state``, ``p_valid``, the scalar ``n_generated``
+  and the per-setting ``chance``, repeated on each row of its setting).
   Histogram counts become wide columns ``accuracy_hist_00``, ``accuracy_hist_01``, ...
   (bin ``i`` covers ``[i/B, (i+1)/B)``). Per-candidate values, when the results hold
   them, go to a second long table ``<stem>.candidates<suffix>`` with one row per
@@ -68,12 +69,18 @@ def candidates_path(path: str | os.PathLike) -> Path:
 
 
 # ------------------------------------------------------------------ tables
+#: per-setting variables: one value per (dataset, task), repeated on every row of a table
+SETTING_DIMS: tuple[str, str] = ("dataset", "task")
+SETTING_VARIABLES: tuple[str, ...] = ("chance",)
+
+
 def _split_variables(ds: xr.Dataset) -> tuple[list[str], list[str], list[str], list[str]]:
-    """Per-iteration, per-iteration-with-one-extra-dim, per-candidate and scalar vars."""
+    """Per-iteration (and per-setting), per-iteration-with-one-extra-dim, per-candidate
+    and scalar vars."""
     flat, wide, cand, scalar = [], [], [], []
     for name, var in ds.data_vars.items():
         dims = tuple(var.dims)
-        if dims == INDEX:
+        if dims == INDEX or (dims == SETTING_DIMS and name in SETTING_VARIABLES):
             flat.append(name)
         elif dims == CANDIDATE_INDEX:
             cand.append(name)
@@ -123,7 +130,8 @@ def to_table(ds: xr.Dataset) -> pd.DataFrame:
     df = _index_frame(ds, INDEX)
     cols: dict[str, np.ndarray] = {}
     for name in flat:
-        cols[name] = ds[name].values.ravel()
+        cols[name] = ds[name].broadcast_like(ds["n_valid"]).transpose(*INDEX).values.ravel() \
+            if ds[name].dims == SETTING_DIMS else ds[name].values.ravel()
     for name in wide:
         vals = ds[name].values
         nb = vals.shape[-1]
@@ -285,6 +293,15 @@ def from_table(
             if len(vals) != 1:
                 raise DataFormatError(f"{where}: column n_generated: must be constant")
             scalars[col] = vals[0]
+            continue
+        if col in SETTING_VARIABLES:
+            full = _place(table[col].to_numpy(dtype=float), shape, flat)
+            full = full.reshape(shape[:2] + (-1,))
+            first = full[..., 0]
+            if np.any(full != first[..., None]):
+                raise DataFormatError(
+                    f"{where}: column {col}: must be constant within each dataset and task")
+            data[col] = (SETTING_DIMS, first)
             continue
         data[col] = (INDEX, _place(table[col].to_numpy(), shape, flat))
     new_coords: dict[str, np.ndarray] = {d: np.asarray(coords[d]) for d in INDEX}

@@ -32,8 +32,13 @@ import numpy as np
 from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.sim import registry
 from llmnas_transfer.sim.types import Array
+from llmnas_transfer.validate import did_you_mean
 
 DEFAULT_PARAMS_FILE = "default_params.json"
+#: the shipped parameter sets: name -> file in the package's data folder. ``paper`` (the
+#: default) is calibrated on the paper's statements, ``lemur`` on LEMUR's real first-epoch
+#: accuracies (``llmnas-transfer calibrate --set NAME`` derives each).
+PARAM_SETS: dict[str, str] = {"paper": DEFAULT_PARAMS_FILE, "lemur": "lemur_params.json"}
 
 
 class DynamicsParams(NamedTuple):
@@ -417,3 +422,19 @@ def load_defaults(path: str | Path | None = None) -> ModelDefaults:
         raise UserInputError(f"{src}: not valid JSON (too deeply nested)") from None
     _check_shape(d, src)
     return ModelDefaults.from_dict(d)
+
+
+def load_param_set(name: str) -> ModelDefaults:
+    """Load a shipped parameter set by name (:data:`PARAM_SETS`: ``paper`` or ``lemur``).
+
+    Example
+    -------
+    >>> load_param_set("lemur").provenance["target_set"]
+    'lemur'
+    """
+    if name not in PARAM_SETS:
+        raise UserInputError(f"unknown parameter set {name!r}{did_you_mean(name, PARAM_SETS)}; "
+                             f"valid values: {', '.join(PARAM_SETS)}")
+    data = resources.files("llmnas_transfer.data").joinpath(PARAM_SETS[name])
+    with resources.as_file(data) as path:
+        return load_defaults(path)

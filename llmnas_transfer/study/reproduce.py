@@ -19,8 +19,13 @@ several points of Monte Carlo noise. ``targets.csv`` therefore reports three val
 target: ``simulated_value`` and ``simulated_se`` at the requested protocol, the exact
 ``expected_value`` of the model (:func:`llmnas_transfer.study.derive.expected_report`) and a
 ``large_trial_value`` from a second simulation of ``check_trials`` trials (same seed,
-summaries only). ``met`` is judged on the large-trial
-value (on the expected value when ``check_trials=0``); ``met_basis`` says which.
+summary path). ``met`` is judged on the large-trial value (on the expected value when
+``check_trials=0``); ``met_basis`` says which. ``p_reproduce_15`` is the share of
+replicate 15-trial studies (groups of 15 trials of the check) that meet each target, and
+``heldout`` the verdict of the held-out check shipped with the parameters (written by
+``llmnas-transfer calibrate``; nothing is recalibrated here). The targets are those of the
+set the parameters were calibrated on (``paper`` or ``lemur``); the headline counts only
+``role == "target"`` rows.
 
 Everything is written to a staging folder and moved into place at the end, so an error
 leaves no partial study behind.
@@ -94,6 +99,34 @@ class StudyOutputs(NamedTuple):
 
 
 # ------------------------------------------------------------------ targets
+#: trials of a study of the paper's size (``p_reproduce_15`` is judged on groups of these)
+PAPER_TRIALS = 15
+
+#: columns of ``targets.csv``
+TARGET_COLUMNS: tuple[str, ...] = (
+    "target", "role", "paper_value", "low", "high", "tolerance", "simulated_value",
+    "simulated_se", "met", "met_basis", "met_at_protocol", "expected_value", "protocol_z",
+    "met_expected", "large_trial_value", "large_trial_se", "met_large_trial",
+    "p_reproduce_15", "replicates_15", "heldout", "protocol_trials", "large_trials",
+    "fitted", "note", "source",
+)
+
+
+def heldout_verdicts(defaults: ModelDefaults) -> dict[str, str]:
+    """The held-out check shipped with ``defaults`` (``provenance["heldout"]``, written by
+    ``calibrate``): target -> ``follows`` / ``only when targeted`` / ``fails either way``.
+    Empty for a file calibrated without the check.
+
+    Example
+    -------
+    >>> heldout_verdicts(load_defaults())["regime_stl-10"] in (
+    ...     "follows", "only when targeted", "fails either way")
+    True
+    """
+    return {str(r["target"]): str(r["verdict"])
+            for r in defaults.provenance.get("heldout", []) or []}
+
+
 def targets_table(
     results: xr.Dataset,
     *,
@@ -101,23 +134,29 @@ def targets_table(
     check: xr.Dataset | None = None,
     n_boot: int = 200,
 ) -> pd.DataFrame:
-    """Every target of ``data/targets.csv``: protocol, expected and large-trial values.
+    """Every target of the parameters' target set: protocol, expected and large-trial values.
 
     Parameters
     ----------
     results : the study simulation (the full built-in grid).
-    defaults : the parameters it was simulated with (shipped defaults if ``None``).
+    defaults : the parameters it was simulated with (shipped ``paper`` set if ``None``);
+        their ``provenance["target_set"]`` picks the targets
+        (:func:`llmnas_transfer.study.derive.targets_for`).
     check : an optional large-trial simulation of the same grid (summaries suffice).
     n_boot : bootstrap resamples for the SEs.
 
     Returns
     -------
-    DataFrame with ``target, paper_value, simulated_value, simulated_se, met, met_basis,
-    met_at_protocol, expected_value, protocol_z, met_expected, large_trial_value,
-    large_trial_se, met_large_trial, protocol_trials, large_trials, fitted, source``.
-    ``protocol_z`` is ``(simulated - expected) / simulated_se``: how far the protocol's
-    Monte Carlo value lies from the exact expectation, in standard errors. ``fitted`` is
-    false for the abstract's claims, which are reported but were not calibrated to.
+    DataFrame with the columns :data:`TARGET_COLUMNS`. ``role`` is ``target`` (a paper
+    statement, or a LEMUR IQR condition under ``lemur``: these are counted), ``anchor``,
+    ``claim`` (reported, not fitted) or ``check`` (shown, not counted). ``low``/``high``
+    are the numeric bounds (fractions; a point target's are value +- 1.5 points) and
+    ``tolerance`` says whose they are. ``protocol_z`` is ``(simulated - expected) /
+    simulated_se``. ``p_reproduce_15`` is the fraction of replicate 15-trial studies
+    (consecutive groups of 15 trials of ``check``; ``replicates_15`` of them) that meet
+    the target. ``heldout`` is the shipped held-out verdict (``follows``, ``only when
+    targeted``) for the statements the held-out check leaves out. ``note`` says why a
+    target is not met where the target file explains it.
 
     Example
     -------
@@ -128,17 +167,20 @@ def targets_table(
     'expected value'
     """
     defaults = defaults or load_defaults()
-    targets = derive.load_targets()
+    targets = derive.targets_for(defaults)
     T = int(results.sizes["iteration"])
     sim = derive.simulated_report(results, targets, n_boot=n_boot)
     exp = derive.expected_report(defaults, targets, num_iterations=T)
-    out = sim[["target", "paper_value", "simulated_value", "simulated_se"]].copy()
+    out = sim[["target", "role", "paper_value", "low", "high", "tolerance",
+               "simulated_value", "simulated_se"]].copy()
     out["met_at_protocol"] = sim["met"].to_numpy()
     out["expected_value"] = exp["expected_value"].to_numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
         out["protocol_z"] = (out["simulated_value"] - out["expected_value"]) / out[
             "simulated_se"]
     out["met_expected"] = exp["met"].to_numpy()
+    out["p_reproduce_15"] = np.nan
+    out["replicates_15"] = 0
     if check is not None:
         if int(check.sizes["iteration"]) != T:
             raise UserInputError("the large-trial check must have the study's iterations")
@@ -148,22 +190,62 @@ def targets_table(
         out["met_large_trial"] = big["met"].to_numpy()
         out["met"] = out["met_large_trial"]
         out["met_basis"] = f"simulation, {int(check.sizes['trial'])} trials"
+        if int(check.sizes["trial"]) >= PAPER_TRIALS:
+            prob, reps = derive.reproduce_probability(check, targets, group_size=PAPER_TRIALS)
+            out["p_reproduce_15"] = prob
+            out["replicates_15"] = reps
     else:
         out["large_trial_value"] = np.nan
         out["large_trial_se"] = np.nan
         out["met_large_trial"] = pd.NA
         out["met"] = out["met_expected"]
         out["met_basis"] = "expected value"
+    verdicts = heldout_verdicts(defaults)
+    out["heldout"] = [verdicts.get(t, "") for t in out["target"]]
     out["protocol_trials"] = int(results.sizes["trial"])
     out["large_trials"] = int(check.sizes["trial"]) if check is not None else 0
     out["fitted"] = sim["fitted"].to_numpy()
+    met = out["met"].astype(bool).to_numpy()
+    notes = sim["note"].fillna("").astype(str).to_numpy()
+    out["note"] = np.where(~met | (out["role"].to_numpy() == "check"), notes, "")
     out["source"] = sim["source"].to_numpy()
-    cols = ["target", "paper_value", "simulated_value", "simulated_se", "met", "met_basis",
-            "met_at_protocol", "expected_value", "protocol_z", "met_expected",
-            "large_trial_value",
-            "large_trial_se", "met_large_trial", "protocol_trials", "large_trials", "fitted",
-            "source"]
-    return out[cols]
+    return out[list(TARGET_COLUMNS)]
+
+
+def targets_summary(targets: pd.DataFrame) -> dict:
+    """Headline counts of a targets table: the counted paper statements
+    (``role == "target"``) met on the table's basis and at the protocol, the LEMUR
+    conditions of the ``lemur`` set (``lemur_*`` targets), the anchors, the claims and the
+    checks (shown, not counted).
+
+    Example
+    -------
+    >>> t = pd.DataFrame({"target": ["a", "b"], "role": ["target", "check"], "met": [True, True],
+    ...                   "met_at_protocol": [False, True], "met_basis": ["x", "x"],
+    ...                   "protocol_trials": [15, 15], "p_reproduce_15": [0.5, 1.0]})
+    >>> targets_summary(t)["targets_met"], targets_summary(t)["targets"]
+    (1, 1)
+    """
+    role = targets["role"].astype(str)
+    lemur = (role == "target") & targets["target"].astype(str).str.startswith("lemur_")
+    counted = targets[(role == "target") & ~lemur]
+    out = {
+        "targets": int(len(counted)),
+        "targets_met": int(counted["met"].astype(bool).sum()),
+        "targets_met_at_protocol": int(counted["met_at_protocol"].astype(bool).sum()),
+        "protocol_trials": int(targets["protocol_trials"].iloc[0]),
+        "met_basis": str(targets["met_basis"].iloc[0]),
+    }
+    out["lemur_conditions"] = int(lemur.sum())
+    out["lemur_conditions_met"] = int(targets.loc[lemur, "met"].astype(bool).sum())
+    for r in ("anchor", "claim", "check"):
+        sub = targets[role == r]
+        out[f"{r}s"] = int(len(sub))
+        out[f"{r}s_met"] = int(sub["met"].astype(bool).sum())
+    p = counted["p_reproduce_15"].to_numpy(float) if "p_reproduce_15" in counted else []
+    out["expected_met_at_15"] = (float(np.sum(p)) if len(p) and np.isfinite(p).all()
+                                 else None)
+    return out
 
 
 def targets_markdown(targets: pd.DataFrame) -> str:
@@ -176,7 +258,7 @@ def targets_markdown(targets: pd.DataFrame) -> str:
     ...                   "expected_value": [0.767], "large_trial_value": [0.766],
     ...                   "large_trial_se": [0.002], "met": [True], "fitted": [True]})
     >>> print(targets_markdown(t).splitlines()[2])
-    | validity_cifar-10 | 76.5 | 75.0 +- 3.0 | 76.7 | 76.6 +- 0.2 | yes |
+    | validity_cifar-10 | 76.5 | 75.0 +- 3.0 | 76.7 | 76.6 +- 0.2 |  | yes |  |
     """
 
     def pct(v, se=None):
@@ -196,17 +278,34 @@ def targets_markdown(targets: pd.DataFrame) -> str:
             return re.sub(r"-?\d+(\.\d+)?(e-?\d+)?",
                           lambda m: f"{100 * float(m.group(0)):.4g}", str(v))
 
-    lines = ["| target | paper (%) | protocol (%) | expected (%) | large-trial (%) | met |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| target | paper (%) | protocol (%) | expected (%) | large-trial (%) | "
+             "P(15 trials) | met | held out |",
+             "|---|---|---|---|---|---|---|---|"]
     for _, r in targets.iterrows():
         met = "yes" if bool(r["met"]) else "**no**"
-        if not bool(r["fitted"]):
+        role = r.get("role", "target" if bool(r["fitted"]) else "claim")
+        if role == "claim":
             met += " (claim, not fitted)"
+        elif role == "check":
+            met += " (check, not counted)"
+        elif role == "anchor":
+            met += " (anchor)"
+        p15 = r.get("p_reproduce_15", np.nan)
+        p15 = "" if p15 is None or not np.isfinite(p15) else f"{p15:.2f}"
+        held = r.get("heldout", "")
+        held = "" if not isinstance(held, str) else held
+        if held == "only when targeted":
+            held = "**only when targeted**"
         lines.append(
             f"| {r['target']} | {paper(r['paper_value'])} | "
             f"{pct(r['simulated_value'], r['simulated_se'])} | {pct(r['expected_value'])} | "
-            f"{pct(r['large_trial_value'], r['large_trial_se'])} | {met} |"
+            f"{pct(r['large_trial_value'], r['large_trial_se'])} | {p15} | {met} | {held} |"
         )
+    notes = [(r["target"], r["note"]) for _, r in targets.iterrows()
+             if not bool(r["met"]) and isinstance(r.get("note", ""), str) and r.get("note")]
+    if notes:
+        lines.append("")
+        lines += [f"- `{t}`: {n}" for t, n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -396,7 +495,8 @@ def _simulate_study(key, dnames, tnames, num_trials, check_trials, per_candidate
         check = simulate(
             key, datasets=list(registry.BUILTIN_DATASET_NAMES),
             tasks=list(registry.BUILTIN_TASK_NAMES), num_trials=check_trials, bins=0,
-            progress=stages.stage(f"checking with {check_trials} trials"), **sim_kw,
+            path="summary", progress=stages.stage(f"checking with {check_trials} trials"),
+            **sim_kw,
         )
         timings["large_trial_check"] = time.perf_counter() - t
         stages.advance()
@@ -475,18 +575,7 @@ def _existing_parent(p: Path) -> Path:
 
 def _manifest(key, results, check, targets, timings, notes, *, reference, thresholds,
               per_candidate) -> dict:
-    summary = None
-    if targets is not None:
-        fitted = targets[targets["fitted"]]
-        claims = targets[~targets["fitted"]]
-        summary = {
-            "fitted_targets": int(len(fitted)),
-            "fitted_met": int(fitted["met"].sum()),
-            "fitted_met_at_protocol": int(fitted["met_at_protocol"].sum()),
-            "met_basis": str(targets["met_basis"].iloc[0]),
-            "claims": int(len(claims)),
-            "claims_met": int(claims["met"].sum()),
-        }
+    summary = targets_summary(targets) if targets is not None else None
     return {
         "command": "llmnas_transfer.study.reproduce.run_study",
         "seed": int(key) if isinstance(key, (int, np.integer)) else str(key),
@@ -543,19 +632,51 @@ def summary_tables(outputs: StudyOutputs) -> list:
     items: list = [tab]
     t = outputs.targets
     if t is not None:
-        fitted = t[t["fitted"]]
-        claims = t[~t["fitted"]]
-        items.append(
-            f"Targets met: {int(fitted['met'].sum())}/{len(fitted)} (judged on the "
-            f"{fitted['met_basis'].iloc[0]}); at the {int(t['protocol_trials'].iloc[0])}-trial "
-            f"protocol: {int(fitted['met_at_protocol'].sum())}/{len(fitted)}; the abstract's "
-            f"claims (reported, not fitted): {int(claims['met'].sum())}/{len(claims)} met."
-        )
+        items.append(headline(t))
+        flagged = t[(t["heldout"] == "only when targeted") & (t["role"] == "target")]
+        if len(flagged):
+            items.append("Held out of the calibration, these paper statements no longer "
+                         "follow (they hold only when targeted): "
+                         + ", ".join(flagged["target"]) + ".")
+        failed = t[(t["role"] == "target") & ~t["met"].astype(bool)]  # with the reason
+        for _, r in failed.iterrows():
+            items.append(f"not met: {r['target']}" + (f" ({r['note']})" if r["note"] else ""))
     for n in outputs.notes:
         items.append(f"note: {n}")
     items.append(f"Wrote {len(outputs.files)} files under {outputs.out_dir} in "
                  f"{outputs.timings.get('total', float('nan')):.1f} s.")
     return items
+
+
+def headline(targets: pd.DataFrame) -> str:
+    """One line with the counted targets met at the large-trial check and at the
+    protocol, and the anchors, claims and checks beside them.
+
+    Example
+    -------
+    >>> t = pd.DataFrame({"target": ["a"], "role": ["target"], "met": [True],
+    ...                   "met_at_protocol": [True],
+    ...                   "met_basis": ["expected value"], "protocol_trials": [15],
+    ...                   "p_reproduce_15": [float("nan")]})
+    >>> headline(t)
+    'Paper targets met: 1/1 (judged on the expected value); at the 15-trial protocol: 1/1.'
+    """
+    s = targets_summary(targets)
+    line = (f"Paper targets met: {s['targets_met']}/{s['targets']} (judged on the "
+            f"{s['met_basis']}); at the {s['protocol_trials']}-trial protocol: "
+            f"{s['targets_met_at_protocol']}/{s['targets']}")
+    if s["expected_met_at_15"] is not None:
+        line += (f"; a 15-trial study meets {s['expected_met_at_15']:.1f} of them on "
+                 "average (p_reproduce_15)")
+    line += "."
+    if s["lemur_conditions"]:
+        line += (f" LEMUR conditions (accuracy in LEMUR's interquartile range) met: "
+                 f"{s['lemur_conditions_met']}/{s['lemur_conditions']}.")
+    extra = [f"{s[r + 's_met']}/{s[r + 's']} {r}s" for r in ("anchor", "claim", "check")
+             if s[r + "s"]]
+    if extra:
+        line += " Not counted: " + ", ".join(extra) + " met."
+    return line
 
 
 def paper_regimes() -> dict[str, str]:

@@ -11,6 +11,7 @@ import pytest
 from llmnas_transfer import cli, load_defaults
 from llmnas_transfer.io.results import candidates_path, load_results
 from llmnas_transfer.study import derive as calibrate
+from llmnas_transfer.summarize.figures import FIGURE_NAMES
 
 # one small simulation shape for most commands here (one compile)
 SIM = ["--trials", "2", "--iterations", "3", "--candidates", "4"]
@@ -54,9 +55,9 @@ def test_reproduce_small(tmp_path, capsys):
     rc, stdout, err = run(["reproduce", "--out", out, *SIM, "--check-trials", "0",
                            "--no-progress"], capsys)
     assert rc == 0, err
-    assert "Targets met:" in stdout and "judged on the expected value" in stdout
+    assert "Paper targets met:" in stdout and "judged on the expected value" in stdout
     assert (out / "tables" / "targets.csv").is_file()
-    assert len(list((out / "figures").iterdir())) == 10
+    assert len(list((out / "figures").iterdir())) == 2 * len(FIGURE_NAMES)
     # a second run into the same study folder is allowed
     rc, _, err = run(["reproduce", "--out", out, *SIM, "--check-trials", "0",
                       "--no-progress", "--datasets", "cifar-10", "--tasks",
@@ -68,14 +69,56 @@ def test_calibrate_writes_elsewhere_and_leaves_shipped_file(tmp_path, capsys):
     shipped = calibrate.default_params_path()
     before = shipped.read_bytes()
     out = tmp_path / "params.json"
-    rc, stdout, err = run(["calibrate", "--out", out, "--steps", "3", "--no-progress"], capsys)
+    rc, stdout, err = run(["calibrate", "--out", out, "--steps", "3", "--no-heldout",
+                           "--no-progress"], capsys)
     assert rc == 0, err
     assert "Targets: paper value vs the model's expected value" in stdout
     assert f"wrote {out}" in stdout
     d = load_defaults(out)
     assert d.provenance["optimizer"] == "optax adam, 3 steps"
+    assert d.provenance["target_set"] == "paper"
     assert shipped.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["params.json"]
+
+
+def test_calibrate_lemur_set_writes_the_heldout_report_beside(tmp_path, capsys):
+    shipped = calibrate.default_params_path("lemur")
+    before = shipped.read_bytes()
+    out = tmp_path / "lemur.json"
+    rc, stdout, err = run(["calibrate", "--set", "lemur", "--out", out, "--steps", "3",
+                           "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "held-out check (lemur.heldout.csv)" in stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lemur.heldout.csv", "lemur.json"]
+    d = load_defaults(out)
+    assert d.provenance["target_set"] == "lemur" and d.provenance["heldout"]
+    assert shipped.read_bytes() == before
+
+
+def test_params_names_on_reproduce_and_simulate(tmp_path, capsys):
+    import pandas as pd
+
+    rc, stdout, err = run(["reproduce", "--out", tmp_path / "s", *SIM, "--check-trials", "0",
+                           "--params", "lemur", "--no-progress"], capsys)
+    assert rc == 0, err
+    t = pd.read_csv(tmp_path / "s" / "tables" / "targets.csv")
+    assert "lemur_iqr_cifar-100" in set(t["target"])  # the lemur set's own targets
+    note = t.set_index("target").loc["regime_cifar-100", "note"]
+    assert "LEMUR" in note  # why the paper statement fails under lemur
+    paths = {}
+    for name in ("paper", "lemur"):
+        paths[name] = tmp_path / f"{name}.nc"
+        rc, _, err = run(["simulate", "--out", paths[name], *SIM, "--datasets", "cifar-100",
+                          "--tasks", "classification", "--params", name, "--no-progress"],
+                         capsys)
+        assert rc == 0, err
+    acc = {n: float(load_results(p)["accuracy_sum"].sum() / load_results(p)["n_valid"].sum())
+           for n, p in paths.items()}
+    assert acc["lemur"] < 0.1 < acc["paper"]  # LEMUR's CIFAR-100 level is about 6%
+    # a file path still works
+    rc, _, err = run(["simulate", "--out", tmp_path / "f.nc", *SIM, "--params",
+                      calibrate.default_params_path("lemur"), "--no-progress"], capsys)
+    assert rc == 0, err
 
 
 def _bad_cases(tmp_path):
@@ -105,6 +148,10 @@ def _bad_cases(tmp_path):
         (["reproduce", "--out", tmp_path / "r", "--params", tmp_path / "none.json"],
          "parameters file not found"),
         (["reproduce", "--out", tmp_path / "r", "--trials", "two"], "invalid int value"),
+        (["reproduce", "--out", tmp_path / "r", "--params", "lemr"], "did you mean 'lemur'?"),
+        (["reproduce", "--out", tmp_path / "r", "--params", "papers"], "valid sets: paper"),
+        (["simulate", "--out", tmp_path / "x.nc", "--params", "lemr"], "did you mean 'lemur'?"),
+        (["calibrate", "--out", tmp_path / "p.json", "--set", "lemr"], "invalid choice"),
         (["reproduce", *SIM], "--out"),
         # simulate
         (["simulate", "--out", tmp_path / "x.txt", *SIM], "unknown results format"),

@@ -176,3 +176,14 @@ def test_variables_without_a_table_place_are_refused(summary_only, tmp_path):
         rio.save_results(odd, tmp_path / "odd.csv")
     rio.save_results(odd, tmp_path / "odd.nc")  # netCDF keeps anything
     assert "extra" in rio.load_results(tmp_path / "odd.nc")
+
+
+def test_chance_is_one_value_per_setting_in_tables(summary_only):
+    t = rio.to_table(summary_only)
+    per_setting = t.groupby(["dataset", "task"], sort=False)["chance"].agg(["min", "max"])
+    assert (per_setting["min"] == per_setting["max"]).all()
+    assert per_setting.loc[("svhn", "classification"), "min"] == pytest.approx(0.1)
+    assert per_setting.loc[("svhn", "generation"), "min"] == 0.0
+    t.loc[0, "chance"] = 0.3
+    with pytest.raises(DataFormatError, match="column chance: must be constant"):
+        rio.from_table(t)

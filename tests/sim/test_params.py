@@ -95,3 +95,35 @@ def test_load_defaults_wrong_shapes(tmp_path):
     for bad in (tmp_path, tmp_path / "missing.json"):
         with pytest.raises(UserInputError, match=str(bad)):
             load_defaults(bad)
+
+
+def test_both_shipped_parameter_sets_load_by_name():
+    from llmnas_transfer.sim.params import PARAM_SETS, load_param_set
+
+    assert set(PARAM_SETS) == {"paper", "lemur"}
+    assert load_param_set("paper") == load_defaults()
+    lemur = load_param_set("lemur")
+    assert lemur.provenance["target_set"] == "lemur"
+    assert lemur.accuracy_residual != load_defaults().accuracy_residual
+    with pytest.raises(UserInputError, match="did you mean 'lemur'"):
+        load_param_set("lemr")
+    with pytest.raises(UserInputError, match="valid values: paper, lemur"):
+        load_param_set("nothing-like-it")
+
+
+@pytest.mark.parametrize("name", ["paper", "lemur"])
+def test_no_expected_accuracy_below_chance(name):
+    """Every built-in setting of both shipped sets, every iteration: the expected
+    first-epoch accuracy is at least the setting's chance level."""
+    from llmnas_transfer.sim.expectation import expected
+    from llmnas_transfer.sim.params import load_param_set
+
+    d = load_param_set(name)
+    e = d.effects()
+    ev = expected(d.dynamics_params(), e, 10)
+    chance = np.asarray(e.chance)[:, None]
+    acc = np.asarray(ev.accuracy)
+    assert np.all(acc >= chance)
+    assert np.all(np.asarray(ev.accuracy_norm) >= 0)
+    i = registry.BUILTIN_DATASET_NAMES.index("nlp-sst2") * len(registry.BUILTIN_TASK_NAMES)
+    assert acc[i, -1] > 0.5  # a 2-class task is never simulated below guessing

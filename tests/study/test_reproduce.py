@@ -25,8 +25,10 @@ REQUIRED = {
                  "accuracy_q50", "accuracy_q95", "novelty_mean"],
     "gaps": ["dataset", "task", "validity_gap", "accuracy_gap", "combined_gap", "regime",
              "validity_component", "accuracy_component", "combined_gap_se"],
-    "targets": ["target", "paper_value", "simulated_value", "simulated_se", "met", "met_basis",
-                "expected_value", "large_trial_value", "large_trial_se"],
+    "targets": ["target", "role", "paper_value", "low", "high", "tolerance",
+                "simulated_value", "simulated_se", "met", "met_basis", "expected_value",
+                "large_trial_value", "large_trial_se", "p_reproduce_15", "replicates_15",
+                "heldout", "note"],
 }
 
 
@@ -100,19 +102,48 @@ def test_targets_three_values_and_met_basis(study):
 
 def test_targets_markdown_has_a_row_per_target(study):
     md = (study.out_dir / "tables" / "targets.md").read_text().splitlines()
-    assert len(md) == 2 + len(study.targets)
+    rows = [line for line in md if line.startswith("| ")]
+    assert len(rows) == 1 + len(study.targets)
+    # below the table: why each target with an explanation is not met
+    unmet = study.targets[~study.targets["met"].astype(bool) & (study.targets["note"] != "")]
+    assert [line for line in md if line.startswith("- `")] == [
+        f"- `{r.target}`: {r.note}" for r in unmet.itertuples()]
     assert md[2].startswith("| validity_cifar-10 | 76.5 | ")
     assert any(line.startswith("| regime_cifar-100 | [10, 20] | ") for line in md)
-    n_claims = int((~study.targets["fitted"]).sum())
+    n_claims = int((study.targets["role"] == "claim").sum())
     assert sum("(claim, not fitted)" in line for line in md) == n_claims
+    n_checks = int((study.targets["role"] == "check").sum())
+    assert sum("(check, not counted)" in line for line in md) == n_checks
+    assert "**only when targeted**" in "\n".join(md)
+
+
+def test_targets_numeric_bounds_probability_and_heldout(study):
+    t = pd.read_csv(study.out_dir / "tables" / "targets.csv")
+    r = t.set_index("target")
+    assert r.loc["regime_cifar-100", ["low", "high"]].tolist() == [0.1, 0.2]
+    assert r.loc["validity_cifar-10", ["low", "high"]].tolist() == pytest.approx([0.75, 0.78])
+    assert r.loc["heatmap_lowest", "low"] == -np.inf
+    # P(a 15-trial study meets it): from CHECK // 15 replicate studies
+    assert (t["replicates_15"] == CHECK // 15).all()
+    assert t["p_reproduce_15"].between(0, 1).all()
+    # the held-out verdicts come from the shipped report, not a recalibration
+    shipped = pd.read_csv(calibrate.heldout_path(calibrate.default_params_path()))
+    got = r.loc[shipped["target"], "heldout"]
+    assert list(got) == list(shipped["verdict"])
+    assert (t.loc[~t["target"].isin(shipped["target"]), "heldout"].isna()).all()
+    # vacuous rows are shown but not counted
+    assert set(t.loc[t["target"].str.startswith("accuracy_in_lemur_range"), "role"]) == {
+        "check"}
+    assert r.loc["trajectories_rise", "role"] == "check"
 
 
 def test_manifest(study):
     m = json.loads((study.out_dir / "study.json").read_text())
     assert m["num_trials"] == 3 and m["check_trials"] == CHECK and m["seed"] == 0
-    assert m["targets"]["fitted_targets"] == int(study.targets["fitted"].sum())
-    assert m["targets"]["fitted_met"] == int(study.targets.loc[study.targets["fitted"],
-                                                               "met"].sum())
+    counted = study.targets["role"] == "target"
+    assert m["targets"]["targets"] == int(counted.sum())
+    assert m["targets"]["targets_met"] == int(study.targets.loc[counted, "met"].sum())
+    assert m["targets"]["checks"] == int((study.targets["role"] == "check").sum())
     assert "simulate" in m["timings_s"] and "jax" in m["versions"]
 
 
@@ -124,6 +155,8 @@ def test_summary_mentions_targets(study):
     text = console.export_text()
     assert "Transfer gaps relative to cifar-10 classification" in text
     assert f"judged on the simulation, {CHECK} trials" in text
+    assert "at the 3-trial protocol" in text and "a 15-trial study meets" in text
+    assert "hold only when targeted" in text
     assert "nlp-sst2" in text
 
 
