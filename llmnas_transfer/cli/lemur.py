@@ -17,8 +17,10 @@ import sys
 
 from llmnas_transfer.cli.options import (
     add_command,
+    add_params_option,
     add_progress_option,
     add_seed_option,
+    load_params,
     positive_int_arg,
     show_progress,
 )
@@ -56,7 +58,9 @@ def _scenario(args: argparse.Namespace) -> int:
     if args.name not in scenarios.names():
         raise UserInputError(f"unknown scenario {args.name!r}; valid values: "
                              f"{', '.join(scenarios.names())}")
-    res = scenarios.run_scenario(args.name, args.out, seed=args.seed, num_trials=args.trials)
+    defaults = load_params(args.params)
+    res = scenarios.run_scenario(args.name, args.out, seed=args.seed, num_trials=args.trials,
+                                 defaults=defaults)
     if not args.quiet:
         cols = ["statistic", "published", "expected", "simulated", "simulated_se", "run_sd"]
         res["comparison"][cols].to_string(sys.stdout, index=False, float_format="%.4f")
@@ -92,6 +96,7 @@ def register(subparsers) -> None:
                     "simulate it and write the comparison table and a figure to --out.")
     s.add_argument("name", metavar="NAME", help="scenario name, e.g. khalid2026")
     add_seed_option(s)
+    add_params_option(s)
     s.add_argument("--trials", type=positive_int_arg, default=2000,
                    help="simulated runs (default 2000)")
     s.add_argument("--quiet", action="store_true", help="print nothing but errors")

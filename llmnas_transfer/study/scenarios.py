@@ -44,6 +44,7 @@ True
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,12 +66,18 @@ from llmnas_transfer.sim.dynamics import (
     accuracy_logit,
     run_trials,
     state_moments,
+    to_accuracy,
     transition_mean,
     validity_logit,
 )
 from llmnas_transfer.sim.expectation import gauss_normal_mean
 from llmnas_transfer.sim.keys import as_key, setting_key, trial_key
-from llmnas_transfer.sim.params import DynamicsParams, SettingEffects, load_defaults
+from llmnas_transfer.sim.params import (
+    DynamicsParams,
+    ModelDefaults,
+    SettingEffects,
+    load_defaults,
+)
 from llmnas_transfer.sim.types import Array, PRNGKey
 from llmnas_transfer.summarize.figures import prepare_output_folder, save_figure
 from llmnas_transfer.summarize.tables import write_csv
@@ -141,8 +148,8 @@ class Scenario:
 
 
 # ---------------------------------------------------------------------------- expectations
-def _state_grid(params: DynamicsParams, T: int):
-    m, v = state_moments(params, T)
+def _state_grid(params: DynamicsParams, T: int, effects: SettingEffects | None = None):
+    m, v = state_moments(params, T, effects)
     return m, jnp.sqrt(v)
 
 
@@ -165,17 +172,21 @@ def expected_curves(params: DynamicsParams, effects: SettingEffects, drift: Ambi
     >>> c["validity"].shape
     (22,)
     """
-    m, sd = _state_grid(params, num_iterations)
+    m, sd = _state_grid(params, num_iterations, effects)
     delta = effects.validity_offset + drift_path(drift, num_iterations)
-    c = jnp.log(threshold) - jnp.log1p(-threshold)
+    # accuracy = chance + (1 - chance) x: the threshold on x's logit scale
+    floor = effects.chance
+    x_thr = (threshold - floor) / (1.0 - floor)
+    c = jnp.log(x_thr) - jnp.log1p(-x_thr)
 
     def p_valid(s, dlt):
         return jax.nn.sigmoid(validity_logit(s, params, dlt[..., None]))
 
     def acc_given_s(s):  # E[acc | s] by an inner quadrature
         mu = accuracy_logit(s, params, effects.accuracy_offset)
-        return gauss_normal_mean(jax.nn.sigmoid, mu, jnp.broadcast_to(params.accuracy_noise,
-                                                                      mu.shape))
+        x = gauss_normal_mean(jax.nn.sigmoid, mu, jnp.broadcast_to(params.accuracy_noise,
+                                                                   mu.shape))
+        return to_accuracy(x, floor)
 
     def above_given_s(s):
         mu = accuracy_logit(s, params, effects.accuracy_offset)
@@ -221,7 +232,7 @@ def expected_peak(params: DynamicsParams, effects: SettingEffects, drift: Ambiti
     delta = effects.validity_offset + drift_path(drift, num_iterations)
 
     def body(s, e_t):
-        return transition_mean(s, params) + params.state_noise * e_t, s
+        return transition_mean(s, params, effects) + params.state_noise * e_t, s
 
     _, s = jax.lax.scan(body, params.init_sd * z0, e.T)  # (T, paths)
     p = jax.nn.sigmoid(validity_logit(s, params, delta[:, None]))
@@ -308,15 +319,17 @@ def fit_scenario(
     num_candidates: int = 50,
     drift: bool = True,
     steps: int = 3000,
-    learning_rate: float = 0.03,
+    learning_rate: float = 0.06,
     scale: float = 0.005,
+    defaults: ModelDefaults | None = None,
 ) -> tuple[DynamicsParams, SettingEffects, AmbitionDrift, pd.DataFrame, np.ndarray]:
     """Fit dynamics (and the drift) of one setting to single-run statistics.
 
     Minimises ``sum(((expected - target) / scale)^2)`` plus Gaussian priors
-    (:data:`PRIOR_SD`, centred on the shipped defaults) with optax Adam on the expected
-    statistics of :func:`_stats_fn`. ``targets`` are fractions keyed by
-    :data:`STATISTICS` (any subset).
+    (:data:`PRIOR_SD`, centred on ``defaults``, the shipped ``paper`` set if ``None``) with
+    optax Adam (step size cosine-decayed from ``learning_rate``) on the expected statistics
+    of :func:`_stats_fn`. ``targets`` are fractions
+    keyed by :data:`STATISTICS` (any subset).
 
     Example
     -------
@@ -329,7 +342,7 @@ def fit_scenario(
     if unknown:
         raise UserInputError(f"unknown statistic(s) {', '.join(unknown)}; valid values: "
                              f"{', '.join(STATISTICS)}")
-    defaults = load_defaults()
+    defaults = defaults or load_defaults()
     base = defaults.dynamics_params()
     effects = jax.tree.map(lambda x: x[0], defaults.effects([dataset], [task]))
     keys = list(targets)
@@ -345,7 +358,9 @@ def fit_scenario(
                     for r, c, s in zip(raw, centres, PRIOR_SD, strict=True))
         return jnp.sum(((val - tvec) / scale) ** 2) + prior
 
-    opt = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(learning_rate))
+    # a cosine decay of the step size: large steps first, then a settled optimum
+    schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05)
+    opt = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
 
     @jax.jit
     def run(raw):
@@ -380,10 +395,11 @@ def khalid2026_targets() -> dict[str, float]:
     return {k: published_value(q) / 100.0 for k, q in PUBLISHED_QUANTITY.items()}
 
 
-def _khalid(drift: bool, name: str) -> Scenario:
+def _khalid(drift: bool, name: str, defaults: ModelDefaults) -> Scenario:
     targets = khalid2026_targets()
     T = int(published_value("n_sft_cycles"))
-    p, e, d, rep, losses = fit_scenario(targets, num_iterations=T, drift=drift)
+    p, e, d, rep, losses = fit_scenario(targets, num_iterations=T, drift=drift,
+                                        defaults=defaults)
     desc = ("Khalid, Ignatov and Timofte 2026 (arXiv 2601.02997): 22 LoRA fine-tuning cycles "
             "of DeepSeek-Coder-7B on CIFAR-10, 50 candidates per cycle (assumed). ")
     desc += ("State-space model plus ambition drift of the validity offset." if drift else
@@ -392,9 +408,9 @@ def _khalid(drift: bool, name: str) -> Scenario:
                     rep, losses)
 
 
-_BUILDERS: dict[str, Callable[[], Scenario]] = {
-    "khalid2026": lambda: _khalid(True, "khalid2026"),
-    "khalid2026-base": lambda: _khalid(False, "khalid2026-base"),
+_BUILDERS: dict[str, Callable[[ModelDefaults], Scenario]] = {
+    "khalid2026": lambda d: _khalid(True, "khalid2026", d),
+    "khalid2026-base": lambda d: _khalid(False, "khalid2026-base", d),
 }
 
 
@@ -409,9 +425,9 @@ def names() -> tuple[str, ...]:
     return tuple(_BUILDERS)
 
 
-@functools.cache
-def get(name: str) -> Scenario:
-    """The named scenario, fitted on first use (then cached for the life of the process).
+def get(name: str, defaults: ModelDefaults | None = None) -> Scenario:
+    """The named scenario, fitted on first use with priors centred on ``defaults`` (the
+    shipped ``paper`` set if ``None``), then cached for the life of the process.
 
     Example
     -------
@@ -420,7 +436,12 @@ def get(name: str) -> Scenario:
     """
     if name not in _BUILDERS:
         raise UserInputError(f"unknown scenario {name!r}; valid values: {', '.join(names())}")
-    return _BUILDERS[name]()
+    return _get(name, (defaults or load_defaults()).to_json())
+
+
+@functools.cache
+def _get(name: str, defaults_json: str) -> Scenario:
+    return _BUILDERS[name](ModelDefaults.from_dict(json.loads(defaults_json)))
 
 
 # ---------------------------------------------------------------------------- simulate
@@ -559,16 +580,16 @@ def compare(scenario: Scenario | str, *, seed: int = 0, num_trials: int = 2000,
     return out
 
 
-def describe(scenario: Scenario | str) -> pd.DataFrame:
-    """Fitted parameters of a scenario beside the shipped defaults (one row each).
+def describe(scenario: Scenario | str, defaults: ModelDefaults | None = None) -> pd.DataFrame:
+    """Fitted parameters of a scenario beside ``defaults`` (the ``paper`` set if ``None``).
 
     Example
     -------
     >>> list(describe("khalid2026").columns)
     ['parameter', 'scenario', 'default']
     """
-    sc = get(scenario) if isinstance(scenario, str) else scenario
-    d = load_defaults()
+    d = defaults or load_defaults()
+    sc = get(scenario, d) if isinstance(scenario, str) else scenario
     base = d.dynamics_params()
     eff = jax.tree.map(lambda x: x[0], d.effects([sc.dataset], [sc.task]))
     rows = [{"parameter": f, "scenario": float(getattr(sc.params, f)),
@@ -671,8 +692,10 @@ def plot_scenario(scenario: Scenario, ds: xr.Dataset) -> Figure:
 
 
 def run_scenario(name: str, out_dir: str | os.PathLike, *, seed: int = 0,
-                 num_trials: int = 2000) -> dict:
+                 num_trials: int = 2000, defaults: ModelDefaults | None = None) -> dict:
     """Fit, simulate and compare a scenario; write CSV tables and a figure to ``out_dir``.
+
+    ``defaults`` (the ``paper`` set if ``None``) centres the scenario's priors.
 
     Files: ``scenario_<name>_comparison.csv``, ``scenario_<name>_parameters.csv``,
     ``scenario_<name>_fit.csv`` and ``scenario_<name>.png``/``.pdf``.
@@ -681,12 +704,12 @@ def run_scenario(name: str, out_dir: str | os.PathLike, *, seed: int = 0,
     -------
     >>> out = run_scenario("khalid2026", "results/scenarios", num_trials=100)  # doctest: +SKIP
     """
-    sc = get(name)
+    sc = get(name, defaults)
     out = prepare_output_folder(out_dir)
     ds = simulate_scenario(seed, sc, num_trials=num_trials)
     comp = compare(sc, runs=ds)
     files = [write_csv(table, out / f"scenario_{name}_{part}.csv", float_format="%.6g")
-             for part, table in (("comparison", comp), ("parameters", describe(sc)),
+             for part, table in (("comparison", comp), ("parameters", describe(sc, defaults)),
                                  ("fit", sc.fit_report))]
     files += save_figure(plot_scenario(sc, ds), out / f"scenario_{name}", dpi=FIGURE_DPI,
                          bbox_inches="tight")

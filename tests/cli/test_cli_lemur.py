@@ -47,6 +47,19 @@ def test_unknown_scenario_exits_2(tmp_path, capsys):
     assert "khalid2026" in err and "Traceback" not in err
 
 
+def test_scenario_takes_the_parameter_set(tmp_path, capsys):
+    assert main(["scenario", "khalid2026", "--out", str(tmp_path), "--params", "lemr"]) == 2
+    assert "did you mean 'lemur'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    assert main(["scenario", "khalid2026-base", "--out", str(tmp_path), "--trials", "50",
+                 "--params", "lemur"]) == 0
+    from llmnas_transfer.sim.params import load_param_set
+
+    t = pd.read_csv(tmp_path / "scenario_khalid2026-base_parameters.csv").set_index("parameter")
+    lemur = load_param_set("lemur").dynamics
+    assert t.loc["accuracy_noise", "default"] == pytest.approx(lemur["accuracy_noise"], rel=1e-5)
+
+
 def test_scenario_command_writes_comparison(tmp_path, capsys):
     assert main(["scenario", "khalid2026", "--out", str(tmp_path), "--trials", "100"]) == 0
     out = capsys.readouterr().out
