@@ -177,8 +177,7 @@ def _print_report(report) -> None:
     for col in ("target", "paper", "expected", "met", "role", "fitted"):
         tab.add_column(col)
     for _, r in report.iterrows():
-        pv = r["paper_value"]
-        tab.add_row(str(r["target"]), f"{pv:.4g}" if isinstance(pv, float) else str(pv),
+        tab.add_row(str(r["target"]), str(r["paper_text"]),
                     f"{r['expected_value']:.4f}", "yes" if r["met"] else "NO",
                     str(r["role"]), "yes" if r["fitted"] else "no")
     Console(file=sys.stdout).print(tab)

@@ -837,13 +837,15 @@ def tolerance_text(r) -> str:
 
 
 def _report(targets: pd.DataFrame, vals, ses) -> pd.DataFrame:
-    paper = [
-        r["value"] if r["kind"] == "equal" else _interval_text(r["lower"], r["upper"])
-        for _, r in targets.iterrows()
-    ]
+    # numbers stay numbers: a point target's value in paper_value, an interval's bounds in
+    # low/high; paper_text states either for people
+    paper = [float(r["value"]) if r["kind"] == "equal" else np.nan
+             for _, r in targets.iterrows()]
+    text = [f"{float(r['value']):g}" if r["kind"] == "equal"
+            else _interval_text(r["lower"], r["upper"]) for _, r in targets.iterrows()]
     lohi = np.asarray([_low_high(r) for _, r in targets.iterrows()], float).reshape(-1, 2)
     out = pd.DataFrame({
-        "target": targets["target"], "paper_value": paper,
+        "target": targets["target"], "paper_value": paper, "paper_text": text,
         "low": lohi[:, 0], "high": lohi[:, 1],
         "expected_value" if ses is None else "simulated_value": np.asarray(vals, float),
     })

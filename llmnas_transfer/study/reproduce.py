@@ -104,7 +104,8 @@ PAPER_TRIALS = 15
 
 #: columns of ``targets.csv``
 TARGET_COLUMNS: tuple[str, ...] = (
-    "target", "role", "paper_value", "low", "high", "tolerance", "simulated_value",
+    "target", "role", "paper_value", "paper_text", "low", "high", "tolerance",
+    "simulated_value",
     "simulated_se", "met", "met_basis", "met_at_protocol", "expected_value", "protocol_z",
     "met_expected", "large_trial_value", "large_trial_se", "met_large_trial",
     "p_reproduce_15", "replicates_15", "heldout", "protocol_trials", "large_trials",
@@ -171,7 +172,7 @@ def targets_table(
     T = int(results.sizes["iteration"])
     sim = derive.simulated_report(results, targets, n_boot=n_boot)
     exp = derive.expected_report(defaults, targets, num_iterations=T)
-    out = sim[["target", "role", "paper_value", "low", "high", "tolerance",
+    out = sim[["target", "role", "paper_value", "paper_text", "low", "high", "tolerance",
                "simulated_value", "simulated_se"]].copy()
     out["met_at_protocol"] = sim["met"].to_numpy()
     out["expected_value"] = exp["expected_value"].to_numpy()
@@ -297,7 +298,7 @@ def targets_markdown(targets: pd.DataFrame) -> str:
         if held == "only when targeted":
             held = "**only when targeted**"
         lines.append(
-            f"| {r['target']} | {paper(r['paper_value'])} | "
+            f"| {r['target']} | {paper(r.get('paper_text', r['paper_value']))} | "
             f"{pct(r['simulated_value'], r['simulated_se'])} | {pct(r['expected_value'])} | "
             f"{pct(r['large_trial_value'], r['large_trial_se'])} | {p15} | {met} | {held} |"
         )

@@ -482,6 +482,8 @@ def plot_accuracy_distributions(
     s = ds.sel(iteration=it, task=task)
     source = "per-candidate values" if "accuracy" in ds else "accuracy histograms"
     ref_mean = None
+    chance_drawn = False
+    counts: list[int] = []
     for i, d in enumerate(names):
         n, pooled, se = _pooled_accuracy(s, d)
         _violin(ax, ds, d, task, it, i, colours[d])
@@ -490,13 +492,19 @@ def plot_accuracy_distributions(
                         color="k", ms=4, capsize=4, label="mean $\\pm$ 1.96 SE" if i == 0 else None)
             if reference is not None and d == reference.lower():
                 ref_mean = pooled
-        ax.annotate(f"n={int(n)}", xy=(i, 0.01), xycoords=("data", "axes fraction"),
-                    ha="center", fontsize=7, color="0.3")
+        counts.append(int(n))
+        chance = float(s["chance"].sel(dataset=d)) if "chance" in s else 0.0
+        if chance > 0:  # the accuracy of guessing: the floor of the violin
+            ax.hlines(100 * chance, i - 0.42, i + 0.42, colors="0.15", linestyles=":", lw=1.2,
+                      label="chance (1 / classes)" if not chance_drawn else None)
+            chance_drawn = True
     if ref_mean is not None:
         ax.axhline(100 * ref_mean, color="0.4", ls="--", lw=1,
                    label=f"{reference.lower()} mean")
-    ax.set_xticks(np.arange(len(names)), names, rotation=20)
-    ax.set_xlabel("Dataset")
+    ax.set_xticks(np.arange(len(names)), [f"{d}\nn={c}" for d, c in zip(names, counts,
+                                                                        strict=True)],
+                  fontsize=8)
+    ax.set_xlabel("Dataset (n: valid candidates)")
     ax.set_ylabel("First-epoch accuracy of valid candidates (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"First-epoch accuracy after iteration {it} ({task})")
@@ -505,8 +513,8 @@ def plot_accuracy_distributions(
     _caption(
         fig,
         f"Violins: distribution over valid candidates pooled over trials (from {source}); "
-        f"horizontal line: median; n: valid candidates; black: pooled mean. "
-        f"{_uncertainty()} {_protocol(ds)}.",
+        f"horizontal line: median; dotted: chance level, below which no accuracy falls; "
+        f"black: pooled mean. {_uncertainty()} {_protocol(ds)}.",
     )
     return fig
 

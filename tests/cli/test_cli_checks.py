@@ -260,14 +260,16 @@ def test_calibrate_in_place_writes_the_shipped_file(tmp_path, monkeypatch, capsy
     from llmnas_transfer.study import derive
 
     shipped = tmp_path / "default_params.json"
-    report = pd.DataFrame({"target": ["t"], "paper_value": [0.5], "expected_value": [0.5],
-                           "met": [True], "fitted": [True]})
+    report = pd.DataFrame({"target": ["t"], "paper_value": [0.5], "paper_text": ["0.5"],
+                           "expected_value": [0.5], "met": [True], "fitted": [True],
+                           "role": ["target"]})
 
     class Result:
         defaults = load_defaults()
+        heldout = None
 
     Result.report = report
-    monkeypatch.setattr(derive, "default_params_path", lambda: shipped)
+    monkeypatch.setattr(derive, "default_params_path", lambda *a, **k: shipped)
     monkeypatch.setattr(derive, "calibrate", lambda **k: Result)
     rc, out, err, _ = run(["calibrate", "--in-place", "--steps", "3", "--no-progress"], capsys)
     assert rc == 0, err

@@ -25,7 +25,7 @@ REQUIRED = {
                  "accuracy_q50", "accuracy_q95", "novelty_mean"],
     "gaps": ["dataset", "task", "validity_gap", "accuracy_gap", "combined_gap", "regime",
              "validity_component", "accuracy_component", "combined_gap_se"],
-    "targets": ["target", "role", "paper_value", "low", "high", "tolerance",
+    "targets": ["target", "role", "paper_value", "paper_text", "low", "high", "tolerance",
                 "simulated_value", "simulated_se", "met", "met_basis", "expected_value",
                 "large_trial_value", "large_trial_se", "p_reproduce_15", "replicates_15",
                 "heldout", "note"],

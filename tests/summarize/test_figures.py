@@ -192,8 +192,15 @@ def test_fig3_violins(which, request):
     _labels_ok(fig)
     ax = fig.axes[0]
     assert ax.get_ylabel() == "First-epoch accuracy of valid candidates (%)"
-    assert [t.get_text() for t in ax.get_xticklabels()] == list(registry.BUILTIN_DATASET_NAMES)
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == list(
+        registry.BUILTIN_DATASET_NAMES)
     assert ("per-candidate" if which == "full" else "histograms") in fig.get_supxlabel()
+    # the chance level of each classification dataset is drawn at 100 / classes
+    chance = sorted({round(100 / registry.get_dataset(d).num_classes, 6)
+                     for d in registry.BUILTIN_DATASET_NAMES})
+    drawn = {round(float(y), 6) for c in ax.collections if hasattr(c, "get_segments")
+             for seg in c.get_segments() for y in seg[:, 1]}
+    assert set(chance) <= drawn
     # error-bar markers sit at the pooled mean accuracy of each dataset
     pooled = metrics.pooled_accuracy(ds).sel(task="classification")["accuracy_mean"].values
     markers = [ln for ln in ax.get_lines() if ln.get_marker() == "o" and len(ln.get_xdata()) == 1]
