@@ -12,7 +12,10 @@ memory of a row is that case's own), then this script computes, in the same run:
 
 It also checks that JAX and NumPy agree statistically (per-iteration validity rate and
 trial-mean accuracy of cifar-10/classification within 5 standard errors) and that the
-sharded sweep's numbers are identical to the single-device ones. If
+sharded sweep's numbers are identical to the single-device ones. The
+``sweep_2proc_summary`` case runs ``benchmarks/bench_distributed.py``, which launches a
+1-process and a 2-process (``jax.distributed`` on loopback) sweep and reports the speed-up
+and whether their totals are identical. If
 ``benchmarks/bench_fit.py`` exists, it is run too and its records are added; a missing or
 failing fit benchmark is reported, not fatal.
 
@@ -44,14 +47,17 @@ ORDER = [
     "rng_floor", "numpy_candidates", "jax_candidates", "jax_simulate", "numpy_summary",
     "jax_summary_moments", "jax_summary_hist20", "jax_summary_sharded",
     "jax_summary_hist20_sharded", "sweep_1e9_summary", "sweep_1e9_candidates",
+    "sweep_2proc_summary",
 ]
+#: cases run by their own script (processes launched by that script)
+SCRIPTS = {"sweep_2proc_summary": "bench_distributed.py"}
 BASELINE = {
     "numpy_candidates": "numpy_candidates", "jax_candidates": "numpy_candidates",
     "jax_simulate": "numpy_candidates", "sweep_1e9_candidates": "numpy_candidates",
     "numpy_summary": "numpy_summary", "jax_summary_moments": "numpy_summary",
     "jax_summary_hist20": "numpy_summary", "jax_summary_sharded": "numpy_summary",
     "jax_summary_hist20_sharded": "numpy_summary",
-    "sweep_1e9_summary": "numpy_summary",
+    "sweep_1e9_summary": "numpy_summary", "sweep_2proc_summary": "numpy_summary",
 }
 AGREE = {"jax_candidates": "numpy_candidates", "jax_summary_hist20": "numpy_summary",
          "jax_summary_moments": "numpy_summary"}
@@ -63,8 +69,11 @@ def _run_case(name: str, quick: bool, tmp: Path) -> dict:
     if name.endswith("_sharded"):
         env["JAX_NUM_CPU_DEVICES"] = str(max(2, os.cpu_count() or 2))
     args = ["--case", name, "--json", str(out)] + (["--quick"] if quick else [])
+    script = SCRIPTS.get(name, "bench_simulate.py")
+    if name in SCRIPTS:
+        args = args[2:]
     t = time.perf_counter()
-    p = run_python(HERE / "bench_simulate.py", args, env=env, timeout=3600)
+    p = run_python(HERE / script, args, env=env, timeout=3600)
     if p.returncode != 0 or not out.exists():
         print(f"  {name}: FAILED ({p.returncode})\n{p.stderr[-2000:]}", file=sys.stderr)
         return {"case": name, "error": p.stderr[-2000:]}
@@ -177,6 +186,9 @@ def main(argv=None) -> int:
             notes.append("agrees with NumPy" if r["agrees_with_numpy"] else "DISAGREES")
         if n.endswith("_sharded"):
             notes.append(f"{r['n_devices']} devices: {r['speedup']:.2f}x over 1, "
+                         + ("identical" if r["identical"] else "NOT IDENTICAL"))
+        if n in SCRIPTS:
+            notes.append(f"{r['n_devices']} processes: {r['speedup']:.2f}x over 1, "
                          + ("identical" if r["identical"] else "NOT IDENTICAL"))
         if n.startswith("sweep_1e9"):
             notes.append(f"{r['n_candidates']:.2g} candidates streamed")

@@ -8,6 +8,13 @@ task, iteration) to ``.nc`` or ``.csv`` at the end. After an interruption, the s
 with ``--resume`` continues from the last finished chunk; the result is identical to an
 uninterrupted run. The checkpoint is removed once the output is written.
 
+Across processes or hosts, start the same command in every process with
+``--coordinator HOST:PORT --num-processes N --process-id I`` (or the environment variables
+``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, or under SLURM,
+Open MPI, TPU pods and Kubernetes nothing at all): the trials are spread over every
+process's devices, the result is the same bits as on one process, and only process 0
+writes the output and the checkpoint (see ``docs/scaling-out.md``).
+
 Example
 -------
 >>> from llmnas_transfer.cli import main
@@ -18,10 +25,30 @@ Example
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from llmnas_transfer.cli import options
 from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.study.distributed import (
+    DEFAULT_TIMEOUT_S,
+    MAX_PROCESSES,
+    PeerLostError,
+    agree,
+    check_coordinator,
+    exit_now,
+    initialize,
+    is_primary,
+    resolve_options,
+)
+
+
+def _coordinator_arg(text: str) -> str:
+    """Argument type of ``--coordinator``: ``HOST:PORT``."""
+    try:
+        return check_coordinator(text)
+    except UserInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers) -> None:
@@ -55,35 +82,97 @@ def register(subparsers) -> None:
                    help="continue from the checkpoint of an interrupted sweep")
     options.add_params_option(p)
     options.add_progress_option(p)
+    add_distributed_options(p)
+
+
+def add_distributed_options(p: argparse.ArgumentParser) -> None:
+    """``--coordinator``, ``--num-processes``, ``--process-id`` and
+    ``--coordinator-timeout``; turn them into a run with
+    :func:`llmnas_transfer.study.distributed.resolve_options` and
+    :func:`~llmnas_transfer.study.distributed.initialize` before any JAX work.
+
+    Example
+    -------
+    >>> p = argparse.ArgumentParser()
+    >>> add_distributed_options(p)
+    >>> a = p.parse_args(["--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"])
+    >>> a.coordinator, a.num_processes, a.process_id, a.coordinator_timeout
+    ('h:1', 2, 1, 60)
+    """
+    g = p.add_argument_group(
+        "several processes or hosts (jax.distributed)",
+        "Give all three of --coordinator, --num-processes and --process-id, or none. When "
+        "none is given, JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are "
+        "read, then JAX's cluster auto-detection (SLURM, Open MPI, TPU pods, Kubernetes); "
+        "otherwise the sweep runs in this process only.")
+    g.add_argument("--coordinator", type=_coordinator_arg, metavar="HOST:PORT",
+                   help="address of process 0, which listens on PORT (default: none, "
+                        "a single process)")
+    g.add_argument("--num-processes", type=options.int_arg(1, MAX_PROCESSES,
+                                                           name="--num-processes"),
+                   metavar="N", help="number of processes in the run (default: none)")
+    g.add_argument("--process-id", type=options.int_arg(0, MAX_PROCESSES - 1,
+                                                        name="--process-id"),
+                   metavar="I", help="this process's index, 0 to N-1; process 0 writes the "
+                                     "output and the checkpoint (default: none)")
+    g.add_argument("--coordinator-timeout", type=options.int_arg(1, 86400,
+                                                                 name="--coordinator-timeout"),
+                   default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="how long to wait for the coordinator and for every process to "
+                        "join, and after how long without a heartbeat a process counts as "
+                        f"dead (default {DEFAULT_TIMEOUT_S})")
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from llmnas_transfer.study.sweeps import save_sweep, sweep
-
+    dist = resolve_options(args.coordinator, args.num_processes, args.process_id,
+                           timeout_s=args.coordinator_timeout)
     out = Path(args.out).expanduser()
-    if out.suffix not in (".nc", ".csv"):
-        raise UserInputError(f"{out}: --out must end in .nc or .csv")
-    if out.exists() and out.is_dir():
-        raise UserInputError(f"{out}: is a folder; give a file name such as {out / 'sweep.nc'}")
-    if not out.parent.is_dir():
-        raise UserInputError(f"{out}: folder {out.parent} does not exist")
     ckpt = Path(args.checkpoint).expanduser() if args.checkpoint else \
         out.with_name(out.name + ".ckpt.npz")
-    if ckpt.exists() and not args.resume:
-        raise UserInputError(
-            f"{ckpt}: a checkpoint of an earlier sweep exists; add --resume to continue it "
-            "or delete the file to start again")
-    if args.resume and not ckpt.exists():
-        raise UserInputError(f"{ckpt}: no checkpoint to resume from")
-    ds = sweep(
-        args.seed, datasets=options.split_names(args.datasets),
-        tasks=options.split_names(args.tasks),
-        num_trials=args.trials, num_iterations=args.iterations,
-        num_candidates=args.candidates, bins=args.bins, path=args.path,
-        trial_offset=args.trial_offset, chunk_size=args.chunk_size, devices=args.devices,
-        checkpoint=ckpt, resume=args.resume, defaults=options.load_params(args.params),
-        progress=options.show_progress(args),
-    )
+
+    def check_files() -> None:  # on process 0 only: it alone writes these files
+        if out.suffix not in (".nc", ".csv"):
+            raise UserInputError(f"{out}: --out must end in .nc or .csv")
+        if out.exists() and out.is_dir():
+            raise UserInputError(
+                f"{out}: is a folder; give a file name such as {out / 'sweep.nc'}")
+        if not out.parent.is_dir():
+            raise UserInputError(f"{out}: folder {out.parent} does not exist")
+        if ckpt.exists() and not args.resume:
+            raise UserInputError(
+                f"{ckpt}: a checkpoint of an earlier sweep exists; add --resume to continue "
+                "it or delete the file to start again")
+        if args.resume and not ckpt.exists():
+            raise UserInputError(f"{ckpt}: no checkpoint to resume from")
+
+    if not dist.active or (dist.process_id == 0 and not dist.auto):
+        check_files()  # fail fast, before waiting for other processes
+    if dist.active:
+        initialize(dist)  # before JAX starts its backend
+        agree(check_files)  # every process stops if process 0's files are wrong
+    from llmnas_transfer.study.sweeps import save_sweep, sweep
+
+    try:
+        ds = sweep(
+            args.seed, datasets=options.split_names(args.datasets),
+            tasks=options.split_names(args.tasks),
+            num_trials=args.trials, num_iterations=args.iterations,
+            num_candidates=args.candidates, bins=args.bins, path=args.path,
+            trial_offset=args.trial_offset, chunk_size=args.chunk_size, devices=args.devices,
+            checkpoint=ckpt, resume=args.resume, defaults=options.load_params(args.params),
+            progress=options.show_progress(args),
+        )
+    except PeerLostError as exc:
+        msg = " ".join(str(exc).split())
+        print(f"llmnas-transfer sweep: error: {msg}; the checkpoint {ckpt} keeps every "
+              "finished chunk: rerun with --resume (any number of processes)", file=sys.stderr)
+        exit_now(1)  # JAX's own shutdown would wait for the dead peer, then abort
+    if not is_primary():
+        import jax
+
+        print(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 "
+              f"writes {out}")
+        return 0
     save_sweep(ds, out)
     ckpt.unlink(missing_ok=True)
     rates = ds["validity_rate"].isel(iteration=-1)

@@ -20,13 +20,17 @@ Resumable
     ``resume=True`` continues from the last finished chunk; the run's settings are checked
     against the checkpoint first.
 
-Many devices
+Many devices, many processes
     Trials of a chunk are sharded over a 1-d mesh (axis ``"trials"``) with
-    :func:`jax.shard_map`; each device simulates and block-reduces its own trials, with no
-    communication. On CPU, make several devices with ``JAX_NUM_CPU_DEVICES=n`` (or
-    ``XLA_FLAGS=--xla_force_host_platform_device_count=n``) before JAX starts. Across hosts,
-    call :func:`jax.distributed.initialize` first and pass ``jax.devices()`` (see
-    ``docs/performance.md``).
+    :func:`jax.shard_map`; each device simulates and block-reduces its own trials, then the
+    block totals are all-gathered over the mesh (one collective per chunk) so that every
+    process adds the same blocks in the same order. On CPU, make several devices with
+    ``JAX_NUM_CPU_DEVICES=n`` (or ``XLA_FLAGS=--xla_force_host_platform_device_count=n``)
+    before JAX starts. Across processes or hosts (``jax.distributed``, set up by
+    :mod:`llmnas_transfer.study.distributed` or the ``coordinator``/``num_processes``/
+    ``process_id`` arguments), the mesh spans every process's devices; the numbers are the
+    same bits as on one process, and only process 0 writes the checkpoint. See
+    ``docs/scaling-out.md``.
 
 Example
 -------
@@ -67,6 +71,13 @@ from llmnas_transfer.sim.candidates import (
 from llmnas_transfer.sim.keys import as_key
 from llmnas_transfer.sim.params import DynamicsParams, ModelDefaults, SettingEffects, load_defaults
 from llmnas_transfer.sim.types import Array, PRNGKey
+from llmnas_transfer.study.distributed import (
+    PeerLostError,
+    agree,
+    global_array,
+    initialize,
+    resolve_options,
+)
 from llmnas_transfer.validate import check_choice, check_int, check_size
 
 #: trials per reduction block (chunks hold a whole number of blocks per device)
@@ -148,8 +159,11 @@ def _single_device_kernel(key, params, effects, setting_ids, trial_ids, mask, **
 _SHARDED_CACHE: dict[tuple, Callable] = {}
 
 
-def _sharded_kernel(devices: tuple, **kw) -> Callable:
-    """The chunk kernel sharded over ``devices`` on the trial axis (cached per setup)."""
+def _sharded_kernel(devices: tuple, **kw) -> tuple[Callable, Callable, Mesh]:
+    """The chunk kernel sharded over ``devices`` (of one or many processes) on the trial
+    axis, the all-gather that gives every process every block total, and the mesh (cached
+    per setup). The gather is a program of its own, so the kernel's arithmetic is the
+    same program with one process or many."""
     cache_key = (devices, tuple(sorted(kw.items())))
     if cache_key not in _SHARDED_CACHE:
         mesh = Mesh(np.array(devices), ("trials",))
@@ -160,7 +174,8 @@ def _sharded_kernel(devices: tuple, **kw) -> Callable:
             out_specs=PartitionSpec(None, "trials"),
             check_vma=False,
         )
-        _SHARDED_CACHE[cache_key] = (jax.jit(body), mesh)
+        gather = jax.jit(lambda parts: parts, out_shardings=NamedSharding(mesh, rep))
+        _SHARDED_CACHE[cache_key] = (jax.jit(body), gather, mesh)
     return _SHARDED_CACHE[cache_key]
 
 
@@ -230,6 +245,12 @@ def _check_resume(path: Path, meta: dict, saved: dict) -> None:
 
 
 def _resolve_devices(devices) -> tuple:
+    if jax.process_count() > 1:
+        if devices is not None:
+            raise UserInputError(
+                "devices cannot be chosen in a multi-process run: every process uses all its "
+                "local devices (on CPU set JAX_NUM_CPU_DEVICES per process)")
+        return tuple(jax.devices())
     if devices is None:
         return tuple(jax.local_devices())
     if isinstance(devices, (int, np.integer)):
@@ -299,6 +320,9 @@ def sweep(
     defaults: ModelDefaults | None = None,
     progress: bool | Callable[[int, int], None] = False,
     on_chunk: Callable[[int, int], None] | None = None,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
 ) -> xr.Dataset:
     """Run a streaming sweep and return totals per (dataset, task, iteration).
 
@@ -315,15 +339,23 @@ def sweep(
     trial_offset : index of the first trial.
     chunk_size : trials per chunk; rounded up to a multiple of ``BLOCK * n_devices``.
         Results do not depend on it.
-    devices : number of local devices, a sequence of devices, or ``None`` (all local).
+    devices : number of local devices, a sequence of devices, or ``None`` (all local; in a
+        multi-process run, all devices of all processes, and only ``None`` is accepted).
         Results do not depend on it.
-    checkpoint : file (``.npz``) written atomically after every chunk.
-    resume : continue from ``checkpoint`` if it exists (its settings must match).
+    checkpoint : file (``.npz``) written atomically after every chunk (by process 0 only).
+    resume : continue from ``checkpoint`` if it exists (its settings must match); the
+        checkpoint may come from a run with another number of processes or devices.
     defaults : parameters (shipped calibrated defaults if ``None``).
     progress : ``True`` for a rich progress bar with time remaining, or ``f(done, total)``.
     on_chunk : called as ``on_chunk(chunks_done, chunks_total)`` after each chunk has been
         added and checkpointed (an exception raised here stops the sweep; the checkpoint
         keeps every finished chunk).
+    coordinator, num_processes, process_id : join a multi-process run (``HOST:PORT`` of
+        process 0, the process count, this process's index; all three or none), as
+        :func:`llmnas_transfer.study.distributed.initialize` does. Must come before any
+        other JAX work of the process. Every process calls ``sweep`` with the same
+        arguments and gets the same result; a peer that dies mid-run raises
+        :class:`~llmnas_transfer.study.distributed.PeerLostError`.
 
     Returns
     -------
@@ -341,6 +373,8 @@ def sweep(
     >>> ds["validity_rate"].dims
     ('dataset', 'task', 'iteration')
     """
+    if (coordinator, num_processes, process_id) != (None, None, None):
+        initialize(resolve_options(coordinator, num_processes, process_id))
     path = check_choice("path", path, PATHS + ("auto",))
     num_trials = check_size("num_trials", num_trials, MAX_SWEEP_TRIALS)
     num_iterations = check_size("num_iterations", num_iterations, MAX_ITERATIONS)
@@ -370,21 +404,33 @@ def sweep(
     meta = _run_meta(key, ds_names, task_names, num_trials, num_iterations, num_candidates,
                      bins, path, trial_offset, params, effects)
     ckpt = Path(checkpoint).expanduser() if checkpoint is not None else None
-    acc = _new_accumulators(n_set, num_iterations, bins)
-    start = 0  # trials done (relative to trial_offset), a multiple of BLOCK
-    if ckpt is not None:
-        if not ckpt.parent.is_dir():
-            raise UserInputError(f"{ckpt}: folder {ckpt.parent} does not exist")
-        if resume and ckpt.exists():
-            saved, acc = _load_checkpoint(ckpt)
-            _check_resume(ckpt, meta, saved)
-            start = int(saved["next_trial"])
-            if start % BLOCK and start != num_trials:
-                raise UserInputError(f"{ckpt}: corrupt checkpoint (next_trial={start})")
+    multi = jax.process_count() > 1
+    primary = jax.process_index() == 0
+
+    def read_checkpoint() -> tuple[int, dict[str, np.ndarray]]:
+        acc = _new_accumulators(n_set, num_iterations, bins)
+        start = 0  # trials done (relative to trial_offset), a multiple of BLOCK
+        if ckpt is not None:
+            if not ckpt.parent.is_dir():
+                raise UserInputError(f"{ckpt}: folder {ckpt.parent} does not exist")
+            if resume and ckpt.exists():
+                saved, acc = _load_checkpoint(ckpt)
+                _check_resume(ckpt, meta, saved)
+                start = int(saved["next_trial"])
+                if start % BLOCK and start != num_trials:
+                    raise UserInputError(f"{ckpt}: corrupt checkpoint (next_trial={start})")
+        return start, acc
+
+    if multi:  # process 0 reads the checkpoint; every process continues from its state
+        start, acc = _share_state(agree(read_checkpoint),
+                                  _new_accumulators(n_set, num_iterations, bins))
+    else:
+        start, acc = read_checkpoint()
+    write_ckpt = ckpt is not None and primary
 
     kw = dict(num_iterations=num_iterations, num_candidates=num_candidates, bins=bins,
               path=path, feedback=has_feedback(params))
-    if n_dev == 1:
+    if n_dev == 1 and not multi:
         dev = devs[0]
 
         def run(ids, mask):
@@ -392,16 +438,29 @@ def sweep(
                 return _single_device_kernel(key, params, effects, sids, jnp.asarray(ids),
                                              jnp.asarray(mask), **kw)
     else:
-        fn, mesh = _sharded_kernel(devs, **kw)
+        fn, gather, mesh = _sharded_kernel(devs, **kw)
         shard = NamedSharding(mesh, PartitionSpec("trials"))
+        key_data, fixed = jax.tree.map(
+            partial(global_array, sharding=NamedSharding(mesh, PartitionSpec())),
+            (jax.random.key_data(key), (params, effects, sids)))
+        fixed = (jax.random.wrap_key_data(key_data, impl=jax.random.key_impl(key)), *fixed)
 
         def run(ids, mask):
-            return fn(key, params, effects, sids, jax.device_put(ids, shard),
-                      jax.device_put(mask, shard))
+            out = fn(*fixed, global_array(ids, shard), global_array(mask, shard))
+            if not multi:
+                return out
+            try:
+                return tuple(np.asarray(x) for x in gather(out))
+            except Exception as exc:  # noqa: BLE001 - any failure of the collective
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise PeerLostError(
+                    f"process {jax.process_index()} of {jax.process_count()} lost contact "
+                    f"with another process ({first[:300]})") from exc
 
     remaining = math.ceil((num_trials - start) / chunk_size) if start < num_trials else 0
     done_before = n_chunks_total - remaining
-    bar = progress_bar(progress, n_chunks_total, label="sweep", unit="chunks",
+    bar = progress_bar(progress if primary else False, n_chunks_total, label="sweep",
+                       unit="chunks",
                        items_per_step=num_trials * n_set * num_iterations * num_candidates
                        / max(n_chunks_total, 1), transient=False)
     try:
@@ -412,7 +471,7 @@ def sweep(
             mask = np.arange(lo, lo + chunk_size) < num_trials
             _accumulate(acc, *run(ids, mask))
             lo += chunk_size
-            if ckpt is not None:
+            if write_ckpt:
                 _save_checkpoint(ckpt, {**meta, "next_trial": min(lo, num_trials),
                                         "complete": lo >= num_trials}, acc)
             done_before += 1
@@ -428,6 +487,21 @@ def sweep(
                            "trial_offset": trial_offset,
                            "model": "llmnas_transfer state-space refinement model",
                        })
+
+
+def _share_state(state: tuple[int, dict[str, np.ndarray]] | None,
+                 zeros: dict[str, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
+    """Process 0's ``(start, accumulators)`` on every process, bit for bit (64-bit values
+    travel as pairs of 32-bit words, so no conversion can round them)."""
+    from jax.experimental.multihost_utils import broadcast_one_to_all
+
+    start, acc = state if state is not None else (0, zeros)
+    words = {k: np.ascontiguousarray(v).view(np.uint32) for k, v in acc.items() if v.size}
+    words["start"] = np.array([start], np.uint32)
+    got = broadcast_one_to_all(words)
+    out = {k: np.array(got[k], np.uint32, copy=True).view(v.dtype).reshape(v.shape)
+           if v.size else v.copy() for k, v in zeros.items()}
+    return int(got["start"][0]), out
 
 
 def _to_dataset(acc, ds_names, task_names, num_trials, num_iterations, num_candidates, bins,
