@@ -64,6 +64,7 @@ _PUBLIC = {
     "check": "llmnas_transfer.summarize.posterior",
     "run_study": "llmnas_transfer.study.reproduce",
     "sweep": "llmnas_transfer.study.sweeps",
+    "plan": "llmnas_transfer.study.plan",
 }
 
 

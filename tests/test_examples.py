@@ -23,7 +23,7 @@ def test_examples_exist():
 
 
 #: examples whose --quick run still fits NUTS for minutes on 2 cores: run with -m slow
-HEAVY = {"fit_paper_counts"}
+HEAVY = {"fit_paper_counts", "plan_vs_nuts", "trend_transfer_check"}
 
 
 @pytest.mark.parametrize("script", [

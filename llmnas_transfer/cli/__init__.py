@@ -4,7 +4,8 @@ Each group of commands lives in its own module with a ``register(subparsers)`` f
 :mod:`~llmnas_transfer.cli.study` (reproduce, simulate, calibrate),
 :mod:`~llmnas_transfer.cli.fit` (fit, gaps, trajectory, check),
 :mod:`~llmnas_transfer.cli.lemur` (lemur, scenario), :mod:`~llmnas_transfer.cli.sweep`
-(sweep) and :mod:`~llmnas_transfer.cli.report` (report); the options they share (grid,
+(sweep), :mod:`~llmnas_transfer.cli.report` (report) and
+:mod:`~llmnas_transfer.cli.plan` (plan); the options they share (grid,
 seed, counts, progress) are built by :mod:`~llmnas_transfer.cli.options`. Commands keep
 compiled programs in JAX's persistent cache (:mod:`llmnas_transfer.cache`). A user's mistake
 (:class:`~llmnas_transfer.errors.UserInputError`) ends with a one-line message on stderr
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from llmnas_transfer import __version__
 from llmnas_transfer.errors import UserInputError
 
-COMMAND_MODULES: tuple[str, ...] = ("study", "fit", "lemur", "sweep", "report")
+COMMAND_MODULES: tuple[str, ...] = ("study", "fit", "lemur", "sweep", "report", "plan")
 
 #: the top-level ``--help`` text (plain words; the module docstring is reStructuredText)
 DESCRIPTION = (

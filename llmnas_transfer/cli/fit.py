@@ -1,4 +1,5 @@
-"""Command-line fits of observed runs: the ``fit``, ``gaps``, ``trajectory`` and ``check`` commands.
+"""Command-line fits of observed runs: the ``fit``, ``gaps``, ``trajectory``, ``check`` and
+``compare`` commands.
 
 Heavy modules (JAX, NumPyro, ArviZ) are imported inside the handlers: ``fit`` must set the
 number of JAX CPU devices (one per chain) before JAX starts.
@@ -53,7 +54,7 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fit``, ``gaps``, ``trajectory`` and ``check`` to the CLI.
+    """Add ``fit``, ``gaps``, ``trajectory``, ``check`` and ``compare`` to the CLI.
 
     Example
     -------
@@ -106,6 +107,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    default=0.01, help="SVI learning rate, in (0, 1]")
     p.add_argument("--prior-draws", type=int_arg(1, 10**5), default=500,
                    help="prior predictive draws stored in the fit")
+    p.add_argument("--trend", choices=("setting", "shared"), default="setting",
+                   help="refinement trend: 'setting' gives each setting its own rate and "
+                        "asymptote (partially pooled) and lets each iteration's valid "
+                        "fraction and accuracy move the state; 'shared' is one drift for "
+                        "every setting (default: setting)")
     add_progress_option(p, text="hide the sampler's progress bar")
 
     g = add_command(subparsers, "gaps", _gaps, out="FILE", out_required=False,
@@ -134,6 +140,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 "of a fit, written to a folder.")
     c.add_argument("fit", help="fit file written by 'llmnas-transfer fit'")
     c.add_argument("--ci", type=ci_arg, default=0.94, help="HDI probability, in (0, 1)")
+
+    m = add_command(subparsers, "compare", _compare, out="FILE", out_required=False,
+                    out_help="write to this file instead of stdout (default: stdout)",
+                    help="compare two fits of the same runs by PSIS-LOO",
+                    description="Compare two fits of the same runs (e.g. --trend setting "
+                                "against --trend shared) by PSIS-LOO, one unit per run: "
+                                "which model the data prefer, the elpd difference and its "
+                                "standard error, and Pareto-k warnings.")
+    m.add_argument("fit_a", metavar="A.nc", help="first fit file")
+    m.add_argument("fit_b", metavar="B.nc", help="second fit file")
+    m.add_argument("--format", choices=("table", "json"), default="table",
+                   help="output format (default: table)")
 
 
 def _check_out_file(out: str | None) -> None:
@@ -208,7 +226,7 @@ def _fit(args) -> int:
         forecast=args.forecast, datasets=args.datasets, tasks=args.tasks,
         dataset_attrs=attrs, target_accept=args.target_accept, dense_mass=args.dense_mass,
         svi_steps=args.svi_steps, svi_learning_rate=args.svi_learning_rate,
-        prior_draws=args.prior_draws, progress=progress,
+        prior_draws=args.prior_draws, progress=progress, trend=args.trend,
     )
     for note in notices_of(dt):
         print(f"note: {note}", file=sys.stderr)
@@ -258,6 +276,91 @@ def _trajectory(args) -> int:
     _check_out_file(args.out)
     dt = _load(args.fit)
     _write_text(format_table(trajectory(dt, ci=args.ci), args.format), args.out)
+    return 0
+
+
+def _same_runs(a, b, name_a: str, name_b: str) -> None:
+    """Both fits must hold the log-likelihood of the same runs and counts."""
+    import numpy as np
+
+    for path, dt in ((name_a, a), (name_b, b)):
+        if "log_likelihood" not in dt.children or "n_valid" not in dt[
+                "log_likelihood"].dataset:
+            raise UserInputError(f"{path}: the fit has no pointwise log-likelihood (refit "
+                                 "with this version of llmnas-transfer)")
+        if "observed_data" not in dt.children:
+            raise UserInputError(f"{path}: the fit has no observed data")
+    ra = list(a["log_likelihood"].dataset["run"].values)
+    rb = list(b["log_likelihood"].dataset["run"].values)
+    obs_a = a["observed_data"].dataset["n_valid"].values
+    obs_b = b["observed_data"].dataset["n_valid"].values
+    ng_a = a["constant_data"].dataset["n_generated"].values
+    ng_b = b["constant_data"].dataset["n_generated"].values
+    if ra != rb or obs_a.shape != obs_b.shape or not (
+            np.array_equal(obs_a, obs_b) and np.array_equal(ng_a, ng_b)):
+        raise UserInputError(f"{name_a} and {name_b} are fits of different data (runs or "
+                             "counts differ); LOO compares models of the same runs only")
+
+
+def compare_fits(a, b, names: tuple[str, str] = ("A", "B")) -> dict:
+    """PSIS-LOO of two fits of the same runs: the preferred model, the elpd difference
+    and its standard error, and Pareto-k counts. ``a`` and ``b`` are fit DataTrees."""
+    import warnings
+
+    import arviz as az
+    import numpy as np
+
+    out: dict = {"unit": "one run (all iterations of one trial), state marginalised",
+                 "models": {}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, dt in zip(names, (a, b), strict=True):
+            loo = az.loo(dt)
+            k = np.asarray(loo.pareto_k.values if hasattr(loo, "pareto_k") else [])
+            out["models"][name] = {
+                "trend": json.loads(dt.attrs.get("spec", "{}")).get("trend", "shared"),
+                "elpd_loo": float(loo.elpd), "se": float(loo.se), "p_loo": float(loo.p),
+                "n_runs": int(k.size), "pareto_k_above_0.7": int(np.sum(k > 0.7)),
+            }
+        cmp = az.compare(dict(zip(names, (a, b), strict=True)), round_to="none")
+    best = str(cmp.index[0])
+    other = str(cmp.index[1])
+    out["preferred"] = best
+    # elpd of the preferred model minus the other's (>= 0), and its standard error
+    out["elpd_diff"] = out["models"][best]["elpd_loo"] - out["models"][other]["elpd_loo"]
+    out["dse"] = float(cmp.loc[other, "dse"])
+    out["weights"] = {str(i): float(w) for i, w in cmp["weight"].items()}
+    return out
+
+
+def _compare(args) -> int:
+    _check_out_file(args.out)
+    for path in (args.fit_a, args.fit_b):
+        if not Path(path).expanduser().exists():
+            raise UserInputError(f"{path}: file not found")
+    a, b = _load(args.fit_a), _load(args.fit_b)
+    _same_runs(a, b, args.fit_a, args.fit_b)
+    res = compare_fits(a, b, (args.fit_a, args.fit_b))
+    if args.format == "json":
+        _write_text(json.dumps(res, indent=1) + "\n", args.out)
+        return 0
+    lines = []
+    for name, m in res["models"].items():
+        lines.append(f"{name}: trend {m['trend']}, elpd_loo {m['elpd_loo']:.1f} "
+                     f"(se {m['se']:.1f}), p_loo {m['p_loo']:.1f}, Pareto k > 0.7 for "
+                     f"{m['pareto_k_above_0.7']} of {m['n_runs']} runs")
+    diff, dse = res["elpd_diff"], res["dse"]
+    ratio = diff / dse if dse > 0 else float("inf")
+    lines.append(f"preferred: {res['preferred']} (elpd difference {diff:.1f}, se {dse:.1f}; "
+                 f"{ratio:.1f} standard errors)")
+    if ratio < 2:
+        lines.append("the difference is within two standard errors: the data do not "
+                     "clearly prefer either model")
+    bad = sum(m["pareto_k_above_0.7"] for m in res["models"].values())
+    if bad:
+        lines.append(f"warning: {bad} Pareto k values above 0.7: the LOO estimates of those "
+                     "runs are unreliable")
+    _write_text("\n".join(lines) + "\n", args.out)
     return 0
 
 

@@ -41,7 +41,8 @@ from llmnas_transfer.io.runs import ObservedRuns
 #: the sites :func:`~llmnas_transfer.fit.model.params_from_sample` reads
 _NEEDED = ("kappa", "state_noise", "init_sd", "validity_slope", "accuracy_slope",
            "accuracy_noise", "novelty_intercept", "novelty_slope", "novelty_noise",
-           "validity_offset", "accuracy_offset", "novelty_offset")
+           "validity_offset", "accuracy_offset", "novelty_offset", "rate_offset",
+           "asymptote", "feedback_validity", "feedback_accuracy")
 
 
 class _DrawsAdapter:

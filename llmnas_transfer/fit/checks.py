@@ -24,6 +24,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -42,13 +43,21 @@ from llmnas_transfer.fit.model import (
     observed_datasets,
     prior_medians,
     runs_model,
+    setting_summaries,
+    trend_levels,
 )
 from llmnas_transfer.fit.preparation import prepare
 from llmnas_transfer.fit.sampling import deterministic_sites
 from llmnas_transfer.io.runs import runs_from_simulation
 from llmnas_transfer.sim import registry
 from llmnas_transfer.sim.candidates import simulate
-from llmnas_transfer.sim.params import FEATURE_NAMES, ModelDefaults, load_defaults
+from llmnas_transfer.sim.params import (
+    FEATURE_NAMES,
+    TREND_TABLES,
+    ModelDefaults,
+    dynamics_from_dict,
+    load_defaults,
+)
 from llmnas_transfer.validate import check_float, check_int
 
 #: scalar sites compared in recovery and SBC (when present in the model)
@@ -91,7 +100,10 @@ def truth_from_defaults(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, n
     """True values of the model's posterior variables for simulator parameters.
 
     Only the variables the model has for ``spec`` are returned (no accuracy part without
-    accuracy data, no novelty part without novelty data).
+    accuracy data, no novelty part without novelty data); the per-setting trend
+    (``rate_offset``, ``asymptote``, the feedback strengths) under ``spec.trend ==
+    "setting"``. The trend gains and trend gaps are the simulator's expectations
+    (:func:`~llmnas_transfer.sim.expectation.expected`) at these parameters.
 
     Example
     -------
@@ -136,6 +148,17 @@ def truth_from_defaults(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, n
                                             for m in free_m]
         if free_t:
             out["novelty_task_free"] = [defaults.novelty_task.get(t, 0.0) for t in free_t]
+    eff = defaults.effects(list(spec.datasets), list(spec.tasks))
+    if spec.trend == "setting":
+        shape = (len(spec.datasets), len(spec.tasks))
+        out["rate_offset"] = np.asarray(eff.rate_offset).reshape(shape)
+        out["asymptote"] = np.asarray(eff.asymptote).reshape(shape)
+        out["feedback_validity"] = d.get("feedback_validity", 0.0)
+        if spec.has_accuracy:
+            out["feedback_accuracy"] = d.get("feedback_accuracy", 0.0)
+    summ = setting_summaries(dynamics_from_dict(d), eff, spec)
+    out["trend_gain"] = np.asarray(summ["trend_gain"])
+    out["trend_gap"] = np.asarray(summ["trend_gap"])
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
@@ -165,7 +188,21 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
         "novelty_intercept": g.get("novelty_intercept", 0.0),
         "novelty_slope": g.get("novelty_slope", 0.0),
         "novelty_noise": g.get("novelty_noise", 1.0),
+        "feedback_validity": g.get("feedback_validity", 0.0),
+        "feedback_accuracy": g.get("feedback_accuracy", 0.0),
     }
+    trend: dict[str, dict[str, float]] = {k: {} for k in TREND_TABLES}
+    by_d, by_k = trend_levels(spec)
+    if spec.trend == "setting":
+        for level, names, used in (("dataset", spec.datasets, by_d),
+                                   ("task", spec.tasks, by_k)):
+            if not used:
+                continue
+            for part in ("rate", "asymptote"):
+                if f"{part}_z_{level}" in g:
+                    vals = g[f"{part}_sd_{level}"] * g[f"{part}_z_{level}"]
+                    trend[f"{part}_{level}"] = {n: float(v)
+                                                for n, v in zip(names, vals, strict=True)}
     acc_coef = g.get("accuracy_coef", np.zeros(len(FEATURE_NAMES)))
     acc0 = float(g.get("accuracy_intercept", -1.0))
     level = g.get("accuracy_level", np.full(len(spec.datasets), -1.0))
@@ -198,6 +235,7 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
         interaction=inter,
         novelty_modality=nov_m,
         novelty_task=nov_t,
+        trend=trend,
         provenance={"derived_by": "llmnas_transfer.fit.checks.defaults_from_draw"},
     )
 
@@ -242,7 +280,8 @@ def recovery_table(dt: xr.DataTree, truth: dict[str, np.ndarray], *, ci: float =
 
 def sbc_spec(datasets: Sequence[str] = ("cifar-10", "audioset"),
              tasks: Sequence[str] = ("classification", "segmentation"),
-             num_iterations: int = 6, has_accuracy: bool = True) -> ModelSpec:
+             num_iterations: int = 6, has_accuracy: bool = True,
+             trend: str = "setting", num_candidates: int = 10) -> ModelSpec:
     """A small all-observed :class:`ModelSpec` for SBC runs (built-in datasets only).
 
     Example
@@ -252,10 +291,14 @@ def sbc_spec(datasets: Sequence[str] = ("cifar-10", "audioset"),
     (('cifar-10', 'audioset'), ((0, 0), (0, 1), (1, 0), (1, 1)), 3)
     """
     ds = [registry.get_dataset(d) for d in datasets]
+    ts = [registry.get_task(t) for t in tasks]
     obs = tuple((i, k) for i in range(len(datasets)) for k in range(len(tasks)))
     return ModelSpec(tuple(datasets), tuple(tasks), tuple(d.modality for d in ds),
                      tuple(d.features() for d in ds), obs, (0, 0), num_iterations,
-                     has_accuracy=has_accuracy)
+                     has_accuracy=has_accuracy, trend=trend,
+                     chance=tuple(tuple(registry.chance_level(d, t) for t in ts)
+                                  for d in ds),
+                     num_candidates=num_candidates)
 
 
 def rank_pit(draws: np.ndarray, truth: float, u: float) -> float:
@@ -354,7 +397,8 @@ def sbc(
     chains: int = 2,
     target_accept: float = 0.9,
     sites: Sequence[str] = ("kappa", "state_noise", "init_sd", "difficulty_intercept",
-                            "validity_slope", "accuracy_slope", "accuracy_noise"),
+                            "validity_slope", "accuracy_slope", "accuracy_noise",
+                            "trend_gap"),
     bias_sd: float = 1.0,
     grid_size: int | None = None,
     progress: bool = False,
@@ -373,6 +417,9 @@ def sbc(
     ``bias_sd`` posterior standard deviations, which must fail the uniformity test), and
     ``sbc_stats`` (per replicate: divergences and whether the Laplace metric was used).
     ``grid_size`` is passed to :func:`~llmnas_transfer.fit.preparation.prepare`.
+    A site with dims (here ``trend_gap``, per setting) gets one PIT per element, named
+    ``trend_gap[dataset|task]``; elements that are constant (the reference's trend gap,
+    0 by definition) are left out.
 
     Example
     -------
@@ -393,9 +440,13 @@ def sbc(
     if not all(d in registry.BUILTIN_DATASET_NAMES for d in spec.datasets):
         raise UserInputError("sbc uses built-in datasets only")
     sites = [s for s in sites if spec.has_accuracy or not s.startswith("accuracy")]
+    # the setting-level expectations (trend gaps) use the data's candidates per iteration
+    spec = dataclasses.replace(spec, num_candidates=num_candidates)
     k_prior, k_rest, k_pit = jax.random.split(key, 3)
-    template = _template_data(spec, num_trials)
+    template = _template_data(spec, num_trials, num_candidates)
     prior = prior_predictive(k_prior, template, spec, num_replicates)
+    elements = _sbc_elements(prior, sites, spec)
+    sites = list(elements)
     samplers: dict = {}
     pit = {s: np.zeros(num_replicates) for s in sites}
     biased = {s: np.zeros(num_replicates) for s in sites}
@@ -410,7 +461,7 @@ def sbc(
                        num_iterations=spec.num_iterations, num_candidates=num_candidates,
                        per_candidate=True, bins=0, defaults=defaults)
         prep = prepare(runs_from_simulation(sim, accuracy=spec.has_accuracy, novelty=False),
-                       reference=(spec.datasets[0], spec.tasks[0]),
+                       reference=(spec.datasets[0], spec.tasks[0]), trend=spec.trend,
                        **({} if grid_size is None else {"grid_size": grid_size}))
         k_start, k_run = jax.random.split(jax.random.fold_in(k_rest, 2 * r + 1))
         start = laplace_start(k_start, prep, chains)
@@ -429,8 +480,9 @@ def sbc(
         divergences[r], laplace[r] = int(np.sum(div)), start.converged
         u = u_all[r]
         for j, s in enumerate(sites):
-            x = np.asarray(post[s], np.float64)
-            truth = float(draw[s])
+            name, idx = elements[s]
+            x = np.asarray(post[name], np.float64)[(slice(None), slice(None), *idx)]
+            truth = float(np.asarray(draw[name])[idx])
             pit[s][r] = rank_pit(x, truth, u[0, j])
             biased[s][r] = rank_pit(x + bias_sd * x.std(), truth, u[1, j])
         if progress:
@@ -442,13 +494,34 @@ def sbc(
     })
 
 
+def _sbc_elements(prior: dict, sites: Sequence[str], spec: ModelSpec
+                  ) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """PIT names -> (site, element index): scalars as they are, arrays per element
+    (``name[dataset|task]`` for (dataset, task) sites), constant elements left out."""
+    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for s in sites:
+        x = np.asarray(prior[s])
+        if x.ndim == 1:
+            out[s] = (s, ())
+            continue
+        for idx in np.ndindex(x.shape[1:]):
+            col = x[(slice(None), *idx)]
+            if np.ptp(col) == 0:
+                continue
+            label = ("|".join((spec.datasets[idx[0]], spec.tasks[idx[1]])) if len(idx) == 2
+                     else ",".join(map(str, idx)))
+            out[f"{s}[{label}]"] = (s, idx)
+    return out
+
+
 def _template_data(spec: ModelSpec, num_trials: int, num_candidates: int = 10) -> RunsData:
     obs = [o for o in spec.observed for _ in range(num_trials)]
     n = len(obs)
     z = jnp.zeros((n, spec.num_iterations), jnp.float32)
     return RunsData(jnp.asarray([o[0] for o in obs], jnp.int32),
                     jnp.asarray([o[1] for o in obs], jnp.int32), z + num_candidates, z,
-                    NormalStats(z, z, z, z, z), NormalStats(z, z, z, z, z))
+                    NormalStats(z, z, z, z, z), NormalStats(z, z, z, z, z),
+                    z + 0.5 if spec.has_accuracy else None)
 
 
 def uniformity_pvalues(dt: xr.DataTree, group: str = "prior_sbc") -> dict[str, float]:

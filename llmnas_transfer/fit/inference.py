@@ -77,6 +77,7 @@ def fit_runs(
     grid_size: int = GRID_SIZE,
     max_pointwise: float = 2e7,
     progress: bool = False,
+    trend: str = "setting",
 ) -> xr.DataTree:
     """Fit the hierarchical model to observed runs and return an ArviZ ``DataTree``.
 
@@ -109,6 +110,10 @@ def fit_runs(
         (posterior predictive, log-likelihood, forecasts); with more data those use
         evenly thinned draws (their ``draw`` coordinate says which).
     progress : show NumPyro's progress bar.
+    trend : ``"setting"`` (default: each setting has its own refinement rate and
+        asymptote, partially pooled, and the feedback of each iteration moves the state)
+        or ``"shared"`` (one drift for every setting, no feedback); see
+        :mod:`llmnas_transfer.fit.model`.
 
     Returns
     -------
@@ -136,7 +141,8 @@ def fit_runs(
     if not isinstance(runs, ObservedRuns):
         runs = read_runs(runs)
     prep = prepare(runs, reference=reference, datasets=datasets, tasks=tasks,
-                   dataset_attrs=dataset_attrs, num_forecast=forecast, grid_size=grid_size)
+                   dataset_attrs=dataset_attrs, num_forecast=forecast, grid_size=grid_size,
+                   trend=trend)
     k_fit, k_prior, k_ppc, k_fc = jax.random.split(as_key(seed), 4)
     t1 = time.perf_counter()
     if method == "nuts":

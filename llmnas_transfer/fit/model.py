@@ -2,28 +2,46 @@
 
 The generative model is the simulator's (see :mod:`llmnas_transfer.sim.dynamics`)::
 
-    s_1 ~ N(0, init_sd^2),   s_{t+1} = transition_mean(s_t) + state_noise e_t
+    s_1 ~ N(0, init_sd^2)
+    s_{t+1} = s_t + kappa_s (mu_s - s_t) + phi_v (v_t - 1/2) + phi_a (a_t - 1/2)
+              + state_noise e_t
     n_valid_t ~ Binomial(n_generated_t, sigmoid(validity_logit(s_t)))
-    logit acc ~ N(accuracy_logit(s_t), accuracy_noise^2)     (valid candidates)
-    logit nov ~ N(novelty_logit(s_t), novelty_noise^2)       (valid candidates)
+    logit((acc - c) / (1 - c)) ~ N(accuracy_logit(s_t), accuracy_noise^2)   (valid candidates)
+    logit nov ~ N(novelty_logit(s_t), novelty_noise^2)                     (valid candidates)
 
 with the hierarchy of :class:`~llmnas_transfer.sim.params.SettingEffects`:
 ``delta_{d,k} = D_d + C_k + G_{m(d),k}``, ``D_d = features_d . w + tau_D z_d`` (non-centred),
 ``C_classification = 0``, ``G = 0`` for images and for classification,
 ``alpha_{d,k} = a0 + features_d . w_a + tau_a z'_d + alpha_k`` and
-``nu_{d,k} = nu_{m(d)} + nu_k``.
+``nu_{d,k} = nu_{m(d)} + nu_k``. ``c`` is the setting's chance level
+(:func:`~llmnas_transfer.sim.registry.chance_level`).
+
+**The trend** (``ModelSpec.trend``). Under ``"setting"`` (the default) every setting has
+its own refinement rate ``kappa_s = sigmoid(logit kappa + r_{d,k})`` and asymptote
+``mu_{d,k}``, partially pooled over datasets and tasks (non-centred)::
+
+    r_{d,k}  = rate_sd_dataset z_rate_dataset[d] + rate_sd_task z_rate_task[k]
+    mu_{d,k} = exp(asymptote_sd_dataset z_asymptote_dataset[d]
+                   + asymptote_sd_task z_asymptote_task[k])
+
+and the feedback strengths ``phi_v``, ``phi_a`` are free; ``v_t`` and ``a_t`` are the
+**observed** feedback of each run and iteration (its valid fraction and the mean
+chance-normalised accuracy of its valid candidates, 1/2 when none is valid or the
+iteration is unobserved). Under ``"shared"`` ``r = 0``, ``mu = 1`` and ``phi = 0``: one
+drift for every setting (the special case).
 
 **The per-trial latent state is marginalised, not sampled.** Given the global parameters
-the state of one run is a one-dimensional Markov chain, so the likelihood of the run is
-computed exactly (up to a quadrature error far below Monte Carlo error) by a forward
-algorithm on a grid: at iteration ``t`` the grid is ``s = m_t + sqrt(v_t) x_j`` with
-``x_j`` equally spaced on ``[-width, width]`` and ``(m_t, v_t)`` the prior moments of the
-state (:func:`~llmnas_transfer.sim.dynamics.state_moments`); the transition matrix is the
-Gaussian kernel ``N(s' ; transition_mean(s), state_noise^2)`` between consecutive grids with
-normalised rows; the emission at each grid point is the binomial log-pmf of ``n_valid``
-plus the logit-normal accuracy and novelty log-likelihoods from sufficient statistics.
-All runs are filtered at once, one ``(runs, G) @ (G, G)`` product per iteration inside
-``lax.scan``, with per-step rescaling. NUTS then only sees the ~40-60 global parameters.
+and the observed feedback, the state of one run is a linear-Gaussian Markov chain with
+exact moments ``m[n, t]`` (per run: they depend on its feedback) and ``v[s, t]`` (per
+setting: they do not), :func:`~llmnas_transfer.sim.dynamics.state_moments`. Each run
+gets the grid ``s[n, t, j] = m[n, t] + sqrt(v[s(n), t]) x_j`` with ``x_j`` equally spaced on
+``[-width, width]``. Between node ``j`` at ``t`` and node ``j'`` at ``t + 1`` the
+transition density is ``N(sqrt(v_{t+1}) x_j' ; (1 - kappa_s) sqrt(v_t) x_j,
+state_noise^2)``: it depends on the setting only, so there are ``(S, T - 1, G, G)``
+transition matrices (normalised rows), gathered per run. The emission at each node is
+the binomial log-pmf of ``n_valid`` plus the logit-normal accuracy and novelty
+log-likelihoods from sufficient statistics. All runs are filtered at once inside
+``lax.scan``, with per-step rescaling. NUTS then only sees the global parameters.
 
 Example
 -------
@@ -50,22 +68,24 @@ from jax.scipy.special import gammaln
 from numpyro.distributions import constraints
 
 from llmnas_transfer.sim.dynamics import (
+    Feedback,
     accuracy_logit,
     novelty_logit,
+    setting_rate,
     state_moments,
     transition_mean,
     validity_logit,
 )
-from llmnas_transfer.sim.expectation import expected
-from llmnas_transfer.sim.gaps import gap_components
+from llmnas_transfer.sim.expectation import expected, logitnormal_mean
+from llmnas_transfer.sim.gaps import gap_components, trend_gap
 from llmnas_transfer.sim.keys import key_words
 from llmnas_transfer.sim.params import FEATURE_NAMES, DynamicsParams, SettingEffects
 from llmnas_transfer.sim.samplers import binomial
 from llmnas_transfer.sim.types import Array, PRNGKey
 
 _LOG_2PI = math.log(2.0 * math.pi)
-# jitted so that eager runs of the model (initialisation, ArviZ's trace) compile it once
-_expected = jax.jit(expected, static_argnums=2)
+#: the trend models (:attr:`ModelSpec.trend`)
+TRENDS: tuple[str, ...] = ("setting", "shared")
 
 #: default number of grid points of the marginalised state and the grid half-width (in
 #: prior standard deviations of the state at each iteration)
@@ -152,6 +172,11 @@ class RunsData(NamedTuple):
     """Observed runs, one row per run (a trial of a setting), one column per iteration.
 
     Unobserved (run, iteration) cells have ``n_generated == 0`` and zero statistics.
+    The accuracy statistics are on the logit scale of the chance-normalised accuracy
+    ``(acc - c) / (1 - c)``. ``accuracy_feedback`` is the feedback each iteration showed:
+    the mean chance-normalised accuracy of its valid candidates, 1/2 where none is valid,
+    where the iteration is unobserved or where the data have no accuracies (``None``:
+    1/2 everywhere). The valid-fraction feedback is read off the counts.
     """
 
     dataset_idx: Array  # (run,) int32
@@ -160,6 +185,7 @@ class RunsData(NamedTuple):
     n_valid: Array  # (run, iteration) float32
     accuracy: NormalStats  # (run, iteration) each
     novelty: NormalStats  # (run, iteration) each
+    accuracy_feedback: Array | None = None  # (run, iteration) float32
 
 
 @dataclass(frozen=True)
@@ -180,6 +206,12 @@ class ModelSpec:
     has_accuracy, has_novelty : whether those observations exist (else their parameters
         are not part of the model).
     grid_size, grid_width : grid of the marginalised state.
+    notes : what the preparation changed in the data (not stored, not compared).
+    trend : ``"setting"`` (per-setting rate and asymptote, free feedback strengths) or
+        ``"shared"`` (one drift for every setting, no feedback).
+    chance : chance level of every (dataset, task), ``()`` for 0 everywhere.
+    num_candidates : candidates per iteration of a new trial (the setting-level
+        expectations with feedback depend on it).
     """
 
     datasets: tuple[str, ...]
@@ -196,6 +228,20 @@ class ModelSpec:
     grid_size: int = GRID_SIZE
     grid_width: float = GRID_WIDTH
     notes: tuple[str, ...] = field(default=(), compare=False)
+    trend: str = "setting"
+    chance: tuple[tuple[float, ...], ...] = ()
+    num_candidates: int = 20
+
+    def __post_init__(self):
+        if self.trend not in TRENDS:
+            raise ValueError(f"trend must be one of {', '.join(TRENDS)}, got {self.trend!r}")
+
+    def chance_grid(self) -> np.ndarray:
+        """Chance level of every (dataset, task), (D, K) float32."""
+        shape = (len(self.datasets), len(self.tasks))
+        if not self.chance:
+            return np.zeros(shape, np.float32)
+        return np.asarray(self.chance, np.float32).reshape(shape)
 
     @property
     def horizon(self) -> int:
@@ -236,12 +282,14 @@ class ModelSpec:
             "num_iterations": self.num_iterations, "num_forecast": self.num_forecast,
             "gap_iteration": self.gap_t, "has_accuracy": self.has_accuracy,
             "has_novelty": self.has_novelty, "grid_size": self.grid_size,
-            "grid_width": self.grid_width,
+            "grid_width": self.grid_width, "trend": self.trend,
+            "chance": [list(c) for c in self.chance], "num_candidates": self.num_candidates,
         }
 
     @classmethod
     def from_attrs(cls, d: dict) -> ModelSpec:
-        """Inverse of :meth:`to_attrs`."""
+        """Inverse of :meth:`to_attrs`. Fits written before the trend model have the
+        shared trend and chance 0 (accuracy on the raw logit scale)."""
         return cls(
             tuple(d["datasets"]), tuple(d["tasks"]), tuple(d["modalities"]),
             tuple(tuple(float(v) for v in f) for f in d["features"]),
@@ -249,7 +297,9 @@ class ModelSpec:
             (int(d["reference"][0]), int(d["reference"][1])),
             int(d["num_iterations"]), int(d["num_forecast"]), int(d["gap_iteration"]),
             bool(d["has_accuracy"]), bool(d["has_novelty"]), int(d["grid_size"]),
-            float(d["grid_width"]),
+            float(d["grid_width"]), (), str(d.get("trend", "shared")),
+            tuple(tuple(float(v) for v in c) for c in d.get("chance", ())),
+            int(d.get("num_candidates", 20)),
         )
 
 
@@ -293,6 +343,20 @@ PRIOR_TEXT: dict[str, str] = {
     "novelty_noise": "LogNormal(log 0.8, 0.5)",
     "novelty_modality_free": "Normal(0, 0.5) per non-image modality",
     "novelty_task_free": "Normal(0, 0.5) per non-classification task",
+    "rate_sd_dataset": "HalfNormal(1) (trend 'setting'; logit scale of the rate: an offset "
+                       "of -1.2, a rate about 3x smaller, is about one prior sd away)",
+    "rate_sd_task": "HalfNormal(1) (trend 'setting')",
+    "rate_z_dataset": "Normal(0, 1) per dataset (non-centred rate offset; only with two "
+                      "or more datasets)",
+    "rate_z_task": "Normal(0, 1) per task (only with two or more tasks)",
+    "asymptote_sd_dataset": "HalfNormal(0.5) (trend 'setting'; log scale of the asymptote: "
+                            "log 0.5 = -0.69, a gain about half as big, is within 1.4 prior "
+                            "sd)",
+    "asymptote_sd_task": "HalfNormal(0.5) (trend 'setting')",
+    "asymptote_z_dataset": "Normal(0, 1) per dataset (non-centred log-asymptote offset)",
+    "asymptote_z_task": "Normal(0, 1) per task",
+    "feedback_validity": "Normal(0, 0.5) (trend 'setting'; 0 under 'shared')",
+    "feedback_accuracy": "Normal(0, 0.5) (trend 'setting' with accuracy data; else 0)",
 }
 
 #: Scalar parameters of the dynamics recorded in the posterior.
@@ -313,42 +377,141 @@ DETERMINISTIC_DIMS: dict[str, list[str]] = {
     "validity_offset": ["dataset", "task"],
     "accuracy_offset": ["dataset", "task"],
     "novelty_offset": ["dataset", "task"],
+    "rate_offset": ["dataset", "task"],
+    "asymptote": ["dataset", "task"],
     "validity": ["dataset", "task", "horizon"],
     "accuracy": ["dataset", "task", "horizon"],
+    "novelty": ["dataset", "task", "horizon"],
     "validity_gap": ["dataset", "task"],
     "accuracy_gap": ["dataset", "task"],
+    "raw_accuracy_gap": ["dataset", "task"],
     "combined_gap": ["dataset", "task"],
+    "novelty_gap": ["dataset", "task"],
+    "trend_gain": ["dataset", "task"],
+    "trend_gap": ["dataset", "task"],
 }
+#: sampled sites of the per-setting trend (:attr:`ModelSpec.trend` ``"setting"``)
+TREND_SITES: tuple[str, ...] = (
+    "rate_sd_dataset", "rate_sd_task", "asymptote_sd_dataset", "asymptote_sd_task",
+    "feedback_validity", "feedback_accuracy",
+)
 
 
 # --------------------------------------------------------------------------- grid filter
 class StateGrid(NamedTuple):
-    """Discretised state: nodes ``s`` (T, G), row-stochastic transitions (T-1, G, G)."""
+    """Discretised state of each run: nodes ``s`` (T, N, G), row-stochastic transitions of
+    each setting ``trans`` (T-1, S, G, G), initial weights ``init`` (G,) and the setting
+    row of each run ``rows`` (N,)."""
 
     s: Array
     trans: Array
     init: Array
+    rows: Array
+
+
+def _per_setting(effects: SettingEffects | None) -> SettingEffects:
+    """Effects with every field as a (S,) float32 array (one setting without effects)."""
+    if effects is None:
+        effects = SettingEffects(0.0, 0.0, 0.0)
+    n = math.prod(jnp.shape(effects.validity_offset))
+    return SettingEffects(*(jnp.broadcast_to(jnp.reshape(jnp.asarray(f, jnp.float32), (-1,)),
+                                             (n,)) for f in effects))
+
+
+def _run_effects(effects: SettingEffects, data: RunsData, spec: ModelSpec) -> SettingEffects:
+    """The effects of each run's setting, (N,) fields."""
+    rows = data.dataset_idx * len(spec.tasks) + data.task_idx
+    return jax.tree.map(lambda f: f[rows], _per_setting(effects))
+
+
+def _drawn_feedback(s: Array, count: Array, n: Array, params: DynamicsParams,
+                    eff: SettingEffects) -> Feedback:
+    """Feedback of drawn counts at state ``s``: the valid fraction, and the expected mean
+    chance-normalised accuracy of the valid candidates given ``s`` (1/2 if none)."""
+    vf = jnp.where(n > 0, count / jnp.maximum(n, 1.0), 0.5)
+    mean_acc = logitnormal_mean(accuracy_logit(s, params, eff.accuracy_offset),
+                                params.accuracy_noise)
+    return Feedback(vf, jnp.where(count > 0, mean_acc, 0.5))
+
+
+def _simulate_counts(key: PRNGKey, s0: Array, z_next: Array, n_generated: Array,
+                     params: DynamicsParams, eff: SettingEffects) -> Array:
+    """Counts of iterations simulated forward from state ``s0``: at each iteration draw
+    the counts at the state, then transition with their feedback and the noise
+    ``z_next`` (leading axis: iterations; ``n_generated`` likewise)."""
+
+    def body(s, inp):
+        z, n, t = inp
+        prob = jax.nn.sigmoid(validity_logit(s, params, eff.validity_offset))
+        c = binomial_counts(jax.random.fold_in(key, t), n, prob)
+        fb = _drawn_feedback(s, c, n, params, eff)
+        return transition_mean(s, params, eff, fb) + params.state_noise * z, c
+
+    steps = n_generated.shape[0]
+    _, counts = jax.lax.scan(body, s0, (z_next, n_generated, jnp.arange(steps)))
+    return counts
+
+
+def observed_feedback(data: RunsData, n_valid: Array | None = None) -> Feedback:
+    """The feedback each run's iterations showed, (N, T) fields: the valid fraction
+    ``n_valid / n_generated`` (1/2 where unobserved) and ``data.accuracy_feedback``
+    (1/2 where absent).
+
+    Example
+    -------
+    >>> z = jnp.zeros((1, 2))
+    >>> d = RunsData(jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32),
+    ...              jnp.asarray([[10.0, 0.0]]), jnp.asarray([[4.0, 0.0]]),
+    ...              NormalStats(z, z, z, z, z), NormalStats(z, z, z, z, z))
+    >>> observed_feedback(d).valid_fraction.tolist()
+    [[0.4000000059604645, 0.5]]
+    """
+    nv = data.n_valid if n_valid is None else n_valid
+    ng = data.n_generated
+    vf = jnp.where(ng > 0, nv / jnp.maximum(ng, 1.0), 0.5)
+    af = (jnp.full_like(vf, 0.5) if data.accuracy_feedback is None
+          else jnp.asarray(data.accuracy_feedback, vf.dtype))
+    return Feedback(vf, af)
 
 
 def state_grid(params: DynamicsParams, num_iterations: int, grid_size: int = GRID_SIZE,
-               grid_width: float = GRID_WIDTH) -> StateGrid:
-    """Grid of the per-trial state: ``m_t + sqrt(v_t) x_j`` and its transition matrices.
+               grid_width: float = GRID_WIDTH, *, effects: SettingEffects | None = None,
+               rows: Array | None = None, feedback: Feedback | None = None) -> StateGrid:
+    """Per-run grids ``m[n, t] + sqrt(v[s(n), t]) x_j`` and the settings' transitions.
+
+    ``effects`` are the settings' effects (S,) (``None``: one setting with the shared
+    drift), ``rows`` the setting of each run (N,) (default: one run per setting) and
+    ``feedback`` the observed :class:`~llmnas_transfer.sim.dynamics.Feedback` of each run,
+    (N, T) fields (``None``: no feedback shift). The means ``m`` depend on the run's
+    feedback, the variances ``v`` and the transitions only on the setting.
 
     Example
     -------
     >>> from llmnas_transfer.sim.params import load_defaults
     >>> g = state_grid(load_defaults().dynamics_params(), 4, 16)
     >>> g.s.shape, g.trans.shape
-    ((4, 16), (3, 16, 16))
+    ((4, 1, 16), (3, 1, 16, 16))
     """
     x = jnp.linspace(-grid_width, grid_width, grid_size, dtype=jnp.float32)
-    m, v = state_moments(params, num_iterations)
-    s = m[:, None] + jnp.sqrt(v)[:, None] * x  # (T, G)
-    mu = transition_mean(s[:-1], params)  # (T-1, G) means of s_{t+1} from each node
-    z = (s[1:, None, :] - mu[:, :, None]) / params.state_noise
-    trans = jax.nn.softmax(-0.5 * z * z, axis=-1)
+    eff = _per_setting(effects)
+    n_set = eff.validity_offset.shape[0]
+    rows = jnp.arange(n_set, dtype=jnp.int32) if rows is None else jnp.asarray(rows)
+    _, v = state_moments(params, num_iterations, eff)  # (S, T)
+    run_eff = jax.tree.map(lambda f: f[rows], eff)
+    m, _ = state_moments(params, num_iterations, run_eff, feedback)  # (N, T)
+    sd = jnp.sqrt(v)
+    s = m.T[..., None] + sd[rows].T[..., None] * x  # (T, N, G)
+    keep = (1.0 - setting_rate(params, eff))[:, None, None, None]  # (S, 1, 1, 1)
+    z = (sd[:, 1:, None, None] * x - keep * sd[:, :-1, None, None] * x[:, None]) \
+        / params.state_noise  # (S, T-1, G, G): from node j (axis 2) to node j' (axis 3)
+    trans = jnp.swapaxes(jax.nn.softmax(-0.5 * z * z, axis=-1), 0, 1)
     init = jax.nn.softmax(-0.5 * x * x)
-    return StateGrid(s, trans, init)
+    return StateGrid(s, trans, init, rows)
+
+
+def _run_transitions(trans_t: Array, rows: Array) -> Array:
+    """(N, G, G) transition matrices of the runs from the settings' (S, G, G)."""
+    return trans_t if trans_t.shape[0] == 1 else jnp.take(trans_t, rows, axis=0)
 
 
 def forward_filter(grid: StateGrid, log_em: Array) -> tuple[Array, Array]:
@@ -356,7 +519,7 @@ def forward_filter(grid: StateGrid, log_em: Array) -> tuple[Array, Array]:
 
     Parameters
     ----------
-    grid : :class:`StateGrid` with ``T`` iterations.
+    grid : :class:`StateGrid` with ``T`` iterations and ``N`` runs.
     log_em : (T, N, G) log emission densities (0 where nothing was observed).
 
     Returns
@@ -368,7 +531,7 @@ def forward_filter(grid: StateGrid, log_em: Array) -> tuple[Array, Array]:
     Example
     -------
     >>> from llmnas_transfer.sim.params import load_defaults
-    >>> g = state_grid(load_defaults().dynamics_params(), 3, 8)
+    >>> g = state_grid(load_defaults().dynamics_params(), 3, 8, rows=jnp.zeros(2, jnp.int32))
     >>> ll, f = forward_filter(g, jnp.zeros((3, 2, 8)))
     >>> bool(jnp.allclose(ll, 0.0, atol=1e-6)), f.shape
     (True, (3, 2, 8))
@@ -385,7 +548,9 @@ def forward_filter(grid: StateGrid, log_em: Array) -> tuple[Array, Array]:
 
     def step(alpha, inp):
         trans, e = inp
-        pred = alpha @ trans + 1e-30  # floor keeps far outliers finite
+        tr = _run_transitions(trans, grid.rows)
+        pred = jnp.einsum("ng,ngh->nh", alpha, jnp.broadcast_to(
+            tr, alpha.shape[:1] + tr.shape[1:])) + 1e-30  # floor keeps far outliers finite
         alpha, ll = update(pred, e)
         return alpha, (alpha, ll)
 
@@ -399,17 +564,18 @@ def emission_loglik(
     s: Array, params: DynamicsParams, effects: SettingEffects, rows: Array, data: RunsData,
     *, n_valid: Array | None = None, use_accuracy: bool = True, use_novelty: bool = False,
 ) -> tuple[Array, Array]:
-    """Log emission densities on the grid, split into a state-dependent and a constant part.
+    """Log emission densities on the runs' grids, split into a state-dependent and a
+    constant part.
 
-    ``s`` is the (T, G) grid, ``effects`` the per-setting offsets (S,) and ``rows`` the
-    setting of each run (N,). The emission of run ``n`` at iteration ``t`` and node ``j``
-    is ``log_em[t, n, j] + const[n, t]``.
+    ``s`` is the (T, N, G) grid of the runs (:attr:`StateGrid.s`), ``effects`` the
+    per-setting offsets (S,) and ``rows`` the setting of each run (N,). The emission of
+    run ``n`` at iteration ``t`` and node ``j`` is ``log_em[t, n, j] + const[n, t]``.
 
-    Only the log-sigmoid of the validity logit is evaluated on the grid, once per
-    (setting, iteration, node), and gathered to the runs. Everything else is a quadratic
-    in the state with per-(run, iteration) coefficients, because the validity logit and
-    the accuracy and novelty means are linear in ``s`` (their intercepts and slopes are
-    read off the :mod:`~llmnas_transfer.sim.dynamics` functions at ``s = 0`` and ``s = 1``).
+    Only the log-sigmoid of the validity logit is evaluated node by node. Everything else
+    is a quadratic in the state with per-(run, iteration) coefficients, because the
+    validity logit and the accuracy and novelty means are linear in ``s`` (their
+    intercepts and slopes are read off the :mod:`~llmnas_transfer.sim.dynamics` functions
+    at ``s = 0`` and ``s = 1``).
 
     Returns
     -------
@@ -419,10 +585,10 @@ def emission_loglik(
     nv = data.n_valid if n_valid is None else n_valid
     ng = data.n_generated
     # validity: nv log p + (ng - nv) log(1 - p) = ng log p - (ng - nv) eta
-    eta = validity_logit(s[None], params, effects.validity_offset[:, None, None])  # (S,T,G)
+    delta = jnp.reshape(effects.validity_offset, (-1,))[rows]
+    eta = validity_logit(s, params, delta[None, :, None])  # (T, N, G)
     log_p = -jax.nn.softplus(-eta)
-    per_run = jnp.take(jnp.swapaxes(log_p, 0, 1), rows, axis=1)  # (T, N, G)
-    eta0 = validity_logit(0.0, params, effects.validity_offset)[rows]  # (N,) intercepts
+    eta0 = validity_logit(0.0, params, delta)  # (N,) intercepts
     eta_slope = validity_logit(1.0, params, 0.0) - validity_logit(0.0, params, 0.0)
     lin = -(ng - nv) * eta_slope  # coefficient of s, (N, T)
     quad = jnp.zeros_like(lin)  # coefficient of s^2
@@ -431,7 +597,7 @@ def emission_loglik(
 
     def normal_part(st: NormalStats, mean_fn, offset, scale):
         # sum over values of log N(z; c + m s, scale^2) = fixed + lin * s + quad * s^2
-        c = mean_fn(0.0, params, offset)[rows][:, None]
+        c = mean_fn(0.0, params, jnp.reshape(offset, (-1,)))[rows][:, None]
         m = mean_fn(1.0, params, 0.0) - mean_fn(0.0, params, 0.0)
         inv = 1.0 / scale**2
         fixed = (-0.5 * st.k * (_LOG_2PI + 2.0 * jnp.log(scale))
@@ -446,9 +612,18 @@ def emission_loglik(
         f, a, b = normal_part(data.novelty, novelty_logit, effects.novelty_offset,
                               params.novelty_noise)
         const, lin, quad = const + f, lin + a, quad + b
-    sg = s[:, None, :]  # (T, 1, G)
-    log_em = ng.T[..., None] * per_run + lin.T[..., None] * sg + quad.T[..., None] * sg * sg
+    log_em = ng.T[..., None] * log_p + lin.T[..., None] * s + quad.T[..., None] * s * s
     return log_em, const
+
+
+def run_grid(params: DynamicsParams, effects: SettingEffects, data: RunsData,
+             spec: ModelSpec, n_valid: Array | None = None,
+             num_iterations: int | None = None) -> StateGrid:
+    """The :class:`StateGrid` of the runs in ``data`` given their observed feedback."""
+    rows = data.dataset_idx * len(spec.tasks) + data.task_idx
+    fb = observed_feedback(data, n_valid)
+    return state_grid(params, num_iterations or spec.num_iterations, spec.grid_size,
+                      spec.grid_width, effects=effects, rows=rows, feedback=fb)
 
 
 @partial(jax.jit, static_argnames=("spec",))
@@ -458,7 +633,8 @@ def runs_loglik(
 ) -> Array:
     """Marginal log-likelihood contributions ``log p(y_t | y_{1:t-1})`` of each run, (N, T).
 
-    ``effects`` are the full-grid setting effects (dataset-major, ``D*K`` rows).
+    ``effects`` are the full-grid setting effects (dataset-major, ``D*K`` rows). The
+    valid-fraction feedback is taken from ``n_valid`` (default ``data.n_valid``).
 
     Example
     -------
@@ -473,10 +649,9 @@ def runs_loglik(
     ...             data, spec).shape
     (1, 2)
     """
-    grid = state_grid(params, spec.num_iterations, spec.grid_size, spec.grid_width)
-    rows = data.dataset_idx * len(spec.tasks) + data.task_idx
+    grid = run_grid(params, effects, data, spec, n_valid)
     log_em, const = emission_loglik(
-        grid.s, params, effects, rows, data, n_valid=n_valid,
+        grid.s, params, effects, grid.rows, data, n_valid=n_valid,
         use_accuracy=spec.has_accuracy, use_novelty=spec.has_novelty,
     )
     ll, _ = forward_filter(grid, log_em)
@@ -508,8 +683,9 @@ class MarginalRuns(dist.Distribution):
 
     ``log_prob`` is the forward-algorithm decomposition ``log p(y_t | y_{1:t-1})`` (it
     also accounts for the accuracy and novelty statistics carried in ``data``);
-    ``sample`` draws fresh states from the dynamics and binomial counts (used for prior
-    and posterior predictive checks).
+    ``sample`` draws fresh states from the dynamics and binomial counts, iteration by
+    iteration with the feedback of the drawn counts (the accuracy feedback is its
+    expectation given the state), for prior and posterior predictive checks.
     """
 
     support = constraints.nonnegative_integer
@@ -530,18 +706,11 @@ class MarginalRuns(dist.Distribution):
         k_s, k_b = jax.random.split(key)
         z = jnp.moveaxis(jax.random.normal(k_s, shape, jnp.float32), -1, 0)  # (T, ..., N)
         p = self.params
-
-        def body(s, z_next):
-            nxt = transition_mean(s, p) + p.state_noise * z_next
-            return nxt, nxt
-
-        s0 = p.init_sd * z[0]
-        _, rest = jax.lax.scan(body, s0, z[1:])
-        s = jnp.moveaxis(jnp.concatenate([s0[None], rest], axis=0), 0, -1)
-        row = self.data.dataset_idx * len(self.spec.tasks) + self.data.task_idx
-        prob = jax.nn.sigmoid(validity_logit(s, p, self.effects.validity_offset[row][:, None]))
-        n = jnp.broadcast_to(self.data.n_generated, shape)
-        return binomial_counts(k_b, n, prob)
+        eff = _run_effects(self.effects, self.data, self.spec)
+        ng = jnp.moveaxis(jnp.broadcast_to(self.data.n_generated, shape), -1, 0)
+        z_next = jnp.concatenate([z[1:], jnp.zeros_like(z[:1])], axis=0)
+        counts = _simulate_counts(k_b, p.init_sd * z[0], z_next, ng, p, eff)
+        return jnp.moveaxis(counts, 0, -1)
 
 
 # --------------------------------------------------------------------------- model
@@ -701,29 +870,82 @@ def derived_quantities(raw: dict, spec: ModelSpec, full: bool = True) -> dict:
     else:
         nu = jnp.zeros((nd, nk), f32)
         nu0, nus, sig_n = f32(0.0), f32(0.0), f32(1.0)
+    rate, asym, fb_v, fb_a = _trend(raw, spec)
+    if spec.trend == "setting":
+        out["rate_offset"], out["asymptote"] = rate, asym
     # b0 = 0: the validity intercept is absorbed into the difficulties (only b0 - D_d is
     # identified by data)
     params = DynamicsParams(raw["kappa"], raw["state_noise"], raw["init_sd"],
                             jnp.zeros_like(raw["kappa"]), raw["validity_slope"], lam, sig_a,
-                            nu0, nus, sig_n)
-    effects = SettingEffects(delta.reshape(-1), alpha.reshape(-1), nu.reshape(-1))
+                            nu0, nus, sig_n, fb_v, fb_a)
+    chance = jnp.asarray(spec.chance_grid())
+    effects = SettingEffects(delta.reshape(-1), alpha.reshape(-1), nu.reshape(-1),
+                             rate.reshape(-1), asym.reshape(-1), chance.reshape(-1))
     if not full:  # only what the likelihood needs
         return {"params": params, "effects": effects}
-    # setting-level expectations and transfer gaps (a new trial of each setting)
-    ev = expected(params, effects, spec.horizon)
-    v = ev.validity.reshape(nd, nk, spec.horizon)
+    out.update(setting_summaries(params, effects, spec))
+    out["params"], out["effects"] = params, effects
+    return out
+
+
+def setting_summaries(params: DynamicsParams, effects: SettingEffects,
+                      spec: ModelSpec) -> dict:
+    """Setting-level expectations of a new trial and the transfer gaps, (D, K, ...) each.
+
+    ``validity`` (and ``accuracy``, ``novelty`` where modelled) per horizon iteration;
+    the gaps at the gap iteration (accuracy chance-normalised, ``raw_accuracy_gap`` the
+    accuracy as measured); ``trend_gain`` the expected validity at the last observed
+    iteration minus that at iteration 1 and ``trend_gap = 1 - gain / gain_ref``.
+    """
+    nd, nk, H = len(spec.datasets), len(spec.tasks), spec.horizon
+    out = {}
+    ev = expected(params, effects, H, spec.num_candidates)
+    v = ev.validity.reshape(nd, nk, H)
     out["validity"] = v
     t, (ri, rk) = spec.gap_t - 1, spec.reference
+    gain = v[..., spec.num_iterations - 1] - v[..., 0]
+    out["trend_gain"] = gain
+    out["trend_gap"] = trend_gap(gain, gain[ri, rk])
     if spec.has_accuracy:
-        a = ev.accuracy.reshape(nd, nk, spec.horizon)
+        a = ev.accuracy.reshape(nd, nk, H)
         out["accuracy"] = a
-        g = gap_components(v[..., t], a[..., t], v[ri, rk, t], a[ri, rk, t])
-        for name in ("validity_gap", "accuracy_gap", "combined_gap"):
+        c = jnp.asarray(spec.chance_grid())
+        g = gap_components(v[..., t], a[..., t], v[ri, rk, t], a[ri, rk, t],
+                           chance_s=c, chance_ref=c[ri, rk])
+        for name in ("validity_gap", "accuracy_gap", "raw_accuracy_gap", "combined_gap"):
             out[name] = g[name]
     else:  # without accuracy data only the validity gap is defined by the data
         out["validity_gap"] = 1.0 - v[..., t] / v[ri, rk, t]
-    out["params"], out["effects"] = params, effects
+    if spec.has_novelty:
+        nov = ev.novelty.reshape(nd, nk, H)
+        out["novelty"] = nov
+        out["novelty_gap"] = 1.0 - nov[..., t] / nov[ri, rk, t]
     return out
+
+
+def trend_levels(spec: ModelSpec) -> tuple[bool, bool]:
+    """Whether the per-setting trend has a dataset level and a task level (a level with
+    one member would only duplicate the global rate and asymptote)."""
+    return len(spec.datasets) > 1, len(spec.tasks) > 1
+
+
+def _trend(raw: dict, spec: ModelSpec) -> tuple[Array, Array, Array, Array]:
+    """(rate offsets (D, K), asymptotes (D, K), phi_v, phi_a) from the raw sites."""
+    f32 = jnp.float32
+    nd, nk = len(spec.datasets), len(spec.tasks)
+    rate, log_mu = jnp.zeros((nd, nk), f32), jnp.zeros((nd, nk), f32)
+    zero = jnp.zeros_like(raw["kappa"])
+    if spec.trend != "setting":
+        return rate, jnp.exp(log_mu), zero, zero
+    by_d, by_k = trend_levels(spec)
+    if by_d:
+        rate = rate + (raw["rate_sd_dataset"] * raw["rate_z_dataset"])[:, None]
+        log_mu = log_mu + (raw["asymptote_sd_dataset"] * raw["asymptote_z_dataset"])[:, None]
+    if by_k:
+        rate = rate + (raw["rate_sd_task"] * raw["rate_z_task"])[None, :]
+        log_mu = log_mu + (raw["asymptote_sd_task"] * raw["asymptote_z_task"])[None, :]
+    return (rate, jnp.exp(log_mu), raw["feedback_validity"],
+            raw.get("feedback_accuracy", zero))
 
 
 @cache
@@ -757,6 +979,12 @@ def _build_scalar_priors() -> dict[str, dist.Distribution]:
         "novelty_intercept": dist.Normal(0.0, 1.5),
         "novelty_slope": dist.Normal(0.0, 1.0),
         "novelty_noise": dist.LogNormal(math.log(0.8), 0.5),
+        "rate_sd_dataset": dist.HalfNormal(1.0),
+        "rate_sd_task": dist.HalfNormal(1.0),
+        "asymptote_sd_dataset": dist.HalfNormal(0.5),
+        "asymptote_sd_task": dist.HalfNormal(0.5),
+        "feedback_validity": dist.Normal(0.0, 0.5),
+        "feedback_accuracy": dist.Normal(0.0, 0.5),
     }
 
 
@@ -773,6 +1001,8 @@ def _median_table() -> tuple[tuple[str, float], ...]:
             out.append((name, math.exp(float(d.loc))))
         elif isinstance(d, dist.Normal):
             out.append((name, float(d.loc)))
+        elif isinstance(d, dist.HalfNormal):  # median of |N(0, s)|: s * Phi^-1(3/4)
+            out.append((name, float(d.scale) * 0.6744897501960817))
         elif isinstance(d, dist.Beta):  # no closed form: bisection on the CDF
             lo, hi = 0.0, 1.0
             for _ in range(40):
@@ -860,6 +1090,21 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
         if free_t:
             with numpyro.plate("free_task", len(free_t)):
                 site("novelty_task_free", dist.Normal(0.0, 0.5))
+    # per-setting trend: rate and asymptote offsets of datasets and tasks (non-centred),
+    # feedback strengths
+    if spec.trend == "setting":
+        by_d, by_k = trend_levels(spec)
+        for level, n, used in (("dataset", len(spec.datasets), by_d),
+                               ("task", len(spec.tasks), by_k)):
+            if not used:
+                continue
+            for part in ("rate", "asymptote"):
+                site(f"{part}_sd_{level}", scalar_priors()[f"{part}_sd_{level}"])
+                with numpyro.plate(level, n):
+                    site(f"{part}_z_{level}", dist.Normal(0.0, 1.0))
+        site("feedback_validity", scalar_priors()["feedback_validity"])
+        if spec.has_accuracy:
+            site("feedback_accuracy", scalar_priors()["feedback_accuracy"])
 
     det = derived_quantities(raw, spec, full=deterministic)
     if deterministic:
@@ -882,7 +1127,8 @@ def params_from_sample(sample: dict, spec: ModelSpec) -> tuple[DynamicsParams, S
     """Rebuild the dynamics and full-grid setting effects from one posterior draw.
 
     ``sample`` must hold the scalar sites and the ``validity_offset``/``accuracy_offset``
-    deterministics; novelty is taken from the draw when modelled.
+    deterministics; novelty, the feedback strengths and the ``rate_offset``/``asymptote``
+    deterministics are taken from the draw when modelled (else 0, 0 and 0, 1).
     """
     f = jnp.float32
     get = sample.get
@@ -891,7 +1137,8 @@ def params_from_sample(sample: dict, spec: ModelSpec) -> tuple[DynamicsParams, S
         jnp.zeros_like(sample["kappa"]), sample["validity_slope"],
         get("accuracy_slope", f(0.0)), get("accuracy_noise", f(1.0)),
         get("novelty_intercept", f(0.0)), get("novelty_slope", f(0.0)),
-        get("novelty_noise", f(1.0)),
+        get("novelty_noise", f(1.0)), get("feedback_validity", f(0.0)),
+        get("feedback_accuracy", f(0.0)),
     )
     nd, nk = len(spec.datasets), len(spec.tasks)
     nu = sample.get("novelty_offset", jnp.zeros((nd, nk), f))
@@ -900,6 +1147,9 @@ def params_from_sample(sample: dict, spec: ModelSpec) -> tuple[DynamicsParams, S
         jnp.reshape(sample["validity_offset"], (-1,)),
         jnp.reshape(alpha, (-1,)),
         jnp.reshape(nu, (-1,)),
+        jnp.reshape(get("rate_offset", jnp.zeros((nd, nk), f)), (-1,)),
+        jnp.reshape(get("asymptote", jnp.ones((nd, nk), f)), (-1,)),
+        jnp.reshape(jnp.asarray(spec.chance_grid()), (-1,)),
     )
     return params, effects
 
@@ -910,37 +1160,51 @@ def forecast_runs(
 ) -> Array:
     """Posterior predictive validity counts of the observed runs over the horizon.
 
-    The states are drawn from their conditional distribution given the run's data
-    (forward filtering, backward sampling on the grid), then continued ``K`` iterations
-    past the data; counts are drawn with ``n_generated`` (N, T + K) candidates.
+    The states of the ``T`` observed iterations are drawn from their conditional
+    distribution given the run's data (forward filtering, backward sampling on the runs'
+    grids, with the observed feedback), and counts are drawn at them. The ``K`` forecast
+    iterations are simulated forward from the last state: the transition out of
+    iteration ``T`` uses its observed feedback, each later one the feedback of the counts
+    drawn at that iteration (valid fraction) and the expected mean chance-normalised
+    accuracy given the state. ``n_generated`` is (N, T + K).
 
     Returns (N, T + K) counts (float32).
     """
-    horizon = spec.horizon
-    grid = state_grid(params, horizon, spec.grid_size, spec.grid_width)
-    row = data.dataset_idx * len(spec.tasks) + data.task_idx
-    pad = ((0, 0), (0, spec.num_forecast))
-    padded = jax.tree.map(lambda x: jnp.pad(x, pad) if jnp.ndim(x) == 2 else x, data)
+    T, K = spec.num_iterations, spec.num_forecast
+    grid = run_grid(params, effects, data, spec)
     log_em, _ = emission_loglik(
-        grid.s, params, effects, row, padded,
+        grid.s, params, effects, grid.rows, data,
         use_accuracy=spec.has_accuracy, use_novelty=spec.has_novelty,
     )
-    _, filt = forward_filter(grid, log_em)  # (H, N, G)
-    keys = jax.random.split(key, horizon + 1)
-    j_last = jax.random.categorical(keys[horizon], jnp.log(filt[-1] + 1e-30), axis=-1)
+    _, filt = forward_filter(grid, log_em)  # (T, N, G)
+    n, g = filt.shape[1:]
+    keys = jax.random.split(key, T + 3)
+    j_last = jax.random.categorical(keys[T], jnp.log(filt[-1] + 1e-30), axis=-1)
 
     def back(j_next, inp):
         f_t, trans_t, k = inp
-        logits = jnp.log(f_t + 1e-30) + jnp.log(trans_t[:, j_next].T + 1e-30)
+        tr = jnp.broadcast_to(_run_transitions(trans_t, grid.rows), (n, g, g))
+        col = jnp.take_along_axis(tr, j_next[:, None, None], axis=2)[..., 0]  # (N, G)
+        logits = jnp.log(f_t + 1e-30) + jnp.log(col + 1e-30)
         j = jax.random.categorical(k, logits, axis=-1)
         return j, j
 
-    _, js = jax.lax.scan(back, j_last, (filt[:-1], grid.trans, keys[: horizon - 1]),
+    _, js = jax.lax.scan(back, j_last, (filt[:-1], grid.trans, keys[: T - 1]),
                          reverse=True)
-    idx = jnp.concatenate([js, j_last[None]], axis=0)  # (H, N)
-    s = jnp.take_along_axis(grid.s, idx, axis=1)  # (H, N)
-    prob = jax.nn.sigmoid(validity_logit(s, params, effects.validity_offset[row][None, :]))
-    return binomial_counts(keys[-1], n_generated.T, prob).T
+    idx = jnp.concatenate([js, j_last[None]], axis=0)  # (T, N)
+    s = jnp.take_along_axis(grid.s, idx[..., None], axis=2)[..., 0]  # (T, N)
+    eff = _run_effects(effects, data, spec)
+    prob = jax.nn.sigmoid(validity_logit(s, params, eff.validity_offset))
+    counts = binomial_counts(keys[T + 1], n_generated[:, :T].T, prob)  # (T, N)
+    if K:
+        fb = observed_feedback(data)
+        last = Feedback(fb.valid_fraction[:, -1], fb.accuracy[:, -1])
+        z = jax.random.normal(keys[T + 2], (K + 1, n), jnp.float32)
+        s_next = transition_mean(s[-1], params, eff, last) + params.state_noise * z[0]
+        ahead = _simulate_counts(jax.random.fold_in(keys[T + 2], 1), s_next, z[1:],
+                                 n_generated[:, T:].T, params, eff)
+        counts = jnp.concatenate([counts, ahead], axis=0)
+    return counts.T
 
 
 def forecast_n_generated(data: RunsData, num_forecast: int) -> np.ndarray:

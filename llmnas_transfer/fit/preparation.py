@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmnas_transfer.errors import DataFormatError, UserInputError
-from llmnas_transfer.fit.model import GRID_SIZE, ModelSpec, NormalStats, RunsData
+from llmnas_transfer.fit.model import GRID_SIZE, TRENDS, ModelSpec, NormalStats, RunsData
 from llmnas_transfer.io.runs import ObservedRuns
 from llmnas_transfer.sim import registry
 from llmnas_transfer.sim.gaps import DEFAULT_REFERENCE
@@ -35,6 +35,8 @@ from llmnas_transfer.validate import check_choice, check_int, did_you_mean
 
 #: attributes a new dataset (not in the registry) must be given
 NEW_DATASET_FIELDS: tuple[str, ...] = ("modality", "resolution", "num_classes")
+#: chance-normalised accuracies at or below this are clipped to it before the logit
+ACCURACY_FLOOR = 0.01
 _ATTRS_HINT = ("give its attributes with --dataset-attrs "
                "NAME:modality=...,resolution=...,num_classes=... or --levels FILE "
                "(dataset_attrs in Python)")
@@ -198,6 +200,69 @@ def _dataset_entry(name: str, attrs: Mapping[str, Mapping], notices: list[str]):
     return registry.Dataset(name, modality, res, ncls)
 
 
+def _task_entry(name: str) -> registry.Task:
+    try:
+        return registry.get_task(name)
+    except registry.UnknownSettingError:
+        return registry.Task(name)  # a new task: no chance level
+
+
+def normalise_accuracy(stats: NormalStats, chance: np.ndarray
+                       ) -> tuple[NormalStats, np.ndarray, int, int]:
+    """Accuracy statistics on the logit scale of the chance-normalised accuracy.
+
+    ``stats`` are logit-scale statistics of the accuracies as measured, (N, T) arrays;
+    ``chance`` the chance level of each run, (N,). Returns the statistics of
+    ``y = logit((acc - c) / (1 - c))``, the feedback (mean chance-normalised accuracy of
+    each cell, 1/2 where it has none), and the numbers of cells and of accuracies whose
+    (mean) accuracy was at or below ``c + ACCURACY_FLOOR (1 - c)`` and was clipped to it.
+
+    Where ``c = 0`` the statistics are unchanged (exact). Elsewhere the cells hold only
+    the sum and sum of squares of the logits, so each cell is mapped through ``y(z)`` at
+    its mean logit (delta method: ``sd_y = y'(zbar) sd_z``); for one value per cell (a
+    candidate row, or a reported mean) this is exact.
+
+    Example
+    -------
+    >>> z = np.zeros((1, 1))
+    >>> st = NormalStats(z + 1, z + 1, z + 0.0, z + 0.0, z + 1.386)  # one accuracy of 0.5
+    >>> out, fb, cells, values = normalise_accuracy(st, np.asarray([0.5]))
+    >>> round(float(fb[0, 0]), 6), cells, values  # at chance: clipped
+    (0.01, 1, 1)
+    """
+    k, n, sm, sq, const = (np.asarray(x, np.float64) for x in stats)
+    has = n > 0
+    nn = np.maximum(n, 1.0)
+    zbar = sm / nn
+    var_z = np.maximum(sq / nn - zbar**2, 0.0)
+    c = np.broadcast_to(np.asarray(chance, np.float64)[:, None], zbar.shape)
+    # mean accuracy of the cell (logit-normal mean, probit approximation)
+    mean_acc = 1.0 / (1.0 + np.exp(-zbar / np.sqrt(1.0 + np.pi * var_z / 8.0)))
+    feedback = np.where(has, np.maximum((mean_acc - c) / (1.0 - c), 0.0), 0.5)
+    floor = c + ACCURACY_FLOOR * (1.0 - c)
+    acc = 1.0 / (1.0 + np.exp(-zbar))
+    low = has & (c > 0) & (acc <= floor)
+    acc = np.where(low, floor, acc)
+    x = (acc - c) / (1.0 - c)
+    y = np.log(x) - np.log1p(-x)
+    slope = (1.0 - c) * acc / (acc - c)  # dy/dz at zbar (1 where c = 0)
+    var_y = slope**2 * var_z
+    logjac_y = np.log1p(-c) - np.log(acc - c) - np.log1p(-acc)  # log dy/dacc
+    logjac_z = -(np.log(acc) + np.log1p(-acc))
+    mean_only = k < n  # a reported mean: const = log(n)/2 + log-Jacobian at the mean
+    new_const = np.where(mean_only, const - logjac_z + logjac_y, k * logjac_y)
+    exact = ~has | (c <= 0)
+    out = NormalStats(
+        jnp.asarray(k, jnp.float32), jnp.asarray(n, jnp.float32),
+        jnp.asarray(np.where(exact, sm, n * y), jnp.float32),
+        jnp.asarray(np.where(exact, sq, np.where(mean_only, n * y * y,
+                                                  n * (y * y + var_y))), jnp.float32),
+        jnp.asarray(np.where(exact, const, new_const), jnp.float32),
+    )
+    feedback = np.where(has & (c > 0) & low, ACCURACY_FLOOR, feedback)
+    return out, feedback.astype(np.float32), int(low.sum()), int(n[low].sum())
+
+
 def prepare(
     runs: ObservedRuns,
     *,
@@ -207,12 +272,15 @@ def prepare(
     dataset_attrs: Mapping[str, Mapping] | None = None,
     num_forecast: int = 0,
     grid_size: int = GRID_SIZE,
+    trend: str = "setting",
 ) -> Prepared:
     """Build the :class:`~llmnas_transfer.fit.model.ModelSpec` and arrays for observed runs.
 
     The levels are the datasets and tasks in the data, the reference, and any extra
     ``datasets``/``tasks`` to predict. Every dataset x task combination is a setting of
-    the model; those without data are predicted through the hierarchy.
+    the model; those without data are predicted through the hierarchy. ``trend`` is
+    the trend model (:attr:`~llmnas_transfer.fit.model.ModelSpec.trend`). Accuracies
+    enter relative to each setting's chance level (:func:`normalise_accuracy`).
 
     Example
     -------
@@ -226,6 +294,7 @@ def prepare(
     """
     num_forecast = check_int("forecast", num_forecast, 0, 1000)
     grid_size = check_int("grid_size", grid_size, 8, 512)
+    trend = check_choice("trend", trend, TRENDS)
     notices: list[str] = list(runs.notices)
     ref = check_levels(runs, reference=reference, datasets=datasets, tasks=tasks,
                        dataset_attrs=dataset_attrs)
@@ -272,22 +341,38 @@ def prepare(
         out[ridx, tidx] = cells[col].to_numpy(np.float64)
         return jnp.asarray(out)
 
+    tasks_reg = [_task_entry(t) for t in t_names]
+    chance = np.asarray([[registry.chance_level(e, t) for t in tasks_reg] for e in entries],
+                        np.float32)
+    d_idx = np.asarray([d_names.index(r[0]) for r in order], np.int32)
+    k_idx = np.asarray([t_names.index(r[1]) for r in order], np.int32)
+    acc_raw = NormalStats(*(grid("acc_" + c) for c in ("k", "n", "sum", "sumsq", "const")))
+    acc, feedback, low_cells, low_values = normalise_accuracy(acc_raw, chance[d_idx, k_idx])
+    notes: list[str] = []
+    if low_cells:
+        notes.append(
+            f"{low_values} accuracies in {low_cells} (trial, iteration) cells were at or "
+            f"below the setting's chance level (cell mean); they enter the fit at chance + "
+            f"{ACCURACY_FLOOR:g} x (1 - chance)")
+    n_gen = np.asarray(grid("n_generated"))
     data = RunsData(
-        jnp.asarray([d_names.index(r[0]) for r in order], jnp.int32),
-        jnp.asarray([t_names.index(r[1]) for r in order], jnp.int32),
-        grid("n_generated"), grid("n_valid"),
-        NormalStats(*(grid("acc_" + c) for c in ("k", "n", "sum", "sumsq", "const"))),
+        jnp.asarray(d_idx), jnp.asarray(k_idx), jnp.asarray(n_gen), grid("n_valid"), acc,
         NormalStats(*(grid("nov_" + c) for c in ("k", "n", "sum", "sumsq", "const"))),
+        jnp.asarray(feedback) if runs.has_accuracy else None,
     )
+    seen = n_gen[n_gen > 0]
     spec = ModelSpec(
         tuple(d_names), tuple(t_names), tuple(e.modality for e in entries),
         tuple(tuple(float(x) for x in e.features()) for e in entries), tuple(observed),
         ref_idx, T, int(num_forecast), T, bool(runs.has_accuracy), bool(runs.has_novelty),
-        grid_size,
+        grid_size, notes=tuple(notes), trend=trend,
+        chance=tuple(tuple(float(x) for x in row) for row in chance),
+        num_candidates=max(1, int(round(float(np.median(seen))))) if seen.size else 20,
     )
+    notices.extend(notes)
     return Prepared(spec, data, tuple(r[0] for r in order), tuple(r[1] for r in order),
                     tuple(str(r[2]) for r in order), tuple(notices))
 
 
-__all__ = ["NEW_DATASET_FIELDS", "Prepared", "check_levels", "parse_reference",
-           "prepare"]
+__all__ = ["ACCURACY_FLOOR", "NEW_DATASET_FIELDS", "Prepared", "check_levels",
+           "normalise_accuracy", "parse_reference", "prepare"]

@@ -114,9 +114,11 @@ def setting_rate(params: DynamicsParams, effects: SettingEffects | None = None) 
     if effects is None:
         return jnp.asarray(params.kappa)
     logit_k = jnp.log(params.kappa) - jnp.log1p(-params.kappa)
-    # a zero offset keeps kappa's own bits (the shared drift is exactly today's)
-    return jnp.where(effects.rate_offset == 0, params.kappa,
-                     jax.nn.sigmoid(logit_k + effects.rate_offset))
+    # kappa plus the change the offset makes: a zero offset keeps kappa's own bits (the
+    # shared drift is exactly the special case), and the gradient in the offset is the
+    # sigmoid's everywhere, 0 included
+    return params.kappa + (jax.nn.sigmoid(logit_k + effects.rate_offset)
+                           - jax.nn.sigmoid(logit_k))
 
 
 def feedback_shift(params: DynamicsParams, feedback: Feedback | None) -> Array:

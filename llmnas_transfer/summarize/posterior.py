@@ -39,14 +39,20 @@ from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.fit.fitfile import spec_of
 from llmnas_transfer.fit.model import DETERMINISTIC_DIMS, ModelSpec
 from llmnas_transfer.io.atomic import atomic_write_text
-from llmnas_transfer.sim.gaps import DEFAULT_THRESHOLDS, check_thresholds, gap_components
+from llmnas_transfer.sim.gaps import (
+    DEFAULT_THRESHOLDS,
+    TREND_TOLERANCE,
+    check_thresholds,
+    gap_components,
+    trend_gap,
+)
 from llmnas_transfer.summarize.figures import prepare_output_folder, save_figure
 from llmnas_transfer.summarize.tables import write_csv
 from llmnas_transfer.validate import check_choice, check_float
 
 GAP_COLUMNS: tuple[str, ...] = (
     "dataset", "task", "component", "mean", "sd", "hdi_low", "hdi_high",
-    "p_easy", "p_moderate", "p_hard", "observed",
+    "p_easy", "p_moderate", "p_hard", "observed", "p_trend_small",
 )
 TRAJECTORY_COLUMNS: tuple[str, ...] = (
     "dataset", "task", "iteration", "observed_rate", "mean", "hdi_low", "hdi_high",
@@ -109,12 +115,24 @@ def posterior_gaps(
 
     Returns
     -------
-    DataFrame with :data:`GAP_COLUMNS`: one row per (dataset, task, component), component
-    ``validity`` (``1 - V/V_ref``), ``accuracy`` (``1 - A/A_ref``) and ``combined``
-    (``1 - V A / (V_ref A_ref)``), all fractions. ``V`` is the expected validity rate and
-    ``A`` the expected first-epoch accuracy of valid candidates for a new trial of the
-    setting. ``observed`` is False for settings predicted through the hierarchy.
-    Without accuracy data only the validity component is reported.
+    DataFrame with :data:`GAP_COLUMNS`: one row per (dataset, task, component), all
+    fractions. Components:
+
+    * ``validity``: ``1 - V/V_ref``; ``V`` the expected validity rate of a new trial;
+    * ``accuracy``: ``1 - N/N_ref`` with ``N = (A - c) / (1 - c)`` the chance-normalised
+      expected first-epoch accuracy of valid candidates (``c`` the setting's chance
+      level; fits made before chance levels were modelled have ``c = 0``);
+    * ``combined``: ``1 - V N / (V_ref N_ref)``;
+    * ``raw_accuracy``: ``1 - A/A_ref``, the accuracy as measured (the named alternative
+      to the chance-normalised gap);
+    * ``novelty``: ``1 - nov/nov_ref`` (only when the runs had novelty scores);
+    * ``trend``: ``1 - gain/gain_ref``, the gain being the expected validity at the last
+      observed iteration minus that at iteration 1 (independent of ``iteration``). Its
+      regime probabilities are NaN; ``p_trend_small`` is ``P(|trend gap| <
+      TREND_TOLERANCE)`` (0.1), NaN on the other rows.
+
+    ``observed`` is False for settings predicted through the hierarchy. Without accuracy
+    data only the validity, trend (and novelty) components are reported.
     """
     ci = _check_ci(ci)
     thresholds = check_thresholds(thresholds)
@@ -143,11 +161,22 @@ def posterior_gaps(
     comps = {}
     if spec.has_accuracy:
         a = post["accuracy"].sel(horizon=t)
-        g = gap_components(v, a, v_ref, a.sel(dataset=ref[0], task=ref[1]))
+        chance = xr.DataArray(spec.chance_grid().astype(np.float64), dims=("dataset", "task"),
+                              coords={"dataset": list(spec.datasets),
+                                      "task": list(spec.tasks)})
+        g = gap_components(v, a, v_ref, a.sel(dataset=ref[0], task=ref[1]),
+                           chance_s=chance,
+                           chance_ref=float(chance.sel(dataset=ref[0], task=ref[1])))
         comps = {"validity": g["validity_gap"], "accuracy": g["accuracy_gap"],
-                 "combined": g["combined_gap"]}
+                 "combined": g["combined_gap"], "raw_accuracy": g["raw_accuracy_gap"]}
     else:
         comps = {"validity": 1.0 - v / v_ref}
+    if "novelty" in post:
+        nov = post["novelty"].sel(horizon=t)
+        comps["novelty"] = 1.0 - nov / nov.sel(dataset=ref[0], task=ref[1])
+    val = post["validity"]
+    gain = val.sel(horizon=spec.num_iterations) - val.sel(horizon=1)
+    comps["trend"] = trend_gap(gain, gain.sel(dataset=ref[0], task=ref[1]))
     observed = {(spec.datasets[d], spec.tasks[k]) for d, k in spec.observed}
     rows = []
     stats = {}
@@ -159,12 +188,20 @@ def posterior_gaps(
         for k, tk in enumerate(spec.tasks):
             for name in comps:
                 mean, sd, lo, hi, gap = stats[name]
-                pe, pm, ph = regime_probabilities(gap.isel(dataset=i, task=k), thresholds)
+                cell = gap.isel(dataset=i, task=k)
+                small = math.nan
+                if name == "trend":
+                    pe = pm = ph = math.nan
+                    x = np.asarray(cell.values, float).reshape(-1)
+                    x = x[np.isfinite(x)]
+                    small = float(np.mean(np.abs(x) < TREND_TOLERANCE)) if x.size else math.nan
+                else:
+                    pe, pm, ph = regime_probabilities(cell, thresholds)
                 rows.append({
                     "dataset": d, "task": tk, "component": name, "mean": float(mean[i, k]),
                     "sd": float(sd[i, k]), "hdi_low": float(lo[i, k]), "hdi_high": float(hi[i, k]),
                     "p_easy": pe, "p_moderate": pm, "p_hard": ph,
-                    "observed": (d, tk) in observed,
+                    "observed": (d, tk) in observed, "p_trend_small": small,
                 })
     return pd.DataFrame(rows, columns=list(GAP_COLUMNS))
 

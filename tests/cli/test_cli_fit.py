@@ -68,9 +68,12 @@ def test_fit_prints_report_and_diagnostics(fit_run):
 def test_gaps_formats(fitted, capsys):
     assert main(["gaps", str(fitted), "--format", "json", "--ci", "0.9"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["component"] for r in rows} == {"validity", "accuracy", "combined"}
+    assert {r["component"] for r in rows} == {"validity", "accuracy", "combined",
+                                              "raw_accuracy", "trend"}
     assert set(rows[0]) >= {"dataset", "task", "component", "mean", "sd", "hdi_low",
-                            "hdi_high", "p_easy", "p_moderate", "p_hard"}
+                            "hdi_high", "p_easy", "p_moderate", "p_hard", "p_trend_small"}
+    trend = [r for r in rows if r["component"] == "trend"]
+    assert len(trend) == 4 and all(0 <= r["p_trend_small"] <= 1 for r in trend)
     assert main(["gaps", str(fitted), "--format", "csv", "--thresholds", "0.05,0.3"]) == 0
     csv = capsys.readouterr().out
     assert csv.splitlines()[0].startswith("dataset,task,component,mean,sd,hdi_low,hdi_high")

@@ -47,7 +47,9 @@ def test_prior_predictive_finite_and_in_range():
     assert ((pp["n_valid"] >= 0) & (pp["n_valid"] <= 20)).all()
     assert np.array_equal(pp["n_valid"], np.round(pp["n_valid"]))
     for k in ("validity", "accuracy"):
-        assert ((pp[k] > 0) & (pp[k] < 1)).all(), k
+        # in [0, 1]; float32 rounds a few extreme draws (large asymptotes) to 0 or 1
+        assert ((pp[k] >= 0) & (pp[k] <= 1)).all(), k
+        assert ((pp[k] == 0) | (pp[k] == 1)).mean() < 0.01, k
     assert (pp["validity_gap"] < 1).all() and (pp["combined_gap"] < 1).all()
     # the prior is wide but not absurd: validity rates spread over most of (0, 1)
     q = np.quantile(pp["validity"][..., -1], [0.05, 0.95])

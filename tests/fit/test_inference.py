@@ -117,10 +117,11 @@ def test_forecast_covers_held_out_rates(reduced_fit):
 def test_gaps_of_unobserved_settings_are_wider(reduced_fit):
     sim, runs, dt = reduced_fit
     g = posterior_gaps(dt)
-    assert set(g["component"]) == {"validity", "accuracy", "combined"}
+    assert set(g["component"]) == {"validity", "accuracy", "combined", "raw_accuracy",
+                                   "trend"}
     assert g.loc[(g.dataset == "cifar-10") & (g.task == "classification"), "mean"].abs().max() \
         < 1e-6
-    probs = g[["p_easy", "p_moderate", "p_hard"]].sum(axis=1)
+    probs = g.loc[g.component != "trend", ["p_easy", "p_moderate", "p_hard"]].sum(axis=1)
     np.testing.assert_allclose(probs, 1.0, atol=1e-9)
     assert g["observed"].all()
 

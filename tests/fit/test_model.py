@@ -71,10 +71,10 @@ def test_filter_matches_kalman_filter(grid_size, tol):
     p = load_defaults().dynamics_params()
     T = 8
     rng = np.random.default_rng(0)
-    grid = state_grid(p, T, grid_size)
+    grid = state_grid(p, T, grid_size, rows=jnp.zeros(4, jnp.int32))
     for r in (0.1, 0.3):
         ys = rng.normal(0.5, 0.4, size=(4, T))
-        s = np.asarray(grid.s)  # (T, G)
+        s = np.asarray(grid.s[:, 0])  # (T, G): every run has the same grid
         log_em = stats.norm.logpdf(ys.T[:, :, None], s[:, None, :], r)  # (T, N, G)
         ll, filt = forward_filter(grid, jnp.asarray(log_em, jnp.float32))
         for i in range(4):
@@ -207,13 +207,13 @@ def test_backward_sampling_draws_the_filtered_state():
     spec = _spec(T=T, has_accuracy=False)
     n_valid = np.asarray([[2.0, 5, 9, 14, 18]])
     data = _data(np.full((1, T), 20.0), n_valid)
-    grid = state_grid(p, T, spec.grid_size)
-    from llmnas_transfer.fit.model import emission_loglik
+    from llmnas_transfer.fit.model import emission_loglik, run_grid
 
-    log_em, _ = emission_loglik(grid.s, p, e, jnp.zeros(1, jnp.int32), data,
-                                use_accuracy=False)
+    grid = run_grid(p, e, data, spec)
+    log_em, _ = emission_loglik(grid.s, p, e, grid.rows, data, use_accuracy=False)
     _, filt = forward_filter(grid, log_em)
-    p_last = np.asarray(jax.nn.sigmoid(p.validity_intercept + p.validity_slope * grid.s[-1]
+    p_last = np.asarray(jax.nn.sigmoid(p.validity_intercept
+                                       + p.validity_slope * grid.s[-1, 0]
                                        - e.validity_offset[0]))
     expect = float((np.asarray(filt[-1, 0]) * p_last).sum())
     big = 1000  # binomial draws from the final state: mean rate = E[p(s_T) | data]

@@ -44,10 +44,19 @@ def test_gap_table(small_fit):
     _, dt = small_fit
     g = posterior_gaps(dt)
     assert list(g.columns) == list(GAP_COLUMNS)
-    assert len(g) == 3 * 2 * 3  # datasets x tasks x components
+    # datasets x tasks x components
+    assert len(g) == 3 * 2 * 5
+    assert set(g["component"]) == {"validity", "accuracy", "combined", "raw_accuracy",
+                                   "trend"}
     ref = g[(g.dataset == "cifar-10") & (g.task == "classification")]
     assert np.allclose(ref[["mean", "sd"]].to_numpy(), 0.0, atol=1e-6)
-    np.testing.assert_allclose(g[["p_easy", "p_moderate", "p_hard"]].sum(axis=1), 1.0)
+    gaps, trend = g[g.component != "trend"], g[g.component == "trend"]
+    np.testing.assert_allclose(gaps[["p_easy", "p_moderate", "p_hard"]].sum(axis=1), 1.0)
+    assert gaps["p_trend_small"].isna().all() and trend["p_easy"].isna().all()
+    assert trend["p_trend_small"].between(0, 1).all()
+    # the reference's own trend gap is 0, so |trend gap| < 0.1 with probability 1
+    assert float(trend.loc[(trend.dataset == "cifar-10")
+                           & (trend.task == "classification"), "p_trend_small"].item()) == 1.0
     assert (g["hdi_low"] <= g["mean"] + 1e-9).all() and (g["mean"] <= g["hdi_high"] + 1e-9).all()
     # predicted (unobserved) settings carry wider intervals than their observed analogue
     obs = g[(g.dataset == "audioset") & (g.task == "generation") & (g.component == "validity")]
@@ -169,7 +178,7 @@ def test_validity_only_fit_reports_validity_gaps():
     dt = fit_runs(runs_from_frame(pd.DataFrame(rows)), chains=1, draws=40, warmup=40,
                   prior_draws=10)
     g = posterior_gaps(dt)
-    assert set(g["component"]) == {"validity"}
+    assert set(g["component"]) == {"validity", "trend"}
     tr = trajectory(dt)
     assert tr["observed_rate"].notna().sum() == 2  # only iteration 3 was observed
 
