@@ -1,7 +1,8 @@
 """The package's import graph: layers import one way, with no cycles and no private reach-ins.
 
-Layers, bottom up: base modules (``errors``, ``validate``, ``progress``, ``cache``), then ``sim`` and
-``io`` (peers that do not import each other), ``fit``, ``summarize``, ``study``, ``cli``.
+Layers, bottom up: base modules (``errors``, ``validate``, ``progress``, ``cache``), then
+``sim`` and ``io`` (peers that do not import each other), ``fit``, ``summarize``,
+``study``, ``cli``.
 Every import counts, at module top or inside a function.
 """
 

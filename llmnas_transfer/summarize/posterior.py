@@ -104,19 +104,7 @@ def posterior_gaps(
 ) -> pd.DataFrame:
     """Posterior transfer gaps relative to the reference, with regime probabilities.
 
-    Parameters
-    ----------
-    dt : a fit from :func:`~llmnas_transfer.fit.inference.fit_runs`.
-    ci : probability mass of the highest-density interval.
-    thresholds : ``(easy_below, hard_above)`` regime thresholds on the gap.
-    reference : ``"dataset:task"``; default the fit's reference.
-    iteration : refinement iteration of the gaps (default the last observed one; a
-        forecast iteration is allowed).
-
-    Returns
-    -------
-    DataFrame with :data:`GAP_COLUMNS`: one row per (dataset, task, component), all
-    fractions. Components:
+    One row per (dataset, task, component), all fractions. The components:
 
     * ``validity``: ``1 - V/V_ref``; ``V`` the expected validity rate of a new trial;
     * ``accuracy``: ``1 - N/N_ref`` with ``N = (A - c) / (1 - c)`` the chance-normalised
@@ -130,6 +118,19 @@ def posterior_gaps(
       observed iteration minus that at iteration 1 (independent of ``iteration``). Its
       regime probabilities are NaN; ``p_trend_small`` is ``P(|trend gap| <
       TREND_TOLERANCE)`` (0.1), NaN on the other rows.
+
+    Parameters
+    ----------
+    dt : a fit from :func:`~llmnas_transfer.fit.inference.fit_runs`.
+    ci : probability mass of the highest-density interval.
+    thresholds : ``(easy_below, hard_above)`` regime thresholds on the gap.
+    reference : ``"dataset:task"``; default the fit's reference.
+    iteration : refinement iteration of the gaps (default the last observed one; a
+        forecast iteration is allowed).
+
+    Returns
+    -------
+    DataFrame with :data:`GAP_COLUMNS`.
 
     ``observed`` is False for settings predicted through the hierarchy. Without accuracy
     data only the validity, trend (and novelty) components are reported.
