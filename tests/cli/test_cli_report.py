@@ -8,6 +8,7 @@ import io
 import pytest
 
 from llmnas_transfer.cli import main
+from llmnas_transfer.summarize.figures import FIGURE_NAMES
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
@@ -37,7 +38,7 @@ def test_report_of_a_study_folder(study_dir, tmp_path):
     assert page.startswith("<!DOCTYPE html>")
     for title in ("Study", "Targets", "Tables", "Figures"):
         assert f"<h2>{title}</h2>" in page
-    assert page.count('<img src="data:image/png;base64,') == 5
+    assert page.count('<img src="data:image/png;base64,') == len(FIGURE_NAMES)
     assert "http://" not in page and "https://" not in page
     assert [p.name for p in out.parent.iterdir()] == ["study.html"]  # no temporary left
 

@@ -21,6 +21,7 @@ from llmnas_transfer.fit.inference import fit_runs
 from llmnas_transfer.io.runs import runs_from_simulation
 from llmnas_transfer.summarize import posterior
 from llmnas_transfer.summarize import report as rp
+from llmnas_transfer.summarize.figures import FIGURE_NAMES
 
 FIT_SECTIONS = ("Data summary", "Diagnostics", "Transfer gaps", "Trajectories and forecasts",
                 "Checks")
@@ -163,7 +164,8 @@ def test_study_report_of_a_reproduce_folder(study_dir, tmp_path):
     out = rp.write_report(study_dir, tmp_path / "study.html")
     page = out.read_text(encoding="utf-8")
     assert_self_contained(page, STUDY_SECTIONS)
-    assert page.count("<img ") == len(list((study_dir / "figures").glob("*.png"))) == 5
+    pngs = list((study_dir / "figures").glob("*.png"))
+    assert page.count("<img ") == len(pngs) == len(FIGURE_NAMES)
     for name in ("validity", "accuracy", "gaps"):
         assert f"<h3>{name} (tables/{name}.csv)</h3>" in page
     assert "validity mean (%)" in page and "combined gap (%)" in page
