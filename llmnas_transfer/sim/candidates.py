@@ -29,7 +29,7 @@ import xarray as xr
 from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.progress import progress_bar
 from llmnas_transfer.sim import registry
-from llmnas_transfer.sim.dynamics import Candidates, fixed_sum0, run_trials
+from llmnas_transfer.sim.dynamics import Candidates, fixed_sum0, from_accuracy, run_trials
 from llmnas_transfer.sim.keys import as_key, trial_keys
 from llmnas_transfer.sim.params import DynamicsParams, ModelDefaults, SettingEffects, load_defaults
 from llmnas_transfer.sim.summary import IterationSummary, summary_chunk
@@ -91,12 +91,11 @@ def summarize_candidates(c: Candidates, bins: int, chance: Array = 0.0) -> Itera
     lanes = c.valid.shape[1:]
     chance = jnp.broadcast_to(chance, lanes)
     chance = chance.reshape((1,) + chance.shape)  # candidate axis in front
-    span = jnp.where(chance < 1.0, 1.0 - chance, 1.0)
     return IterationSummary(
         jnp.sum(c.valid, axis=0, dtype=jnp.int32),  # integers: exact in any order
         fixed_sum0(acc), fixed_sum0(acc * acc), fixed_sum0(nov), fixed_sum0(nov * nov),
         c.state, c.p_valid,
-        (_hist((c.accuracy - chance) / span, c.valid, bins) if bins
+        (_hist(from_accuracy(c.accuracy, chance), c.valid, bins) if bins
          else jnp.zeros(lanes + (0,), jnp.int32)),
         _hist(c.novelty, c.valid, bins) if bins else jnp.zeros(lanes + (0,), jnp.int32),
     )

@@ -114,11 +114,10 @@ def setting_rate(params: DynamicsParams, effects: SettingEffects | None = None) 
     if effects is None:
         return jnp.asarray(params.kappa)
     logit_k = jnp.log(params.kappa) - jnp.log1p(-params.kappa)
-    # kappa plus the change the offset makes: a zero offset keeps kappa's own bits (the
-    # shared drift is exactly the special case), and the gradient in the offset is the
-    # sigmoid's everywhere, 0 included
-    return params.kappa + (jax.nn.sigmoid(logit_k + effects.rate_offset)
-                           - jax.nn.sigmoid(logit_k))
+    # a zero offset keeps kappa's own bits (the shared drift is exactly the special case;
+    # the shipped parameter files were calibrated with this form)
+    return jnp.where(effects.rate_offset == 0, params.kappa,
+                     jax.nn.sigmoid(logit_k + effects.rate_offset))
 
 
 def feedback_shift(params: DynamicsParams, feedback: Feedback | None) -> Array:
@@ -225,8 +224,7 @@ def candidate_feedback(c: Candidates, chance: Array) -> Feedback:
     """
     chance = jnp.broadcast_to(chance, c.state.shape)
     chance = chance.reshape((1,) + chance.shape)  # candidate axis in front
-    span = jnp.where(chance < 1.0, 1.0 - chance, 1.0)
-    norm = jnp.where(c.valid, (c.accuracy - chance) / span, 0.0)
+    norm = jnp.where(c.valid, from_accuracy(c.accuracy, chance), 0.0)
     n = jnp.sum(c.valid, axis=0, dtype=jnp.int32)
     return feedback_from_sums(n, c.valid.shape[0], fixed_sum0(norm))
 
@@ -266,6 +264,18 @@ def to_accuracy(normalised: Array, chance: Array) -> Array:
     0.5
     """
     return chance + (1.0 - chance) * normalised
+
+
+def from_accuracy(accuracy: Array, chance: Array) -> Array:
+    """Chance-normalised accuracy ``(A - c) / (1 - c)``, the inverse of :func:`to_accuracy`
+    (``A - c`` itself when ``c = 1``, a one-class metric with nothing to normalise).
+
+    Example
+    -------
+    >>> float(from_accuracy(jnp.float32(0.75), jnp.float32(0.5)))
+    0.5
+    """
+    return (accuracy - chance) / jnp.where(chance < 1.0, 1.0 - chance, 1.0)
 
 
 def novelty_logit(s: Array, params: DynamicsParams, novelty_offset: Array) -> Array:
