@@ -76,6 +76,22 @@ class _MCMCAdapter:
         return Adapter(mcmc)
 
 
+def _to_host(dt: xr.DataTree) -> xr.DataTree:
+    """The tree with every variable a NumPy array.
+
+    ``from_numpyro`` keeps sampler statistics and observed data as JAX arrays; ArviZ
+    indexes with them (the trace plot's divergence mask), which under x32 casts to
+    int64 and warns, and a saved or pickled tree should not need a device.
+    """
+    for node in dt.subtree:
+        ds = node.dataset
+        jaxed = [n for n, v in ds.data_vars.items() if not isinstance(v.data, np.ndarray)]
+        if jaxed:
+            node.dataset = ds.assign({n: ds[n].copy(data=np.asarray(ds[n].data))
+                                      for n in jaxed})
+    return dt
+
+
 def _thin(samples: dict, max_elements: float, per_draw: int) -> tuple[dict, np.ndarray]:
     """Evenly spaced draws of every chain such that draws x per_draw <= max_elements
     (at least 100 draws in all, or all of them)."""
@@ -233,6 +249,7 @@ def assemble_tree(
         posterior, prior=jax.device_get(prior), coords=coords, extra_event_dims=extra_dims,
         log_likelihood=False,
     )
+    dt = _to_host(dt)
     sub_coords = {"chain": np.arange(shape[0]), "draw": draw_idx}
     dt["posterior_predictive"] = xr.DataTree(xr.Dataset(
         {"n_valid": (("chain", "draw", "run", "iteration"), ppc_counts)},

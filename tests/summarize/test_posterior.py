@@ -40,6 +40,15 @@ def small_fit():
     return sim, dt
 
 
+def test_fit_tree_holds_host_arrays(small_fit):
+    # ArviZ indexes with these (e.g. the divergence mask of the trace plot); a JAX array
+    # there is cast to int64 under x32 and warns
+    _, dt = small_fit
+    for node in dt.subtree:
+        for name, var in node.dataset.data_vars.items():
+            assert isinstance(var.data, np.ndarray), (node.path, name, type(var.data))
+
+
 def test_gap_table(small_fit):
     _, dt = small_fit
     g = posterior_gaps(dt)
