@@ -1,4 +1,5 @@
-"""Command-line options shared by the commands: name lists, grid, seed, counts, progress.
+"""Command-line options shared by the commands: name lists, grid, seed, counts, progress,
+multi-process runs.
 
 Argument types check values with :mod:`llmnas_transfer.validate` and turn its
 :class:`~llmnas_transfer.errors.UserInputError` into :class:`argparse.ArgumentTypeError`,
@@ -23,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.study.distributed import DEFAULT_TIMEOUT_S, MAX_PROCESSES, check_coordinator
 from llmnas_transfer.validate import check_float, check_int, did_you_mean
 
 #: largest seed the simulator accepts (:func:`llmnas_transfer.sim.candidates.as_key`)
@@ -226,6 +228,58 @@ def show_progress(args: argparse.Namespace) -> bool:
         return bool(sys.stderr.isatty())
     except (AttributeError, ValueError):  # a closed or replaced stderr
         return False
+
+
+def coordinator_arg(text: str) -> str:
+    """Argument type of ``--coordinator``: ``HOST:PORT``.
+
+    Example
+    -------
+    >>> coordinator_arg("10.0.0.1:1234")
+    '10.0.0.1:1234'
+    """
+    try:
+        return check_coordinator(text)
+    except UserInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_distributed_options(p: argparse.ArgumentParser, *, command: str,
+                            primary: str = "writes the output") -> None:
+    """``--coordinator``, ``--num-processes``, ``--process-id`` and
+    ``--coordinator-timeout`` of ``command``, whose process 0 does what ``primary`` says
+    (``"writes the output"``); turn them into a
+    run with :func:`llmnas_transfer.study.distributed.resolve_options` and
+    :func:`~llmnas_transfer.study.distributed.initialize` before any JAX work.
+
+    Example
+    -------
+    >>> p = argparse.ArgumentParser()
+    >>> add_distributed_options(p, command="sweep")
+    >>> a = p.parse_args(["--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"])
+    >>> a.coordinator, a.num_processes, a.process_id, a.coordinator_timeout
+    ('h:1', 2, 1, 60)
+    """
+    g = p.add_argument_group(
+        "several processes or hosts (jax.distributed)",
+        "Give all three of --coordinator, --num-processes and --process-id, or none. When "
+        "none is given, JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are "
+        "read, then JAX's cluster auto-detection (SLURM, Open MPI, TPU pods, Kubernetes); "
+        f"otherwise the {command} runs in this process only.")
+    g.add_argument("--coordinator", type=coordinator_arg, metavar="HOST:PORT",
+                   help="address of process 0, which listens on PORT (default: none, "
+                        "a single process)")
+    g.add_argument("--num-processes", type=int_arg(1, MAX_PROCESSES, name="--num-processes"),
+                   metavar="N", help="number of processes in the run (default: none)")
+    g.add_argument("--process-id", type=int_arg(0, MAX_PROCESSES - 1, name="--process-id"),
+                   metavar="I", help=f"this process's index, 0 to N-1; process 0 {primary} "
+                                     "(default: none)")
+    g.add_argument("--coordinator-timeout", type=int_arg(1, 86400,
+                                                         name="--coordinator-timeout"),
+                   default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="how long to wait for the coordinator and for every process to "
+                        "join, and after how long without a heartbeat a process counts as "
+                        f"dead (default {DEFAULT_TIMEOUT_S})")
 
 
 # ------------------------------------------------------------------ values

@@ -6,6 +6,13 @@ one-paragraph recommendation, and with ``--out DIR`` writes ``DIR/plan.csv`` and
 figure ``DIR/plan_assurance.png``/``.pdf``. Every input is checked before anything is
 simulated; a mistake ends with a one-line message and exit status 2.
 
+Across processes or hosts, start the same command in every process with
+``--coordinator HOST:PORT --num-processes N --process-id I`` (or the environment variables
+``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, or under SLURM,
+Open MPI, TPU pods and Kubernetes nothing at all): the simulated studies are spread over
+the processes, the table is the same bits as on one process, and only process 0 prints
+it and writes the files (see ``docs/scaling-out.md``).
+
 Example
 -------
 >>> from llmnas_transfer.cli import main
@@ -16,10 +23,20 @@ Example
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from llmnas_transfer.cli import options
 from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.study.distributed import (
+    PeerLostError,
+    agree,
+    agree_all,
+    exit_now,
+    initialize,
+    is_primary,
+    resolve_options,
+)
 
 #: default grids (kept equal to :mod:`llmnas_transfer.study.plan`'s, which the CLI does
 #: not import before the arguments are checked)
@@ -61,7 +78,10 @@ def register(subparsers) -> None:
         description="Simulate many studies per design from the design prior, analyse each "
                     "with a fast approximate posterior of the compared gap component, and "
                     "report each design's assurance (the probability of reaching the goal) "
-                    "and the cheapest design that reaches --assurance.")
+                    "and the cheapest design that reaches --assurance. Across processes "
+                    "or hosts, start the same command in each with --coordinator, "
+                    "--num-processes and --process-id: the table is the same, and "
+                    "process 0 prints it and writes --out.")
     p.add_argument("--reference", default="cifar-10:classification", metavar="D:T",
                    help="reference setting DATASET:TASK (default cifar-10:classification)")
     p.add_argument("--compare", required=True, metavar="D:T[,D:T...]",
@@ -108,12 +128,19 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=("table", "csv"), default="table",
                    help="how to print the designs (default table)")
     options.add_seed_option(p)
+    p.add_argument("--devices", type=options.int_arg(1, 2**31 - 1, name="--devices"),
+                   default=1, metavar="N",
+                   help="local devices per process to spread the studies over (default 1; "
+                        "each device compiles the simulation once, so more pay off only "
+                        "for long plans; on CPU start with JAX_NUM_CPU_DEVICES=N to have "
+                        "N; results do not depend on it)")
     options.add_progress_option(p)
+    options.add_distributed_options(p, command="plan",
+                                    primary="prints the table and writes --out")
 
 
-def _check_inputs(args: argparse.Namespace):
-    """Everything that can be wrong, before any simulation: returns the prior and paths."""
-    from llmnas_transfer.io.atomic import check_writable
+def _check_options(args: argparse.Namespace) -> list[str]:
+    """The checks that read no file and start no JAX: the compared settings as ``D:T``."""
     from llmnas_transfer.study.plan import parse_setting
 
     ref = parse_setting(args.reference, "--reference")
@@ -125,13 +152,25 @@ def _check_inputs(args: argparse.Namespace):
         raise UserInputError("--iterations: the trend component needs at least 2 iterations")
     if args.pilot and args.params:
         raise UserInputError("give either --params or --from, not both")
-    paths = None
-    if args.out:
-        out = Path(args.out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise UserInputError(f"{out}: --out must be a folder")
-        paths = [check_writable(out / name) for name in
-                 ("plan.csv", "plan_assurance.png", "plan_assurance.pdf")]
+    return [f"{d}:{t}" for d, t in comp]
+
+
+def _check_out(args: argparse.Namespace) -> list[Path] | None:
+    """The output files (``None`` without ``--out``), checked and their folder made; only
+    the process that writes them runs this."""
+    from llmnas_transfer.io.atomic import check_writable
+
+    if not args.out:
+        return None
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"{out}: --out must be a folder")
+    return [check_writable(out / name) for name in
+            ("plan.csv", "plan_assurance.png", "plan_assurance.pdf")]
+
+
+def _load_inputs(args: argparse.Namespace):
+    """The design prior: ``(defaults, pilot)`` from ``--params`` and ``--from``."""
     pilot = None
     if args.pilot:
         from llmnas_transfer.fit.fitfile import load_fit
@@ -141,20 +180,46 @@ def _check_inputs(args: argparse.Namespace):
             raise UserInputError(f"{path}: --from: fit file not found")
         pilot = load_fit(path)
     defaults = options.load_params(args.params)
-    return [f"{d}:{t}" for d, t in comp], defaults, pilot, paths
+    return defaults, pilot
 
 
 def _plan(args: argparse.Namespace) -> int:
-    compare, defaults, pilot, paths = _check_inputs(args)
+    dist = resolve_options(args.coordinator, args.num_processes, args.process_id,
+                           timeout_s=args.coordinator_timeout)
+    compare = _check_options(args)  # every process, before any JAX work
+    if dist.active:
+        if dist.process_id == 0 and not dist.auto:
+            _check_out(args)  # fail fast, before waiting for other processes
+        initialize(dist)  # before JAX starts its backend
+        paths = agree(lambda: _check_out(args))  # every process stops if process 0's fails
+        defaults, pilot = agree_all(lambda: _load_inputs(args))  # each process reads them
+    else:
+        paths = _check_out(args)
+        defaults, pilot = _load_inputs(args)
     from llmnas_transfer.io.atomic import atomic_write
     from llmnas_transfer.study.plan import plan, plot_assurance, recommendation
     from llmnas_transfer.summarize.figures import save_figure
 
-    df = plan(args.reference, compare, component=args.component, width=args.width,
-              ci=args.ci, assurance=args.assurance, trials=args.trials,
-              iterations=args.iterations, candidates=args.candidates, defaults=defaults,
-              pilot=pilot, studies=args.studies, cost_per_candidate=args.cost_per_candidate,
-              seed=args.seed, method=args.method, progress=options.show_progress(args))
+    try:
+        df = plan(args.reference, compare, component=args.component, width=args.width,
+                  ci=args.ci, assurance=args.assurance, trials=args.trials,
+                  iterations=args.iterations, candidates=args.candidates, defaults=defaults,
+                  pilot=pilot, studies=args.studies,
+                  cost_per_candidate=args.cost_per_candidate, seed=args.seed,
+                  method=args.method, progress=options.show_progress(args),
+                  devices_per_process=args.devices)
+    except PeerLostError as exc:
+        msg = " ".join(str(exc).split())
+        print(f"llmnas-transfer plan: error: {msg}; nothing was written: rerun the command "
+              "(any number of processes gives the same plan)", file=sys.stderr)
+        exit_now(1)  # JAX's own shutdown would wait for the dead peer, then abort
+    if not is_primary():
+        import jax
+
+        where = f"writes {Path(args.out).expanduser()}" if args.out else "prints the plan"
+        print(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 "
+              f"{where}")
+        return 0
     if args.format == "csv":
         print(df.to_csv(index=False), end="")
     else:

@@ -31,24 +31,13 @@ from pathlib import Path
 from llmnas_transfer.cli import options
 from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.study.distributed import (
-    DEFAULT_TIMEOUT_S,
-    MAX_PROCESSES,
     PeerLostError,
     agree,
-    check_coordinator,
     exit_now,
     initialize,
     is_primary,
     resolve_options,
 )
-
-
-def _coordinator_arg(text: str) -> str:
-    """Argument type of ``--coordinator``: ``HOST:PORT``."""
-    try:
-        return check_coordinator(text)
-    except UserInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers) -> None:
@@ -82,45 +71,8 @@ def register(subparsers) -> None:
                    help="continue from the checkpoint of an interrupted sweep")
     options.add_params_option(p)
     options.add_progress_option(p)
-    add_distributed_options(p)
-
-
-def add_distributed_options(p: argparse.ArgumentParser) -> None:
-    """``--coordinator``, ``--num-processes``, ``--process-id`` and
-    ``--coordinator-timeout``; turn them into a run with
-    :func:`llmnas_transfer.study.distributed.resolve_options` and
-    :func:`~llmnas_transfer.study.distributed.initialize` before any JAX work.
-
-    Example
-    -------
-    >>> p = argparse.ArgumentParser()
-    >>> add_distributed_options(p)
-    >>> a = p.parse_args(["--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"])
-    >>> a.coordinator, a.num_processes, a.process_id, a.coordinator_timeout
-    ('h:1', 2, 1, 60)
-    """
-    g = p.add_argument_group(
-        "several processes or hosts (jax.distributed)",
-        "Give all three of --coordinator, --num-processes and --process-id, or none. When "
-        "none is given, JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are "
-        "read, then JAX's cluster auto-detection (SLURM, Open MPI, TPU pods, Kubernetes); "
-        "otherwise the sweep runs in this process only.")
-    g.add_argument("--coordinator", type=_coordinator_arg, metavar="HOST:PORT",
-                   help="address of process 0, which listens on PORT (default: none, "
-                        "a single process)")
-    g.add_argument("--num-processes", type=options.int_arg(1, MAX_PROCESSES,
-                                                           name="--num-processes"),
-                   metavar="N", help="number of processes in the run (default: none)")
-    g.add_argument("--process-id", type=options.int_arg(0, MAX_PROCESSES - 1,
-                                                        name="--process-id"),
-                   metavar="I", help="this process's index, 0 to N-1; process 0 writes the "
-                                     "output and the checkpoint (default: none)")
-    g.add_argument("--coordinator-timeout", type=options.int_arg(1, 86400,
-                                                                 name="--coordinator-timeout"),
-                   default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                   help="how long to wait for the coordinator and for every process to "
-                        "join, and after how long without a heartbeat a process counts as "
-                        f"dead (default {DEFAULT_TIMEOUT_S})")
+    options.add_distributed_options(p, command="sweep",
+                                    primary="writes the output and the checkpoint")
 
 
 def _sweep(args: argparse.Namespace) -> int:

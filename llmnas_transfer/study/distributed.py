@@ -33,7 +33,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llmnas_transfer.errors import UserInputError
@@ -328,6 +328,49 @@ def global_array(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
+_REPLICATORS: dict[tuple, Any] = {}
+
+
+def gather_rows(parts: Sequence[Any], devices: Sequence[jax.Device]) -> Any:
+    """Concatenate, on every process, one pytree of arrays per device of ``devices``
+    along their leading axis, in the order of ``devices`` (the devices of every
+    process). Each process passes the parts of its own devices (each part committed to
+    its device, every part of the same shapes); the result is a pytree of global
+    ``jax.Array`` values, fully replicated, that ``numpy.asarray`` reads on any process.
+
+    The collective only copies data: the values keep their bits. With one process no
+    collective runs.
+
+    Example
+    -------
+    >>> import jax, numpy as np
+    >>> devs = jax.local_devices()
+    >>> parts = [jax.device_put(np.full(2, i), d) for i, d in enumerate(devs)]
+    >>> rows = np.asarray(gather_rows(parts, devs)).tolist()  # [0, 0, 1, 1, ...]
+    >>> rows == [i for i in range(len(devs)) for _ in range(2)]
+    True
+    """
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = tuple(devices)
+    mesh = Mesh(np.array(devices), ("rows",))
+    sharding = NamedSharding(mesh, PartitionSpec("rows"))
+
+    def concat(*leaves):
+        shape = (len(devices) * leaves[0].shape[0], *leaves[0].shape[1:])
+        return jax.make_array_from_single_device_arrays(shape, sharding, list(leaves))
+
+    out = jax.tree.map(concat, *parts)
+    if jax.process_count() == 1:
+        return out
+    if devices not in _REPLICATORS:
+        _REPLICATORS[devices] = jax.jit(lambda x: x,
+                                        out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return _REPLICATORS[devices](out)
+
+
 def agree[T](fn: Callable[[], T]) -> T | None:
     """Run ``fn`` on process 0 only and share whether it raised a
     :class:`~llmnas_transfer.errors.UserInputError`: every process then raises (process 0
@@ -360,6 +403,58 @@ def agree[T](fn: Callable[[], T]) -> T | None:
     if int(flag[0]):
         raise UserInputError("process 0 stopped with an error (see its message); stopping too")
     return result
+
+
+def agree_all[T](fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every process and share whether it raised a
+    :class:`~llmnas_transfer.errors.UserInputError` anywhere: then every process raises
+    (a process that failed its own message, the others a pointer to the first process
+    that failed), so no process waits for a peer that stopped. Returns ``fn()``.
+
+    Use it for checks that every process makes on its own, such as reading an input file
+    that each process needs (a file missing on one host stops them all).
+
+    Example
+    -------
+    >>> agree_all(lambda: 3)
+    3
+    """
+    import jax
+
+    if jax.process_count() == 1:
+        return fn()
+    import numpy as np
+    from jax.experimental.multihost_utils import process_allgather
+
+    error, result = None, None
+    try:
+        result = fn()
+    except UserInputError as exc:
+        error = exc
+    flags = np.asarray(process_allgather(np.array([error is not None], np.int32))).ravel()
+    if error is not None:
+        raise error
+    if flags.any():
+        first = int(np.flatnonzero(flags)[0])
+        raise UserInputError(f"process {first} stopped with an error (see its message); "
+                             "stopping too")
+    return result
+
+
+def peer_lost(exc: BaseException) -> PeerLostError:
+    """The :class:`PeerLostError` for a collective that failed with ``exc``: one line that
+    names this process and the first line of JAX's message.
+
+    Example
+    -------
+    >>> str(peer_lost(RuntimeError("gloo: connection closed by peer\\nmore")))
+    'process 0 of 1 lost contact with another process (gloo: connection closed by peer)'
+    """
+    import jax
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return PeerLostError(f"process {jax.process_index()} of {jax.process_count()} lost "
+                         f"contact with another process ({first[:300]})")
 
 
 def exit_now(code: int) -> None:

@@ -29,6 +29,14 @@ Simulation
     designs of the grid, the number of studies or the chunking (its float32 analysis is
     equal up to rounding).
 
+Many devices, many processes
+    The chunks of studies are dealt out to devices (``devices_per_process`` per process)
+    and processes (``jax.distributed``, as in :mod:`llmnas_transfer.study.sweeps`), one
+    chunk per device at a time. Each device runs the one-device program on whole chunks
+    (a program partitioned over a mesh can round the float32 analysis differently), and
+    the results are all-gathered by a collective that only copies data: the numbers are
+    the same bits for any number of devices and processes. See ``docs/scaling-out.md``.
+
 Approximate posterior (one per simulated study)
     Per setting and trial ``r`` the study gives the validity rates ``y_rt``, the number of
     valid candidates ``n_r`` and their accuracy sum ``a_r`` at iteration ``T``, and the
@@ -94,6 +102,13 @@ from llmnas_transfer.sim.params import DynamicsParams, ModelDefaults, SettingEff
 from llmnas_transfer.sim.samplers import binomial
 from llmnas_transfer.sim.summary import STREAM_VALID, summary_chunk, trial_states
 from llmnas_transfer.sim.types import Array, PRNGKey
+from llmnas_transfer.study.distributed import (
+    agree_all,
+    gather_rows,
+    initialize,
+    peer_lost,
+    resolve_options,
+)
 from llmnas_transfer.validate import check_choice, check_float, check_int
 
 #: the components a plan can size for
@@ -438,6 +453,55 @@ def _study_params(key: PRNGKey, ids: np.ndarray, prior, n_settings: int):
                   jax.tree.map(lambda x: x[pick], effects))
 
 
+def _chunk_runner(devices: tuple, key: PRNGKey, prior, n_set: int, sids: Array, grid_r: Array,
+                  grid_t: Array, **kw) -> Callable[[np.ndarray, int], tuple[np.ndarray, ...]]:
+    """``run(ids, n_c)``: the kernel's outputs (host float64, leading axis
+    ``len(devices) * chunk``) for ``ids`` of shape ``(len(devices), chunk)``, row ``d``
+    simulated on ``devices[d]``.
+
+    Each process runs :func:`_study_kernel` on the rows of its own devices, a compiled
+    program of one device and one chunk, exactly the program of a one-device run (a
+    program partitioned over a mesh can round differently). The rows are then
+    concatenated on every process by a collective that only moves data
+    (:func:`~llmnas_transfer.study.distributed.gather_rows`); a failed collective raises
+    :class:`~llmnas_transfer.study.distributed.PeerLostError`."""
+    me = jax.process_index()
+    local = [(i, d) for i, d in enumerate(devices) if d.process_index == me]
+    multi = jax.process_count() > 1
+
+    def run(ids: np.ndarray, n_c: int) -> tuple[np.ndarray, ...]:
+        parts = []
+        for i, dev in local:  # dispatched asynchronously: the local devices run together
+            keys, (p, e) = _study_params(key, ids[i], prior, n_set)
+            args = jax.device_put((keys, p, e, sids, grid_r, grid_t, jnp.int32(n_c)), dev)
+            parts.append(_study_kernel(*args, **kw))
+        try:
+            out = parts[0] if len(devices) == 1 else gather_rows(parts, devices)
+            return tuple(np.asarray(x, np.float64) for x in out)
+        except Exception as exc:  # noqa: BLE001 - any failure of the collective
+            if not multi:
+                raise
+            raise peer_lost(exc) from exc
+
+    return run
+
+
+def _devices(per_process: int) -> tuple:
+    """The first ``per_process`` local devices of every process, process by process (the
+    same tuple on every process)."""
+    local = jax.local_devices()
+    n = check_int("devices_per_process", per_process, 1, 2**31 - 1)
+    if n > len(local):
+        hint = (f" (on CPU start with JAX_NUM_CPU_DEVICES={n})"
+                if local[0].platform == "cpu" else "")
+        raise UserInputError(f"asked for {n} devices per process but only {len(local)} "
+                             f"are available{hint}")
+    by_process: dict[int, list] = {}
+    for d in jax.devices():
+        by_process.setdefault(d.process_index, []).append(d)
+    return tuple(d for p in sorted(by_process) for d in by_process[p][:n])
+
+
 # ----------------------------------------------------------------------------- public
 def simulate_studies(
     reference: str | Sequence[str] = "cifar-10:classification",
@@ -456,12 +520,29 @@ def simulate_studies(
     chunk_studies: int | None = None,
     method: str = "model",
     progress: bool | Callable[[int, int], None] = False,
+    devices_per_process: int = 1,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
 ) -> StudyAnalyses:
     """Simulate ``studies`` studies per design and analyse each (the engine of :func:`plan`).
 
     Studies ``study_offset .. study_offset + studies - 1`` are simulated; a study's numbers
     depend only on (seed, design, study index), not on ``chunk_studies`` or on the other
     designs. See the module docstring for the prior, the keys and the approximation.
+
+    The chunks of studies are spread over the first ``devices_per_process`` local devices
+    of every process (one process, or every process of a ``jax.distributed`` run), one
+    chunk per device at a time; each device simulates and analyses whole chunks with the
+    program of a one-device run, so the numbers are the same bits for any number of
+    devices and processes. That program is compiled once per device: more than one
+    device per process pays off only for long plans.
+
+    ``coordinator``, ``num_processes``, ``process_id`` join a multi-process run as
+    :func:`llmnas_transfer.study.sweeps.sweep` does (all three or none; before any other
+    JAX work of the process). Every process calls with the same arguments and gets the
+    same result; a peer that dies mid-run raises
+    :class:`~llmnas_transfer.study.distributed.PeerLostError`.
 
     Example
     -------
@@ -470,7 +551,10 @@ def simulate_studies(
     >>> a.estimate.shape
     (6, 2, 1, 1, 1)
     """
-    settings, prior, feedback = _prior(reference, compare, defaults, pilot)
+    if (coordinator, num_processes, process_id) != (None, None, None):
+        initialize(resolve_options(coordinator, num_processes, process_id))
+    # every process reads the prior (a pilot file missing on one host stops them all)
+    settings, prior, feedback = agree_all(lambda: _prior(reference, compare, defaults, pilot))
     comp = settings[1:]
     n_set = len(settings)
     component = check_choice("component", component, COMPONENTS)
@@ -492,32 +576,41 @@ def simulate_studies(
         chunk_studies = 1 << (chunk_studies - 1).bit_length()
     chunk_studies = check_int("chunk_studies", chunk_studies, 1, MAX_STUDIES)
     n_chunks = math.ceil(studies / chunk_studies)
-    key = as_key(seed)
+    devices = agree_all(lambda: _devices(devices_per_process))
+    n_dev = len(devices)
+    run = _chunk_runner(devices, as_key(seed), prior, n_set, sids, grid_r, grid_t,
+                        component=component, r_max=r_max, t_max=t_max, feedback=feedback,
+                        method=method)
     shape = (studies, len(trials_g), len(iters_g), len(cands_g), n_set - 1)
     est, vs, vr = (np.empty(shape) for _ in range(3))
     truth = np.empty((studies, len(iters_g), len(cands_g), n_set - 1))
-    bar = progress_bar(progress, n_chunks * len(cands_g), label="simulating studies",
-                       unit="chunks", min_total=2)
+    total = n_chunks * len(cands_g)
+    bar = progress_bar(progress if jax.process_index() == 0 else False, total,
+                       label="simulating studies", unit="chunks", min_total=2)
     done = 0
     try:
         for j, n_c in enumerate(cands_g):
-            for c in range(n_chunks):
-                lo = c * chunk_studies
-                ids = study_offset + np.arange(lo, lo + chunk_studies)  # padded last chunk
-                keys, (p, e) = _study_params(key, ids, prior, n_set)
-                out = _study_kernel(keys, p, e, sids, grid_r, grid_t, jnp.int32(n_c),
-                                    component=component, r_max=r_max, t_max=t_max,
-                                    feedback=feedback, method=method)
-                k = min(chunk_studies, studies - lo)
-                e_, a_, b_, t_ = (np.asarray(x, np.float64)[:k] for x in out)
-                est[lo:lo + k, :, :, j] = e_
-                vs[lo:lo + k, :, :, j] = a_
-                vr[lo:lo + k, :, :, j] = b_
-                truth[lo:lo + k, :, j] = t_
-                done += 1
-                bar(done, n_chunks * len(cands_g))
+            for first in range(0, n_chunks, n_dev):  # one chunk per device
+                chunks = range(first, min(first + n_dev, n_chunks))
+                # chunk c: studies c * chunk_studies ... (the last one padded); devices
+                # without a chunk repeat the first one, and their results are dropped
+                ids = study_offset + np.stack([
+                    np.arange(c * chunk_studies, (c + 1) * chunk_studies)
+                    for c in (chunks[d] if d < len(chunks) else first for d in range(n_dev))])
+                out = run(ids, n_c)
+                for d, c in enumerate(chunks):
+                    lo = c * chunk_studies
+                    k = min(chunk_studies, studies - lo)
+                    rows = slice(d * chunk_studies, d * chunk_studies + k)
+                    e_, a_, b_, t_ = (x[rows] for x in out)
+                    est[lo:lo + k, :, :, j] = e_
+                    vs[lo:lo + k, :, :, j] = a_
+                    vr[lo:lo + k, :, :, j] = b_
+                    truth[lo:lo + k, :, j] = t_
+                done += len(chunks)
+                bar(done, total)
     finally:
-        bar(None, n_chunks * len(cands_g))
+        bar(None, total)
     return _intervals(trials_g, iters_g, cands_g, tuple(comp), est, vs, vr, truth, ci)
 
 
@@ -634,6 +727,10 @@ def plan(
     chunk_studies: int | None = None,
     method: str = "model",
     progress: bool | Callable[[int, int], None] = False,
+    devices_per_process: int = 1,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
 ) -> pd.DataFrame:
     """Assurance of every design for a transfer-gap question; the cheapest one that suffices.
 
@@ -661,7 +758,17 @@ def plan(
     method : the analysis of a simulated study: ``"model"`` (default) estimates each
         setting's final validity from all its iterations, the dynamics known;
         ``"final"`` from the last iteration's rates only (model-free, wider).
-    progress : ``True`` for a progress bar, or a callback ``f(done, total)``.
+    progress : ``True`` for a progress bar, or a callback ``f(done, total)`` (process 0
+        only).
+    devices_per_process : local devices each process spreads the chunks of studies over
+        (default 1; each device compiles the kernel once). Results do not depend on it.
+    coordinator, num_processes, process_id : join a multi-process run (``HOST:PORT`` of
+        process 0, the process count, this process's index; all three or none), as
+        :func:`llmnas_transfer.study.distributed.initialize` does; before any other JAX
+        work of the process. Every process calls ``plan`` with the same arguments, the
+        studies are spread over the processes, and every process gets the same table,
+        the same bits as one process. A peer that dies mid-run raises
+        :class:`~llmnas_transfer.study.distributed.PeerLostError`.
 
     Returns
     -------
@@ -687,7 +794,9 @@ def plan(
     a = simulate_studies(reference, compare, component=component, ci=ci, trials=trials,
                          iterations=iterations, candidates=candidates, defaults=defaults,
                          pilot=pilot, studies=studies, seed=seed, chunk_studies=chunk_studies,
-                         method=method, progress=progress)
+                         method=method, progress=progress,
+                         devices_per_process=devices_per_process, coordinator=coordinator,
+                         num_processes=num_processes, process_id=process_id)
     return summarize_studies(a, width=width, assurance=assurance, thresholds=thresholds,
                              cost_per_candidate=cost_per_candidate)
 

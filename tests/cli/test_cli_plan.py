@@ -55,6 +55,8 @@ def run(argv, capsys):
      "--cost-per-candidate"),
     (["--compare", "stl-10:classification", "--studies", "3"], "--studies"),
     (["--compare", "stl-10:classification", "--seed", "-1"], "seed"),
+    (["--compare", "stl-10:classification", "--devices", "0"], "--devices"),
+    (["--compare", "stl-10:classification", "--coordinator", "h:1"], "all three or none"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, part, capsys, no_work):
     rc, _, err = run(["plan", *argv], capsys)
@@ -93,6 +95,17 @@ def test_help_lists_every_option_with_a_default(capsys):
     for opt in ("--reference", "--compare", "--component", "--width", "--regime", "--ci",
                 "--assurance", "--trials", "--iterations", "--candidates", "--params",
                 "--from", "--cost-per-candidate", "--format", "--out", "--seed",
-                "--no-progress"):
+                "--no-progress", "--devices", "--coordinator", "--num-processes",
+                "--process-id", "--coordinator-timeout"):
         assert opt in text, opt
     assert "default 0.94" in text and "default 0.8" in text
+
+
+def test_sweep_and_plan_share_the_process_options():
+    parser = cli.build_parser()
+    argv = ["--coordinator", "h:1", "--num-processes", "2", "--process-id", "1",
+            "--coordinator-timeout", "9"]
+    for cmd in (["sweep", "--out", "s.nc"], ["plan", "--compare", "stl-10:classification"]):
+        a = parser.parse_args([*cmd, *argv])
+        assert (a.coordinator, a.num_processes, a.process_id, a.coordinator_timeout) == \
+            ("h:1", 2, 1, 9)

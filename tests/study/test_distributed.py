@@ -1,5 +1,6 @@
-"""Multi-process sweeps with jax.distributed on loopback: same bytes as one process, resume
-after a killed process, a one-line error for an unreachable coordinator, option checks."""
+"""Multi-process sweeps and plans with jax.distributed on loopback: same bytes as one
+process, resume after a killed process, a one-line error for an unreachable coordinator,
+option checks."""
 
 import json
 import os
@@ -20,6 +21,11 @@ CLI = "import sys; from llmnas_transfer.cli import main; sys.exit(main())"
 GRID = ["--datasets", "cifar-10", "--tasks", "classification", "--iterations", "2",
         "--candidates", "300", "--bins", "0", "--path", "summary", "--seed", "5",
         "--no-progress"]
+#: a small plan in 3 chunks of studies (512 studies each, the last one padded): with 2
+#: processes, the second round leaves process 1 a padding chunk whose results are dropped
+PLAN = ["--compare", "stl-10:classification", "--trials", "4,32", "--iterations", "4",
+        "--candidates", "10", "--studies", "1100", "--component", "validity",
+        "--method", "final", "--width", "0.2", "--seed", "3", "--no-progress"]
 
 
 def _free_port() -> int:
@@ -36,11 +42,19 @@ def _env() -> dict:
     return env
 
 
-def _launch(out, trials: int, chunk: int, *extra: str) -> subprocess.Popen:
-    args = ["sweep", "--out", str(out), "--trials", str(trials), "--chunk-size", str(chunk),
-            *GRID, *extra]
+def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", CLI, *args], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _launch(out, trials: int, chunk: int, *extra: str) -> subprocess.Popen:
+    return _start(["sweep", "--out", str(out), "--trials", str(trials), "--chunk-size",
+                   str(chunk), *GRID, *extra])
+
+
+def _processes(coord: str, n: int, i: int) -> list[str]:
+    return ["--coordinator", coord, "--num-processes", str(n), "--process-id", str(i),
+            "--coordinator-timeout", "60"]
 
 
 def _finish(p: subprocess.Popen) -> tuple[int, str, str]:
@@ -55,9 +69,7 @@ def _finish(p: subprocess.Popen) -> tuple[int, str, str]:
 
 def _pair(out, trials: int, chunk: int, *extra: str) -> list[subprocess.Popen]:
     coord = f"127.0.0.1:{_free_port()}"
-    return [_launch(out, trials, chunk, "--coordinator", coord, "--num-processes", "2",
-                    "--process-id", str(i), "--coordinator-timeout", "60", *extra)
-            for i in range(2)]
+    return [_launch(out, trials, chunk, *_processes(coord, 2, i), *extra) for i in range(2)]
 
 
 def test_two_processes_write_the_bytes_of_one(tmp_path):
@@ -70,6 +82,26 @@ def test_two_processes_write_the_bytes_of_one(tmp_path):
     assert (one / "s.nc").read_bytes() == (two / "s.nc").read_bytes()
     assert sorted(os.listdir(two)) == ["s.nc"]  # process 1 wrote nothing; checkpoint removed
     assert "process 1 of 2: done" in results[2][1]
+
+
+def test_two_process_plan_writes_the_bytes_of_one(tmp_path, capsys):
+    one, two = tmp_path / "one", tmp_path / "two"
+    coord = f"127.0.0.1:{_free_port()}"
+    procs = [_start(["plan", *PLAN, "--out", str(two), *_processes(coord, 2, i)])
+             for i in range(2)]
+    assert main(["plan", *PLAN, "--out", str(one)]) == 0  # one process, one device
+    alone = capsys.readouterr().out
+    results = [_finish(p) for p in procs]
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    assert (one / "plan.csv").read_bytes() == (two / "plan.csv").read_bytes()
+    assert sorted(os.listdir(two)) == sorted(os.listdir(one))
+    # process 0 prints what one process prints; process 1 only says it is done
+    own = [[ln.replace(str(d), "OUT") for ln in text.splitlines()
+            if not ln.startswith("[Gloo]")]  # gloo's own connection message
+           for d, text in ((one, alone), (two, results[0][1]), (two, results[1][1]))]
+    assert own[0] == own[1]
+    assert own[2] == ["process 1 of 2: done; process 0 writes OUT"]
 
 
 def test_resume_after_a_killed_process_gives_the_same_bytes(tmp_path):
@@ -129,10 +161,13 @@ def test_python_api_every_process_gets_the_one_process_result(tmp_path):
                 np.testing.assert_array_equal(z[v], ref[v].values, err_msg=v)
 
 
-def test_unreachable_coordinator_is_a_one_line_error_within_the_timeout(tmp_path):
+@pytest.mark.parametrize("command", ["sweep", "plan"])
+def test_unreachable_coordinator_is_a_one_line_error_within_the_timeout(tmp_path, command):
     t = time.monotonic()
-    p = _launch(tmp_path / "s.nc", 64, 64, "--coordinator", f"127.0.0.1:{_free_port()}",
-                "--num-processes", "2", "--process-id", "1", "--coordinator-timeout", "3")
+    dist = ["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
+            "--process-id", "1", "--coordinator-timeout", "3"]
+    p = (_launch(tmp_path / "s.nc", 64, 64, *dist) if command == "sweep"
+         else _start(["plan", *PLAN, "--out", str(tmp_path / "plan"), *dist]))
     rc, _, err = _finish(p)
     elapsed = time.monotonic() - t
     assert rc == 2
@@ -146,9 +181,12 @@ def test_unreachable_coordinator_is_a_one_line_error_within_the_timeout(tmp_path
     (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "process_id"),
     (["--coordinator", "h:1", "--num-processes", "0", "--process-id", "0"], "num-processes"),
 ])
-def test_cli_checks_the_process_options_first(tmp_path, capsys, extra, match):
+@pytest.mark.parametrize("command", ["sweep", "plan"])
+def test_cli_checks_the_process_options_first(tmp_path, capsys, extra, match, command):
+    argv = (["sweep", "--out", str(tmp_path / "s.nc"), *GRID] if command == "sweep"
+            else ["plan", "--out", str(tmp_path / "plan"), *PLAN])
     try:  # argparse's own checks exit; the library's return the status
-        rc = main(["sweep", "--out", str(tmp_path / "s.nc"), *GRID, *extra])
+        rc = main([*argv, *extra])
     except SystemExit as exc:
         rc = exc.code
     assert rc == 2

@@ -13,6 +13,7 @@ from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.sim.params import load_defaults
 from llmnas_transfer.study.plan import (
     PLAN_COLUMNS,
+    StudyAnalyses,
     plan,
     simulate_studies,
     study_runs,
@@ -107,6 +108,22 @@ def test_same_seed_same_numbers_and_chunking():
         # vectorised over a chunk: equal up to rounding
         np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=1e-5, atol=1e-7)
     assert not np.allclose(a.estimate, c.estimate)
+
+
+def test_more_devices_same_bits():
+    """Chunks dealt to 2 devices (the second round pads one device with a chunk whose
+    results are dropped) give the bits of one device."""
+    import jax
+
+    if len(jax.local_devices()) < 2:
+        pytest.skip("needs 2 local devices (tests/conftest.py makes 2 CPU devices)")
+    kw = dict(**SMALL, candidates=10, studies=9, chunk_studies=4, seed=5)
+    a = simulate_studies(REF, CMP, **kw)
+    b = simulate_studies(REF, CMP, devices_per_process=2, **kw)
+    for f in StudyAnalyses._fields[4:]:
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    with pytest.raises(UserInputError, match="JAX_NUM_CPU_DEVICES=3"):
+        simulate_studies(REF, CMP, devices_per_process=3, **kw)
 
 
 def test_study_depends_only_on_seed_design_and_index():
