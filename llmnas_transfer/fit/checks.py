@@ -57,6 +57,7 @@ from llmnas_transfer.sim.params import (
     ModelDefaults,
     dynamics_from_dict,
     load_defaults,
+    setting_key,
 )
 from llmnas_transfer.validate import check_float, check_int
 
@@ -203,6 +204,12 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
                     vals = g[f"{part}_sd_{level}"] * g[f"{part}_z_{level}"]
                     trend[f"{part}_{level}"] = {n: float(v)
                                                 for n, v in zip(names, vals, strict=True)}
+        for part in ("rate", "asymptote"):
+            if f"{part}_z_setting" in g:
+                vals = g[f"{part}_sd_setting"] * g[f"{part}_z_setting"]
+                trend[f"{part}_setting"] = {
+                    setting_key(d, k): float(vals[i, j])
+                    for i, d in enumerate(spec.datasets) for j, k in enumerate(spec.tasks)}
     acc_coef = g.get("accuracy_coef", np.zeros(len(FEATURE_NAMES)))
     acc0 = float(g.get("accuracy_intercept", -1.0))
     level = g.get("accuracy_level", np.full(len(spec.datasets), -1.0))

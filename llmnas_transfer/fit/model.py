@@ -21,8 +21,13 @@ its own refinement rate ``kappa_s = sigmoid(logit kappa + r_{d,k})`` and asympto
 ``mu_{d,k}``, partially pooled over datasets and tasks (non-centred)::
 
     r_{d,k}  = rate_sd_dataset z_rate_dataset[d] + rate_sd_task z_rate_task[k]
+               + rate_sd_setting z_rate_setting[d, k]
     mu_{d,k} = exp(asymptote_sd_dataset z_asymptote_dataset[d]
-                   + asymptote_sd_task z_asymptote_task[k])
+                   + asymptote_sd_task z_asymptote_task[k]
+                   + asymptote_sd_setting z_asymptote_setting[d, k])
+
+(the setting level only with two or more datasets and two or more tasks: it lets one
+dataset x task cell gain less than its dataset and task effects predict)
 
 and the feedback strengths ``phi_v``, ``phi_a`` are free; ``v_t`` and ``a_t`` are the
 **observed** feedback of each run and iteration (its valid fraction and the mean
@@ -355,6 +360,13 @@ PRIOR_TEXT: dict[str, str] = {
     "asymptote_sd_task": "HalfNormal(0.5) (trend 'setting')",
     "asymptote_z_dataset": "Normal(0, 1) per dataset (non-centred log-asymptote offset)",
     "asymptote_z_task": "Normal(0, 1) per task",
+    "rate_sd_setting": "HalfNormal(1) (trend 'setting'; a dataset x task cell's own rate "
+                       "offset, beyond its dataset and task effects; only with two or more "
+                       "datasets and tasks)",
+    "rate_z_setting": "Normal(0, 1) per dataset x task (non-centred)",
+    "asymptote_sd_setting": "HalfNormal(0.5) (trend 'setting'; the cell's own "
+                            "log-asymptote offset)",
+    "asymptote_z_setting": "Normal(0, 1) per dataset x task (non-centred)",
     "feedback_validity": "Normal(0, 0.5) (trend 'setting'; 0 under 'shared')",
     "feedback_accuracy": "Normal(0, 0.5) (trend 'setting' with accuracy data; else 0)",
 }
@@ -393,7 +405,7 @@ DETERMINISTIC_DIMS: dict[str, list[str]] = {
 #: sampled sites of the per-setting trend (:attr:`ModelSpec.trend` ``"setting"``)
 TREND_SITES: tuple[str, ...] = (
     "rate_sd_dataset", "rate_sd_task", "asymptote_sd_dataset", "asymptote_sd_task",
-    "feedback_validity", "feedback_accuracy",
+    "rate_sd_setting", "asymptote_sd_setting", "feedback_validity", "feedback_accuracy",
 )
 
 
@@ -944,6 +956,9 @@ def _trend(raw: dict, spec: ModelSpec) -> tuple[Array, Array, Array, Array]:
     if by_k:
         rate = rate + (raw["rate_sd_task"] * raw["rate_z_task"])[None, :]
         log_mu = log_mu + (raw["asymptote_sd_task"] * raw["asymptote_z_task"])[None, :]
+    if by_d and by_k:
+        rate = rate + raw["rate_sd_setting"] * raw["rate_z_setting"]
+        log_mu = log_mu + raw["asymptote_sd_setting"] * raw["asymptote_z_setting"]
     return (rate, jnp.exp(log_mu), raw["feedback_validity"],
             raw.get("feedback_accuracy", zero))
 
@@ -983,6 +998,8 @@ def _build_scalar_priors() -> dict[str, dist.Distribution]:
         "rate_sd_task": dist.HalfNormal(1.0),
         "asymptote_sd_dataset": dist.HalfNormal(0.5),
         "asymptote_sd_task": dist.HalfNormal(0.5),
+        "rate_sd_setting": dist.HalfNormal(1.0),
+        "asymptote_sd_setting": dist.HalfNormal(0.5),
         "feedback_validity": dist.Normal(0.0, 0.5),
         "feedback_accuracy": dist.Normal(0.0, 0.5),
     }
@@ -1102,6 +1119,12 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
                 site(f"{part}_sd_{level}", scalar_priors()[f"{part}_sd_{level}"])
                 with numpyro.plate(level, n):
                     site(f"{part}_z_{level}", dist.Normal(0.0, 1.0))
+        if by_d and by_k:
+            for part in ("rate", "asymptote"):
+                site(f"{part}_sd_setting", scalar_priors()[f"{part}_sd_setting"])
+                with numpyro.plate("dataset", len(spec.datasets), dim=-2), \
+                        numpyro.plate("task", len(spec.tasks), dim=-1):
+                    site(f"{part}_z_setting", dist.Normal(0.0, 1.0))
         site("feedback_validity", scalar_priors()["feedback_validity"])
         if spec.has_accuracy:
             site("feedback_accuracy", scalar_priors()["feedback_accuracy"])

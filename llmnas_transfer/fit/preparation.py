@@ -243,6 +243,9 @@ def normalise_accuracy(stats: NormalStats, chance: np.ndarray
     acc = 1.0 / (1.0 + np.exp(-zbar))
     low = has & (c > 0) & (acc <= floor)
     acc = np.where(low, floor, acc)
+    # cells without accuracies keep their (zero) statistics; map them at the midpoint
+    # between chance and 1 so that nothing below is evaluated at chance
+    acc = np.where(has, acc, c + 0.5 * (1.0 - c))
     x = (acc - c) / (1.0 - c)
     y = np.log(x) - np.log1p(-x)
     slope = (1.0 - c) * acc / (acc - c)  # dy/dz at zbar (1 where c = 0)

@@ -113,11 +113,27 @@ def setting_rate(params: DynamicsParams, effects: SettingEffects | None = None) 
     """
     if effects is None:
         return jnp.asarray(params.kappa)
-    logit_k = jnp.log(params.kappa) - jnp.log1p(-params.kappa)
-    # a zero offset keeps kappa's own bits (the shared drift is exactly the special case;
-    # the shipped parameter files were calibrated with this form)
-    return jnp.where(effects.rate_offset == 0, params.kappa,
-                     jax.nn.sigmoid(logit_k + effects.rate_offset))
+    return _offset_rate(jnp.asarray(params.kappa), jnp.asarray(effects.rate_offset))
+
+
+@jax.custom_jvp
+def _offset_rate(kappa: Array, r: Array) -> Array:
+    # a zero offset keeps kappa's own bits: the shared drift is exactly the special case
+    logit_k = jnp.log(kappa) - jnp.log1p(-kappa)
+    return jnp.where(r == 0, kappa, jax.nn.sigmoid(logit_k + r))
+
+
+@_offset_rate.defjvp
+def _offset_rate_jvp(primals, tangents):
+    # the sigmoid's derivatives everywhere, at r = 0 too (there the plain `where` would
+    # give the offset a zero gradient, and a mode search starting at 0 would not move):
+    # d/dr = s (1 - s), d/dkappa = s (1 - s) / (kappa (1 - kappa)), which is 1 at r = 0
+    kappa, r = primals
+    d_kappa, d_r = tangents
+    out = _offset_rate(kappa, r)
+    slope = out * (1.0 - out)
+    per_kappa = jnp.where(r == 0, 1.0, slope / (kappa * (1.0 - kappa)))
+    return out, per_kappa * d_kappa + slope * d_r
 
 
 def feedback_shift(params: DynamicsParams, feedback: Feedback | None) -> Array:

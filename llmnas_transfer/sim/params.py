@@ -124,10 +124,22 @@ def dynamics_to_dict(p: DynamicsParams) -> dict[str, float]:
 
 FEATURE_NAMES: tuple[str, ...] = ("audio", "text", "log2_image_resolution", "log10_classes")
 
-#: tables of the per-setting trend: logit-rate and log-asymptote effects of datasets and
-#: tasks (absent names get 0: the pooled mean, i.e. the shared trend)
-TREND_TABLES: tuple[str, ...] = ("rate_dataset", "rate_task", "asymptote_dataset",
-                                 "asymptote_task")
+#: tables of the per-setting trend: logit-rate and log-asymptote effects of datasets, of
+#: tasks and of single dataset x task cells (keyed ``"dataset:task"``, see
+#: :func:`setting_key`); absent names get 0: the pooled mean, i.e. the shared trend
+TREND_TABLES: tuple[str, ...] = ("rate_dataset", "rate_task", "rate_setting",
+                                 "asymptote_dataset", "asymptote_task", "asymptote_setting")
+
+
+def setting_key(dataset: str, task: str) -> str:
+    """The key of one dataset x task cell in the ``*_setting`` trend tables.
+
+    Example
+    -------
+    >>> setting_key("svhn", "segmentation")
+    'svhn:segmentation'
+    """
+    return f"{dataset}:{task}"
 
 
 @dataclass(frozen=True)
@@ -138,8 +150,9 @@ class ModelDefaults:
     :data:`FEATURE_NAMES`) used for datasets without a fitted residual. Built-in datasets
     carry fitted residuals on top of the regression. ``trend`` holds the
     :data:`TREND_TABLES`: the rate of setting ``(d, k)`` is
-    ``sigmoid(logit kappa + rate_dataset[d] + rate_task[k])`` and its asymptote
-    ``exp(asymptote_dataset[d] + asymptote_task[k])``; missing entries are 0.
+    ``sigmoid(logit kappa + rate_dataset[d] + rate_task[k] + rate_setting[d:k])`` and its
+    asymptote ``exp(asymptote_dataset[d] + asymptote_task[k] + asymptote_setting[d:k])``;
+    missing entries are 0.
     """
 
     dynamics: dict[str, float]
@@ -274,9 +287,12 @@ class ModelDefaults:
                     self.novelty_modality.get(ds.modality, 0.0)
                     + self._task_value(self.novelty_task, t, None)
                 )
-                r.append(tr["rate_dataset"].get(ds.name, 0.0) + tr["rate_task"].get(t.name, 0.0))
+                cell = setting_key(ds.name, t.name)
+                r.append(tr["rate_dataset"].get(ds.name, 0.0) + tr["rate_task"].get(t.name, 0.0)
+                         + tr["rate_setting"].get(cell, 0.0))
                 mu.append(float(np.exp(tr["asymptote_dataset"].get(ds.name, 0.0)
-                                       + tr["asymptote_task"].get(t.name, 0.0))))
+                                       + tr["asymptote_task"].get(t.name, 0.0)
+                                       + tr["asymptote_setting"].get(cell, 0.0))))
                 c.append(registry.chance_level(ds, t))
         f32 = jnp.float32
         return SettingEffects(*(jnp.asarray(x, f32) for x in (v, a, n, r, mu, c)))

@@ -61,10 +61,11 @@ def test_shared_trend_is_the_special_case():
                                                                n_valid=data.n_valid)
     values = {k: v["value"] for k, v in tr.items()
               if v["type"] == "sample" and not v["is_observed"]}
-    zero = {f"{p}_z_{lvl}": jnp.zeros(n, jnp.float32) for p in ("rate", "asymptote")
-            for lvl, n in (("dataset", 2), ("task", 2))}
+    zero = {f"{p}_z_{lvl}": jnp.zeros(shape, jnp.float32) for p in ("rate", "asymptote")
+            for lvl, shape in (("dataset", 2), ("task", 2), ("setting", (2, 2)))}
     extra = {**zero, "rate_sd_dataset": 0.7, "rate_sd_task": 0.4,
              "asymptote_sd_dataset": 0.3, "asymptote_sd_task": 0.2,
+             "rate_sd_setting": 0.5, "asymptote_sd_setting": 0.3,
              "feedback_validity": 0.0, "feedback_accuracy": 0.0}
     tr2 = handlers.trace(handlers.substitute(handlers.seed(runs_model, 4),
                                              data={**values, **extra})).get_trace(
@@ -138,6 +139,14 @@ def test_trend_sites_and_dims():
                                                                n_valid=data.n_valid)
     for name in ("rate_z_dataset", "rate_z_task", "asymptote_z_dataset", "asymptote_z_task"):
         assert tr[name]["value"].shape == (2,)
+    for name in ("rate_z_setting", "asymptote_z_setting"):
+        assert tr[name]["value"].shape == (2, 2)
+    # the rate offset is the sum of the dataset, task and setting levels
+    r = tr["rate_offset"]["value"]
+    want = (tr["rate_sd_dataset"]["value"] * tr["rate_z_dataset"]["value"])[:, None] \
+        + (tr["rate_sd_task"]["value"] * tr["rate_z_task"]["value"])[None, :] \
+        + tr["rate_sd_setting"]["value"] * tr["rate_z_setting"]["value"]
+    np.testing.assert_allclose(np.asarray(r), np.asarray(want), rtol=1e-6, atol=1e-6)
     assert tr["trend_gap"]["value"].shape == (2, 2)
     assert float(tr["trend_gap"]["value"][0, 0]) == pytest.approx(0.0, abs=1e-6)
     assert np.isfinite(np.asarray(tr["raw_accuracy_gap"]["value"])).all()
@@ -146,6 +155,7 @@ def test_trend_sites_and_dims():
     tr1 = handlers.trace(handlers.seed(runs_model, 0)).get_trace(
         _data(one), spec=one, n_valid=_data(one).n_valid)
     assert "rate_z_task" not in tr1 and "rate_z_dataset" in tr1
+    assert "rate_z_setting" not in tr1 and "asymptote_sd_setting" not in tr1
     # shared: no trend sites at all
     sh = _spec(trend="shared")
     tr2 = handlers.trace(handlers.seed(runs_model, 0)).get_trace(data, spec=sh,
@@ -284,3 +294,17 @@ def test_normalise_accuracy_exact_for_single_values_and_counts_clipping():
     for got, want in zip(same, st, strict=True):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
     assert n0 == 0
+
+
+def test_normalise_accuracy_without_accuracies_at_a_half_chance_is_quiet():
+    # counts-only runs of a 2-class task: nothing is evaluated at chance (no log(0)
+    # warning, which the test suite turns into an error) and the statistics stay zero
+    from llmnas_transfer.fit.preparation import normalise_accuracy
+
+    z = np.zeros((2, 3))
+    out, fb, cells, values = normalise_accuracy(NormalStats(z, z, z, z, z),
+                                                np.asarray([0.5, 0.1]))
+    for got in out:
+        np.testing.assert_array_equal(np.asarray(got), 0.0)
+    np.testing.assert_array_equal(fb, 0.5)
+    assert (cells, values) == (0, 0)

@@ -176,3 +176,32 @@ def test_run_trials_lanes_and_drift(setup):
     n_up, s_up = run(tk, jnp.full(4, 50.0, jnp.float32))
     np.testing.assert_array_equal(s_up, s)
     assert int(n_up.sum()) == 0
+
+
+def test_setting_rate_value_and_gradient_at_and_off_zero():
+    # value: kappa's own bits at a zero offset, sigmoid(logit kappa + r) elsewhere;
+    # gradient in r: the sigmoid's slope, also at exactly 0 (reference: central
+    # differences in float64 with NumPy)
+    d = load_defaults()
+    p = d.dynamics_params()
+    e = d.effects(["cifar-10"], ["classification"])
+    k = float(p.kappa)
+
+    def rate(r):
+        return dynamics.setting_rate(p, e._replace(rate_offset=jnp.reshape(r, (1,))))[0]
+
+    assert float(rate(jnp.float32(0.0))) == k
+    for r in (0.0, 0.7, -1.2):
+        lk = np.log(k) - np.log1p(-k)
+        sig = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+        want = (sig(lk + r + 1e-6) - sig(lk + r - 1e-6)) / 2e-6
+        got = float(jax.grad(rate)(jnp.float32(r)))
+        assert got == pytest.approx(want, rel=1e-4), (r, got, want)
+        assert float(rate(jnp.float32(r))) == pytest.approx(sig(lk + r), rel=1e-6)
+        # in kappa: d sigmoid(logit kappa + r) / d kappa
+        want_k = (sig(np.log(k + 1e-7) - np.log1p(-k - 1e-7) + r)
+                  - sig(np.log(k - 1e-7) - np.log1p(-k + 1e-7) + r)) / 2e-7
+        got_k = float(jax.grad(lambda kk: dynamics.setting_rate(
+            p._replace(kappa=kk), e._replace(rate_offset=jnp.full((1,), r, jnp.float32)))[0])(
+            jnp.float32(k)))
+        assert got_k == pytest.approx(want_k, rel=1e-4), (r, got_k, want_k)

@@ -18,6 +18,22 @@ def test_shipped_defaults_load_and_build_effects():
     assert np.all(np.isfinite(np.asarray(e.validity_offset)))
 
 
+def test_trend_tables_add_dataset_task_and_cell_effects():
+    import dataclasses
+
+    d = load_defaults()
+    tr = {"rate_dataset": {"svhn": -0.5}, "rate_task": {"segmentation": 0.2},
+          "rate_setting": {"svhn:segmentation": -1.0},
+          "asymptote_dataset": {}, "asymptote_task": {"segmentation": 0.1},
+          "asymptote_setting": {"cifar-10:segmentation": -0.4}}
+    e = dataclasses.replace(d, trend=tr).effects(["cifar-10", "svhn"],
+                                                 ["classification", "segmentation"])
+    # dataset-major order: (cifar-10, cls), (cifar-10, seg), (svhn, cls), (svhn, seg)
+    np.testing.assert_allclose(np.asarray(e.rate_offset), [0.0, 0.2, -0.5, -1.3], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(e.asymptote),
+                               np.exp([0.0, -0.3, 0.0, 0.1]), rtol=1e-6)
+
+
 def test_roundtrip(tmp_path):
     d = load_defaults()
     (tmp_path / "p.json").write_text(d.to_json())
