@@ -50,7 +50,10 @@ def test_prior_predictive_finite_and_in_range():
         # in [0, 1]; float32 rounds a few extreme draws (large asymptotes) to 0 or 1
         assert ((pp[k] >= 0) & (pp[k] <= 1)).all(), k
         assert ((pp[k] == 0) | (pp[k] == 1)).mean() < 0.01, k
-    assert (pp["validity_gap"] < 1).all() and (pp["combined_gap"] < 1).all()
+    for k in ("validity_gap", "combined_gap"):
+        # below 1 (the setting's rate is positive); float32 rounds the rare draw whose
+        # rate underflows to a gap of exactly 1
+        assert (pp[k] <= 1).all() and (pp[k] == 1).mean() < 0.01, k
     # the prior is wide but not absurd: validity rates spread over most of (0, 1)
     q = np.quantile(pp["validity"][..., -1], [0.05, 0.95])
     assert q[0] < 0.2 and q[1] > 0.8
