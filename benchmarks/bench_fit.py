@@ -9,6 +9,12 @@ Questions answered (numbers go to ``--out DIR/bench_fit.json``):
 2. SVI on 100x that data (1500 trials per setting): time to convergence. Target < 2 min.
 3. The same model (state marginalised by the same grid filter) in PyMC, sampled with
    PyMC's NUTS on the same data: minimum ESS per second, and the ratio to NumPyro.
+4. Fit speed at the CLI's default settings (4 chains x (1000 warmup + 1000 draws)) on
+   ``examples/runs_counts.csv`` (key ``fit_speed``): a cold fit (a new process, empty
+   persistent compilation cache), a fit in a new process with a warm persistent cache,
+   and a second fit in the same process (the compiled programs reused), with the
+   compile time (first minus second fit of one process) and the diagnostics (max r_hat,
+   divergences, minimum bulk ESS per draw). Targets: cold <= 30 s, second fit <= 10 s.
 
 Compilation is timed separately: the fit is first run for 2 warmup + 2 draws
 (``first_call_s``: compiling the model's functions and the sampler), then for real
@@ -22,6 +28,7 @@ Usage::
     python benchmarks/bench_fit.py --out results/          # full
     python benchmarks/bench_fit.py --quick --out results/  # small smoke run
     python benchmarks/bench_fit.py --skip-pymc --skip-svi
+    python benchmarks/bench_fit.py --speed-only --out results/  # only question 4
 """
 
 from __future__ import annotations
@@ -66,12 +73,26 @@ def main(argv=None) -> int:
                          "tests/fit/test_inference.py)")
     ap.add_argument("--dense-mass", action=argparse.BooleanOptionalAction, default=True,
                     help="NUTS dense (default) or diagonal mass matrix")
+    ap.add_argument("--skip-speed", action="store_true",
+                    help="skip the fit-speed runs of examples/runs_counts.csv")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only the fit-speed runs (question 4)")
+    ap.add_argument("--speed-file", default="examples/runs_counts.csv",
+                    help="runs file of the fit-speed runs")
     ap.add_argument("--grid-check", action="store_true",
                     help="only print the grid filter's log-likelihood error against a "
                          "192-point grid, for several grid sizes and state noises")
     args = ap.parse_args(argv)
     if args.grid_check:
         return _grid_check(args)
+    if args.speed_only:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        res = {"fit_speed": _fit_speed(args)}
+        path = out / "bench_fit_speed.json"
+        path.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {path}")
+        return 0
     import jax
 
     jax.config.update("jax_num_cpu_devices", max(args.chains, 1))
@@ -198,10 +219,95 @@ def main(argv=None) -> int:
                                            "pip install 'llmnas-transfer[bench]'"}
         print("PyMC:", json.dumps(res["pymc_nuts"]))
 
+    if not args.skip_speed:
+        res["fit_speed"] = _fit_speed(args)
+
     path = out / "bench_fit.json"
     path.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {path}")
     return 0
+
+
+#: run in a new process: two fits of one file at the CLI's defaults, timed, as JSON
+_TWO_FITS = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+from llmnas_transfer.cache import enable_compilation_cache
+enable_compilation_cache()
+from llmnas_transfer.fit.sampling import set_cpu_devices
+set_cpu_devices(4)
+from llmnas_transfer.fit.fitfile import fit_info
+from llmnas_transfer.fit.inference import fit_runs
+from llmnas_transfer.summarize.posterior import diagnostics
+out = {"import_s": round(time.perf_counter() - t0, 2), "fits": []}
+for i in range(int(sys.argv[2])):
+    load = [round(x, 2) for x in os.getloadavg()]
+    t = time.perf_counter()
+    dt = fit_runs(sys.argv[1], seed=0)
+    wall = time.perf_counter() - t
+    info, d = fit_info(dt), diagnostics(dt)
+    ss = dt["sample_stats"].dataset
+    n = int(ss.sizes["chain"] * ss.sizes["draw"])
+    out["fits"].append({
+        "wall_s": round(wall, 2), "seconds_sampling": info.seconds_sampling,
+        "seconds_total": info.seconds_total, "chain_method": info.chain_method,
+        "max_r_hat": round(float(d.stats["max_r_hat"]), 4),
+        "divergences": int(d.stats["divergences"]),
+        "min_ess_bulk": round(float(d.stats["min_ess_bulk"]), 1),
+        "min_ess_bulk_per_draw": round(float(d.stats["min_ess_bulk"]) / n, 3),
+        "mean_leapfrog_steps": round(float(ss["n_steps"].mean()), 1),
+        "load_avg_before": load, "load_avg_after": [round(x, 2) for x in os.getloadavg()]})
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _fit_speed(args) -> dict:
+    """Fit-speed runs (question 4), each in a new process: the CLI on an empty
+    persistent cache (cold) and on the cache it left (warm), and two fits in one process
+    (``fit_runs``, the second one reusing the compiled programs)."""
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    runs = str((root / args.speed_file) if not Path(args.speed_file).is_absolute()
+               else args.speed_file)
+    cli = [sys.executable, "-c", "import sys; from llmnas_transfer.cli import main; "
+           "sys.exit(main())"]
+    res: dict = {"runs_file": args.speed_file,
+                 "settings": "CLI defaults: 4 chains x (1000 warmup + 1000 draws), seed 0"}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "XDG_CACHE_HOME": tmp}
+        env.pop("LLMNAS_TRANSFER_CACHE", None)
+        for name in ("cli_cold_s", "cli_warm_cache_s"):
+            load = _load()
+            t = time.perf_counter()
+            r = subprocess.run([*cli, "fit", runs, "--out", str(Path(tmp) / "f.nc"),
+                                "--no-progress"], env=env, capture_output=True, text=True)
+            res[name] = round(time.perf_counter() - t, 2)
+            res[name.replace("_s", "_load_avg")] = [load, _load()]
+            if r.returncode not in (0, 1):
+                res[name.replace("_s", "_error")] = r.stderr[-2000:]
+            print(f"{name}: {res[name]} s (load {load})", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:  # two fits in one process, empty cache
+        env = {**os.environ, "XDG_CACHE_HOME": tmp}
+        env.pop("LLMNAS_TRANSFER_CACHE", None)
+        r = subprocess.run([sys.executable, "-c", _TWO_FITS, runs, "2"], env=env,
+                           capture_output=True, text=True, cwd=root)
+    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    if not line:
+        res["same_process_error"] = r.stderr[-2000:]
+        return res
+    two = json.loads(line[-1][len("RESULT "):])
+    first, second = two["fits"]
+    res["same_process"] = two
+    res["first_fit_s"], res["second_fit_s"] = first["wall_s"], second["wall_s"]
+    res["compile_s_estimate"] = round(first["wall_s"] - second["wall_s"], 2)
+    res["sampling_s"] = second["seconds_sampling"]
+    res["meets_targets"] = bool(res.get("cli_cold_s", 1e9) <= 30
+                                and second["wall_s"] <= 10)
+    print("fit speed:", json.dumps({k: v for k, v in res.items() if k != "same_process"}),
+          flush=True)
+    return res
 
 
 def _grid_check(args) -> int:

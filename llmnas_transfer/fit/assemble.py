@@ -35,7 +35,7 @@ from llmnas_transfer.fit.model import (
     runs_model,
 )
 from llmnas_transfer.fit.preparation import Prepared
-from llmnas_transfer.fit.sampling import Sampled
+from llmnas_transfer.fit.sampling import MAX_TREE_DEPTH, Sampled
 from llmnas_transfer.io.runs import ObservedRuns
 
 #: the sites :func:`~llmnas_transfer.fit.model.params_from_sample` reads
@@ -46,12 +46,21 @@ _NEEDED = ("kappa", "state_noise", "init_sd", "validity_slope", "accuracy_slope"
 
 
 class _DrawsAdapter:
-    """Lets :func:`arviz.from_numpyro` convert draws that did not come from MCMC (SVI)."""
+    """Lets :func:`arviz.from_numpyro` convert draws given as arrays (NUTS and SVI).
 
-    def __new__(cls, samples, model, args, kwargs):
+    ``stats`` are the sampler's per-draw statistics named as NumPyro's MCMC
+    ``extra_fields`` (``potential_energy``, ``num_steps``, ...) and ``step_size``; ArviZ
+    renames them (``lp``, ``n_steps``, ...) and adds ``tree_depth``. ``None`` (SVI): no
+    ``sample_stats``.
+    """
+
+    def __new__(cls, samples, model, args, kwargs, stats: dict | None = None,
+                max_tree_depth: int | None = None):
         from arviz_base.io_numpyro import NumPyroInferenceAdapter
 
         class Adapter(NumPyroInferenceAdapter):
+            _max_tree_depth = max_tree_depth
+
             @property
             def sample_dims(self):
                 return ["chain", "draw"]
@@ -59,21 +68,16 @@ class _DrawsAdapter:
             def get_samples(self, seed=None, **kw):
                 return samples
 
+            def get_sample_stats(self, **kw):
+                if not stats:
+                    return {}
+                out = {k: np.asarray(v) for k, v in stats.items() if k != "step_size"}
+                if "step_size" in stats:
+                    out["adapt_state.step_size"] = np.asarray(stats["step_size"])
+                return out
+
         shape = next(iter(samples.values())).shape[:2]
         return Adapter(None, model, args, kwargs, shape)
-
-
-class _MCMCAdapter:
-    """ArviZ's MCMC adapter with the deterministic sites added to the draws."""
-
-    def __new__(cls, mcmc, extra: dict):
-        from arviz_base.io_numpyro import MCMCAdapter
-
-        class Adapter(MCMCAdapter):
-            def get_samples(self, seed=None, **kw):
-                return {**self.posterior.get_samples(group_by_chain=True), **extra}
-
-        return Adapter(mcmc)
 
 
 def _to_host(dt: xr.DataTree) -> xr.DataTree:
@@ -227,11 +231,9 @@ def assemble_tree(
     # multivariate-normal sites: their event dim is not a plate
     extra_dims.update({"difficulty_observed": ["observed_dataset"],
                        "accuracy_level_observed": ["observed_dataset"]})
-    if sampled.mcmc is not None:
-        posterior = _MCMCAdapter(sampled.mcmc, sampled.deterministic or {})
-    else:
-        posterior = _DrawsAdapter(samples, runs_model, (data,),
-                                  {"spec": spec, "n_valid": data.n_valid})
+    posterior = _DrawsAdapter(samples, runs_model, (data,),
+                              {"spec": spec, "n_valid": data.n_valid},
+                              stats=sampled.stats, max_tree_depth=MAX_TREE_DEPTH)
 
     prior = Predictive(runs_model, num_samples=prior_draws)(k_prior, data, spec=spec)
     # per-run computations (posterior predictive, pointwise log-likelihood, forecasts)

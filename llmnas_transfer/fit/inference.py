@@ -109,7 +109,7 @@ def fit_runs(
     max_pointwise : bound on draws x (run, iteration) cells for the per-run groups
         (posterior predictive, log-likelihood, forecasts); with more data those use
         evenly thinned draws (their ``draw`` coordinate says which).
-    progress : show NumPyro's progress bar.
+    progress : show SVI's progress bar (NUTS runs as one compiled program, without one).
     trend : ``"setting"`` (default: each setting has its own refinement rate and
         asymptote, partially pooled, and the feedback of each iteration moves the state)
         or ``"shared"`` (one drift for every setting, no feedback); see

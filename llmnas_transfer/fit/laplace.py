@@ -1,8 +1,11 @@
 """Start NUTS from a Laplace approximation: posterior mode, curvature, chain starts.
 
 :func:`laplace_start` runs L-BFGS on the model's potential from several points at once,
-takes the Hessian at the best end point and returns a :class:`LaplaceStart`: the mode, its
-covariance (NUTS's initial metric) and one start per chain drawn from that Gaussian. Both
+takes the Hessian at the best end point (central differences of the gradient) and returns
+a :class:`LaplaceStart`: the mode, its covariance (NUTS's initial metric) and one start
+per chain drawn from that Gaussian. The solver is one compiled program per model and
+padded data shape (:func:`~llmnas_transfer.fit.preparation.pad_runs`), reused by later
+fits in the process and, through JAX's persistent cache, by later processes. Both
 :func:`~llmnas_transfer.fit.inference.fit_runs` and :func:`llmnas_transfer.fit.checks.sbc`
 start their chains here.
 """
@@ -18,7 +21,7 @@ import numpy as np
 from numpyro.infer import init_to_value
 
 from llmnas_transfer.fit.model import ModelSpec, RunsData, prior_medians, runs_model
-from llmnas_transfer.fit.preparation import Prepared
+from llmnas_transfer.fit.preparation import Prepared, pad_runs
 from llmnas_transfer.validate import check_int
 
 
@@ -65,39 +68,117 @@ def _unconstrained_init(key, data: RunsData, spec: ModelSpec, values: tuple) -> 
             if site["type"] == "sample" and not site["is_observed"]}
 
 
+#: L-BFGS memory (pairs of steps and gradient changes kept)
+_MEMORY = 10
+#: Armijo sufficient-decrease constant of the backtracking line search
+_ARMIJO = 1e-4
+#: finite-difference step of the Hessian, relative to max(1, |x|)
+_FD_STEP = 1e-3
+
+
+def _two_loop(g, S, Y, rho, gamma):
+    """L-BFGS direction ``-H g`` from the memory (oldest first; unused pairs are 0)."""
+    def back(q, syr):
+        s, y, r = syr
+        a = r * jnp.dot(s, q)
+        return q - a * y, a
+
+    q, alphas = jax.lax.scan(back, g, (S, Y, rho), reverse=True)
+    r = gamma * q
+
+    def fwd(r, syra):
+        s, y, rr, a = syra
+        return r + s * (a - rr * jnp.dot(y, r)), None
+
+    r, _ = jax.lax.scan(fwd, r, (S, Y, rho, alphas))
+    return -r
+
+
 @partial(jax.jit, static_argnames=("spec", "max_iter"))
 def _laplace_solve(z0s: dict, data: RunsData, spec: ModelSpec, max_iter: int):
-    """L-BFGS on the potential from each start (leading axis of ``z0s``, vmapped), then
-    the Hessian at the best end point. Compiled once per data shape and spec, not once
-    per fit. Returns ``(x, potential(x), hessian)``."""
-    import optax
+    """L-BFGS on the potential from each start (leading axis of ``z0s``), then the Hessian
+    at the best end point. Returns ``(x, potential(x), hessian, potential per start)``.
+
+    The potential and its gradient are evaluated at one place in the program, a batch of
+    points per step of one scan: first ``2 max_iter`` steps of L-BFGS with a backtracking
+    (Armijo) line search, every start at once, then the Hessian by central differences of
+    the gradient at the best end point, a batch of ``num_starts`` points a step. XLA
+    compiles each evaluation of the model (and each derivative of it) separately, so one
+    evaluation site compiles several times faster than a solver with a line search and an
+    exact Hessian (``jax.hessian``). Compiled once per padded data shape and spec and
+    found in JAX's persistent cache by later processes (the data are arguments)."""
     from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import potential_energy
 
     _, unravel = ravel_pytree(jax.tree.map(lambda a: a[0], z0s))
     x0s = jax.vmap(lambda z: ravel_pytree(z)[0])(z0s)
+    B, n = x0s.shape
+    m = _MEMORY
     kwargs = {"spec": spec, "n_valid": data.n_valid, "deterministic": False}
 
     def potential(x):
         return potential_energy(runs_model, (data,), kwargs, unravel(x))
 
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(potential)
+    vg = jax.vmap(jax.value_and_grad(potential))
+    n_opt = 2 * max_iter
+    n_fd = -(-2 * n // B)  # steps of the finite differences
+    f32 = x0s.dtype
 
-    def solve(x0):
-        def body(carry, _):
-            x, state = carry
-            v, g = value_and_grad(x, state=state)
-            u, state = opt.update(g, state, x, value=v, grad=g, value_fn=potential)
-            return (optax.apply_updates(x, u), state), v
+    def accept_step(x, f, g, d, alpha, S, Y, rho, gamma, xt, ft, gt):
+        """One start: accept the trial point (Armijo) or halve the step."""
+        ok = jnp.isfinite(ft) & jnp.all(jnp.isfinite(gt)) & (
+            ft <= f + _ARMIJO * alpha * jnp.dot(g, d))
+        sv, yv = xt - x, gt - g
+        sy = jnp.dot(sv, yv)
+        keep = ok & (sy > 1e-10)
+        S2 = jnp.where(keep, jnp.concatenate([S[1:], sv[None]]), S)
+        Y2 = jnp.where(keep, jnp.concatenate([Y[1:], yv[None]]), Y)
+        rho2 = jnp.where(keep, jnp.concatenate([rho[1:], (1.0 / jnp.where(keep, sy, 1.0))[None]]),
+                         rho)
+        gamma2 = jnp.where(keep, sy / jnp.maximum(jnp.dot(yv, yv), 1e-30), gamma)
+        x2, f2, g2 = (jnp.where(ok, xt, x), jnp.where(ok, ft, f), jnp.where(ok, gt, g))
+        d_new = _two_loop(g2, S2, Y2, rho2, gamma2)
+        descent = jnp.dot(d_new, g2) < 0
+        # no descent direction: forget the memory, steepest descent
+        S2, Y2, rho2 = (jnp.where(descent, a, 0.0) for a in (S2, Y2, rho2))
+        d_new = jnp.where(descent, d_new, -g2 / jnp.maximum(1.0, jnp.linalg.norm(g2)))
+        tiny = alpha < 1e-6  # the line search failed: restart from steepest descent
+        d2 = jnp.where(ok, d_new, jnp.where(tiny, -g / jnp.maximum(1.0, jnp.linalg.norm(g)), d))
+        alpha2 = jnp.where(ok | tiny, 1.0, 0.5 * alpha)
+        S2, Y2, rho2 = (jnp.where(ok | ~tiny, a, 0.0) for a in (S2, Y2, rho2))
+        return x2, f2, g2, d2, alpha2, S2, Y2, rho2, gamma2
 
-        (x, _), _ = jax.lax.scan(body, (x0, opt.init(x0)), None, length=max_iter)
-        return x, potential(x)
+    def body(carry, i):
+        x, f, g, d, alpha, S, Y, rho, gamma, buf = carry
+        fd_phase = i >= n_opt
+        best = jnp.argmin(jnp.where(jnp.isfinite(f), f, jnp.inf))
+        xb = x[best]
+        h = _FD_STEP * jnp.maximum(1.0, jnp.abs(xb))
+        j = (i - n_opt) * B + jnp.arange(B)  # finite-difference points of this step
+        col = j % n
+        sign = jnp.where(j < n, 1.0, -1.0).astype(f32)
+        fd_pts = xb[None] + sign[:, None] * h[col][:, None] * jax.nn.one_hot(col, n, dtype=f32)
+        pts = jnp.where(fd_phase, fd_pts, x + alpha[:, None] * d)
+        ft, gt = vg(pts)
+        new = jax.vmap(accept_step)(x, f, g, d, alpha, S, Y, rho, gamma, pts, ft, gt)
+        new = jax.tree.map(lambda a, b: jnp.where(fd_phase, a, b),
+                           (x, f, g, d, alpha, S, Y, rho, gamma), new)
+        at = jnp.where(fd_phase, (i - n_opt) * B, n_fd * B)  # the spare rows otherwise
+        buf = jax.lax.dynamic_update_slice(buf, gt, (at, 0))
+        return (*new, buf), None
 
-    xs, funs = jax.vmap(solve)(x0s)
-    best = jnp.argmin(jnp.where(jnp.isfinite(funs), funs, jnp.inf))
-    x = xs[best]
-    return x, funs[best], jax.hessian(potential)(x)
+    # the first step evaluates the starts themselves (f = inf accepts them)
+    init = (x0s, jnp.full((B,), jnp.inf, f32), jnp.zeros_like(x0s), jnp.zeros_like(x0s),
+            jnp.zeros((B,), f32), jnp.zeros((B, m, n), f32), jnp.zeros((B, m, n), f32),
+            jnp.zeros((B, m), f32), jnp.ones((B,), f32),
+            jnp.zeros(((n_fd + 1) * B, n), f32))
+    (x, f, g, _, _, _, _, _, _, buf), _ = jax.lax.scan(
+        body, init, jnp.arange(n_opt + n_fd))
+    best = jnp.argmin(jnp.where(jnp.isfinite(f), f, jnp.inf))
+    xb = x[best]
+    h = _FD_STEP * jnp.maximum(1.0, jnp.abs(xb))
+    hess = (buf[:n] - buf[n:2 * n]) / (2.0 * h[:, None])
+    return xb, f[best], hess, f, g[best]
 
 
 def laplace_start(key: jax.Array, prep: Prepared, chains: int, *, max_iter: int = 150,
@@ -115,7 +196,8 @@ def laplace_start(key: jax.Array, prep: Prepared, chains: int, *, max_iter: int 
     ``num_starts`` points at once and the lowest potential wins. Start 0 puts the scalar
     dynamics at their prior medians and every other unconstrained coordinate at 0; the
     others keep the prior medians and draw the rest uniformly on (-2, 2), as NumPyro's
-    ``init_to_uniform`` does.
+    ``init_to_uniform`` does. Each start gets ``2 max_iter`` evaluations of the potential
+    and its gradient (line-search trials included).
 
     Example
     -------
@@ -129,7 +211,9 @@ def laplace_start(key: jax.Array, prep: Prepared, chains: int, *, max_iter: int 
     from jax.flatten_util import ravel_pytree
 
     num_starts = check_int("num_starts", num_starts, 1, 1024)
-    spec, data = prep.spec, prep.data
+    # empty runs up to the bucket size leave the potential unchanged and let fits of
+    # similar sizes share the compiled solver
+    spec, data = prep.spec, pad_runs(prep.data)
     k_model, k_draw = jax.random.split(key)
     k_starts = jax.random.fold_in(key, 2)
     # the optimiser starts from the prior centres of the dynamics (a random start can
@@ -148,7 +232,7 @@ def laplace_start(key: jax.Array, prep: Prepared, chains: int, *, max_iter: int 
                                    v.dtype, -2.0, 2.0)
             starts[name] = u.at[0].set(0.0)
     _, unravel = ravel_pytree(z)
-    x, fun, hess = jax.device_get(_laplace_solve(starts, data, spec, max_iter))
+    x, fun, hess, _, grad = jax.device_get(_laplace_solve(starts, data, spec, max_iter))
     n = x.shape[0]
     hess = 0.5 * (np.asarray(hess, np.float64) + np.asarray(hess, np.float64).T)
     ok = bool(np.all(np.isfinite(hess)) and np.isfinite(fun))
@@ -157,6 +241,11 @@ def laplace_start(key: jax.Array, prep: Prepared, chains: int, *, max_iter: int 
         ok = bool(w.min() > 0)
     if ok:
         cov = (v / w) @ v.T
+        # one Newton step polishes the end point (float32 potentials of large data stop
+        # the line search a little short of the mode); skipped if it is not small
+        step = cov @ np.asarray(grad, np.float64)
+        if np.all(np.isfinite(step)) and np.max(np.abs(step) / np.sqrt(np.diag(cov))) < 1:
+            x = np.asarray(x, np.float64) - step
         chol = np.linalg.cholesky(cov + 1e-9 * np.eye(n))
     else:
         cov, chol = np.eye(n), np.eye(n) * 0.1
@@ -165,7 +254,7 @@ def laplace_start(key: jax.Array, prep: Prepared, chains: int, *, max_iter: int 
     init = jax.vmap(unravel)(jnp.asarray(chain_starts, jnp.float32))
     if chains == 1:  # NumPyro takes a single chain's start without the chain axis
         init = jax.tree.map(lambda a: a[0], init)
-    return LaplaceStart(unravel(jnp.asarray(x)), cov, init, ok, float(fun))
+    return LaplaceStart(unravel(jnp.asarray(x, jnp.float32)), cov, init, ok, float(fun))
 
 
 __all__ = ["LaplaceStart", "laplace_start"]

@@ -266,6 +266,60 @@ def normalise_accuracy(stats: NormalStats, chance: np.ndarray
     return out, feedback.astype(np.float32), int(low.sum()), int(n[low].sum())
 
 
+def run_bucket(n: int) -> int:
+    """The padded number of runs for ``n`` runs: ``n`` rounded up to a multiple of a
+    quarter of the power of two below it (at least 8), so at most 25% padding.
+
+    Fits whose run counts share a bucket share the compiled sampler and Laplace start.
+
+    Example
+    -------
+    >>> [run_bucket(n) for n in (1, 8, 9, 45, 90, 100, 1000)]
+    [8, 8, 10, 48, 96, 112, 1024]
+    """
+    n = max(int(n), 1)
+    if n <= 8:
+        return 8
+    step = max(2, (1 << (n.bit_length() - 1)) // 4)
+    return -(-n // step) * step
+
+
+def pad_runs(data: RunsData, size: int | None = None) -> RunsData:
+    """``data`` with empty runs appended up to ``size`` rows (default :func:`run_bucket`).
+
+    An empty run has ``n_generated == 0`` and zero statistics at every iteration, as an
+    unobserved cell: its log-likelihood is 0 (to about 1e-6 per cell, the filter's
+    rescaling in float32), so the posterior is that of the unpadded data.
+
+    Example
+    -------
+    >>> z = jnp.zeros((3, 2))
+    >>> d = RunsData(jnp.zeros(3, jnp.int32), jnp.zeros(3, jnp.int32), z + 10, z + 4,
+    ...              NormalStats(z, z, z, z, z), NormalStats(z, z, z, z, z))
+    >>> pad_runs(d).n_generated.shape, float(pad_runs(d).n_generated[3:].sum())
+    ((8, 2), 0.0)
+    """
+    n = int(data.n_generated.shape[0])
+    size = run_bucket(n) if size is None else int(size)
+    if size < n:
+        raise ValueError(f"cannot pad {n} runs to {size}")
+    if size == n:
+        return data
+    extra = size - n
+
+    def pad(x, value=0.0):
+        x = jnp.asarray(x)
+        fill = jnp.full((extra,) + x.shape[1:], value, x.dtype)
+        return jnp.concatenate([x, fill], axis=0)
+
+    return RunsData(
+        pad(data.dataset_idx), pad(data.task_idx), pad(data.n_generated),
+        pad(data.n_valid), NormalStats(*(pad(x) for x in data.accuracy)),
+        NormalStats(*(pad(x) for x in data.novelty)),
+        None if data.accuracy_feedback is None else pad(data.accuracy_feedback, 0.5),
+    )
+
+
 def prepare(
     runs: ObservedRuns,
     *,
@@ -378,4 +432,4 @@ def prepare(
 
 
 __all__ = ["ACCURACY_FLOOR", "NEW_DATASET_FIELDS", "Prepared", "check_levels",
-           "normalise_accuracy", "parse_reference", "prepare"]
+           "normalise_accuracy", "pad_runs", "parse_reference", "prepare", "run_bucket"]

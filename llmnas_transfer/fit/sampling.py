@@ -1,7 +1,9 @@
-"""Sample the posterior of prepared runs: NUTS (NumPyro's MCMC) or SVI (a Gaussian guide).
+"""Sample the posterior of prepared runs: NUTS (NumPyro's NUTS kernel) or SVI (a Gaussian guide).
 
 :func:`sample_nuts` runs NUTS from a :class:`~llmnas_transfer.fit.laplace.LaplaceStart`
-(chains in parallel when there are enough JAX devices, see :func:`set_cpu_devices`);
+(chains in parallel when there are enough JAX devices, see :func:`set_cpu_devices`) as one
+compiled program per model, padded data shape and sampler settings (:func:`nuts_program`),
+which later fits in the process reuse and later processes find in JAX's persistent cache;
 :func:`sample_svi` fits a full-rank (or, above 200 latent dimensions, low-rank) Gaussian
 guide with optax Adam and draws from it. Both return a :class:`Sampled`: the draws of
 every site as ``(chain, draw, ...)`` arrays, deterministic sites included
@@ -10,7 +12,7 @@ every site as ``(chain, draw, ...)`` arrays, deterministic sites included
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import NamedTuple
 
 import jax
@@ -18,8 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 from numpyro.infer import (
-    MCMC,
-    NUTS,
     SVI,
     Predictive,
     Trace_ELBO,
@@ -32,15 +32,21 @@ from llmnas_transfer.fit.laplace import LaplaceStart
 from llmnas_transfer.fit.model import (
     DETERMINISTIC_DIMS,
     ModelSpec,
+    RunsData,
     derived_quantities,
     prior_medians,
     runs_model,
 )
-from llmnas_transfer.fit.preparation import Prepared
+from llmnas_transfer.fit.preparation import Prepared, pad_runs
 from llmnas_transfer.validate import check_float, check_int
 
-#: NUTS statistics kept per draw (ArviZ's ``sample_stats``)
+#: NUTS statistics kept per draw (ArviZ's ``sample_stats``), named as NumPyro's MCMC
+#: ``extra_fields``
 EXTRA_FIELDS = ("potential_energy", "energy", "num_steps", "accept_prob", "diverging")
+#: what :func:`sample_nuts` returns per draw: :data:`EXTRA_FIELDS` and the step size
+STAT_FIELDS = (*EXTRA_FIELDS, "step_size")
+#: NumPyro's default maximum tree depth (ArviZ's ``reached_max_tree_depth``)
+MAX_TREE_DEPTH = 10
 #: SVI mini-batch (runs per step) used when there are more runs than this
 SVI_BATCH = 2048
 #: the SVI guide's initial scale is 0.1 up to about this many runs (paper size, where the
@@ -55,16 +61,17 @@ class Sampled(NamedTuple):
     ``samples`` maps every site (latent and deterministic) to a ``(chain, draw, ...)``
     array; ``attrs`` holds the sampler's settings as recorded in the fit's attributes
     (chains, draws, warmup, chain_method, metric and, for SVI, svi_steps and
-    svi_learning_rate). NUTS keeps its ``mcmc`` object (sampler statistics) and the
-    ``deterministic`` sites it added to the draws; SVI keeps its ELBO ``losses``.
+    svi_learning_rate). NUTS keeps the ``deterministic`` sites it added to the draws and
+    its per-draw ``stats`` (:data:`STAT_FIELDS`, ``(chain, draw)`` NumPy arrays); SVI
+    keeps its ELBO ``losses``.
     """
 
     method: str
     samples: dict
     attrs: dict
-    mcmc: MCMC | None = None
     deterministic: dict | None = None
     losses: np.ndarray | None = None
+    stats: dict | None = None
 
 
 def set_cpu_devices(n: int) -> int:
@@ -118,6 +125,92 @@ def deterministic_sites(samples: dict, spec: ModelSpec) -> dict:
     return {k: np.asarray(v).reshape(shape + np.shape(v)[1:]) for k, v in out.items()}
 
 
+class NutsProgram(NamedTuple):
+    """What :func:`nuts_program` compiles for: the model and the sampler's sizes and settings
+    (every field is a static argument of the compiled program)."""
+
+    spec: ModelSpec
+    chains: int
+    warmup: int
+    draws: int
+    target_accept: float
+    dense_mass: bool
+    adapt_metric: bool
+    parallel: bool
+
+
+def _model_kwargs(data: RunsData, spec: ModelSpec) -> dict:
+    return {"spec": spec, "n_valid": data.n_valid, "deterministic": False}
+
+
+def _nuts_chain(key, z0: dict, data: RunsData, inverse_mass_matrix, prog: NutsProgram):
+    """One NUTS chain (warmup and draws in one scan, so the sampler's step is compiled
+    once): the constrained draws and the per-draw statistics (:data:`STAT_FIELDS`)."""
+    from numpyro.infer.hmc import hmc
+    from numpyro.infer.util import constrain_fn, potential_energy
+
+    kwargs = _model_kwargs(data, prog.spec)
+
+    def potential_gen(d, **kw):
+        return partial(potential_energy, runs_model, (d,), kw)
+
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
+    block = tuple(sorted(z0))
+    state = init_kernel(z0, prog.warmup, inverse_mass_matrix={block: inverse_mass_matrix},
+                        adapt_mass_matrix=prog.adapt_metric,
+                        dense_mass=[block] if prog.dense_mass else [],
+                        target_accept_prob=prog.target_accept, model_args=(data,),
+                        model_kwargs=kwargs, rng_key=key)
+
+    def step(s, _):
+        s = sample_kernel(s, model_args=(data,), model_kwargs=kwargs)
+        return s, (s.z, {"potential_energy": s.potential_energy, "energy": s.energy,
+                         "num_steps": s.num_steps, "accept_prob": s.accept_prob,
+                         "diverging": s.diverging, "step_size": s.adapt_state.step_size})
+
+    _, (zs, stats) = jax.lax.scan(step, state, None, length=prog.warmup + prog.draws)
+    zs, stats = jax.tree.map(lambda a: a[prog.warmup:], (zs, stats))
+    latent = jax.vmap(lambda z: constrain_fn(runs_model, (data,), kwargs, z))(zs)
+    return latent, stats
+
+
+@lru_cache(maxsize=32)
+def nuts_program(prog: NutsProgram):
+    """The compiled NUTS run for a model and sampler settings, built once per process.
+
+    Returns ``run(key, data, init_params, inverse_mass_matrix)``: ``data`` a
+    :class:`~llmnas_transfer.fit.model.RunsData` (any runs of the same shapes: pad them
+    with :func:`~llmnas_transfer.fit.preparation.pad_runs`), ``init_params`` the
+    unconstrained start of every chain (a leading chain axis), ``inverse_mass_matrix``
+    the initial metric over the sorted latent sites (dense ``(n, n)`` or diagonal
+    ``(n,)``). It gives the constrained draws of the latent sites and the sampler's
+    statistics (:data:`STAT_FIELDS`), each ``(chain, draw, ...)``.
+
+    The data are arguments, never constants of the program: fits of data of the same
+    shapes share it in a process, and across processes JAX's persistent compilation
+    cache (:mod:`llmnas_transfer.cache`) finds it. Chains run one a device (``pmap``)
+    when ``prog.parallel``, else one after another in one program.
+    """
+    chain = partial(_nuts_chain, prog=prog)
+    if prog.parallel:  # one chain a device
+        pchain = jax.pmap(chain, in_axes=(0, 0, None, None))
+
+        def run(key, data, init_params, inverse_mass_matrix):
+            return pchain(jax.random.split(key, prog.chains), init_params, data,
+                          inverse_mass_matrix)
+
+        return run
+
+    # one chain after another (vmapped chains were 4 times slower on the 2-core CPU: each
+    # NUTS step of the batch runs to the longest tree)
+    @jax.jit
+    def run_seq(key, data, init_params, inverse_mass_matrix):
+        return jax.lax.map(lambda a: chain(a[0], a[1], data, inverse_mass_matrix),
+                           (jax.random.split(key, prog.chains), init_params))
+
+    return run_seq
+
+
 def sample_nuts(
     key: jax.Array,
     prep: Prepared,
@@ -131,12 +224,14 @@ def sample_nuts(
     adapt_metric: bool | None = None,
     progress: bool = False,
 ) -> Sampled:
-    """Run NUTS on prepared runs from a Laplace start (NumPyro's ``MCMC``).
+    """Run NUTS on prepared runs from a Laplace start (NumPyro's functional NUTS kernel).
 
     The chains start at ``start.init_params``; the metric is the Laplace covariance,
     adapted in the warmup only where the approximation failed (``adapt_metric=None``) or
     when ``adapt_metric`` is True. Chains run in parallel when there are at least
-    ``chains`` JAX devices, else one after another.
+    ``chains`` JAX devices, else one after another. The sampler is compiled once per
+    model, padded data shape and settings (:func:`nuts_program`) and reused by later
+    fits; ``progress`` is accepted for compatibility (the compiled run shows no bar).
 
     Example
     -------
@@ -150,26 +245,32 @@ def sample_nuts(
     >>> s.attrs["metric"], s.samples["kappa"].shape  # doctest: +SKIP
     ('laplace', (1, 20))
     """
+    del progress
     chains = check_int("chains", chains, 1, 64)
     draws = check_int("draws", draws, 1, 10**6)
     warmup = check_int("warmup", warmup, 1, 10**6)
     target_accept = check_float("target_accept", target_accept, 0.5, 1.0, high_open=True)
-    spec, data = prep.spec, prep.data
-    chain_method = ("parallel" if jax.local_device_count() >= chains and chains > 1
-                    else "sequential")
+    spec = prep.spec
+    data = pad_runs(prep.data)
+    parallel = jax.local_device_count() >= chains > 1
+    chain_method = "parallel" if parallel else "sequential"
     adapt = (not start.converged) if adapt_metric is None else bool(adapt_metric)
-    kernel = NUTS(runs_model, target_accept_prob=target_accept,
-                  dense_mass=dense_mass, adapt_mass_matrix=adapt,
-                  inverse_mass_matrix=start.inverse_mass_matrix(dense_mass))
-    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
-                chain_method=chain_method, progress_bar=progress)
-    mcmc.run(key, data, extra_fields=EXTRA_FIELDS, init_params=start.init_params,
-             spec=spec, n_valid=data.n_valid, deterministic=False)
-    latent = jax.device_get(mcmc.get_samples(group_by_chain=True))
+    cov = np.asarray(start.cov, np.float32)  # the identity where the Laplace fit failed
+    imm = jnp.asarray(cov if dense_mass else np.diag(cov))
+    init = start.init_params
+    if chains == 1:  # laplace_start gives a single chain's start without the chain axis
+        init = jax.tree.map(lambda a: jnp.asarray(a)[None], init)
+    run = nuts_program(NutsProgram(spec, chains, draws=draws, warmup=warmup,
+                                   target_accept=float(target_accept),
+                                   dense_mass=bool(dense_mass), adapt_metric=adapt,
+                                   parallel=parallel))
+    latent, stats = jax.device_get(run(key, data, init, imm))
+    latent = {k: np.asarray(v) for k, v in latent.items()}
+    stats = {k: np.asarray(v) for k, v in stats.items()}
     det = deterministic_sites(latent, spec)
     attrs = {"chains": chains, "draws": draws, "warmup": warmup,
              "chain_method": chain_method, "metric": "adapted" if adapt else "laplace"}
-    return Sampled("nuts", {**latent, **det}, attrs, mcmc=mcmc, deterministic=det)
+    return Sampled("nuts", {**latent, **det}, attrs, deterministic=det, stats=stats)
 
 
 def sample_svi(
@@ -244,6 +345,7 @@ def sample_svi(
 
 
 __all__ = [
-    "EXTRA_FIELDS", "SVI_BATCH", "SVI_SCALE_RUNS", "Sampled", "deterministic_sites",
-    "sample_nuts", "sample_svi", "set_cpu_devices",
+    "EXTRA_FIELDS", "MAX_TREE_DEPTH", "STAT_FIELDS", "SVI_BATCH", "SVI_SCALE_RUNS",
+    "NutsProgram", "Sampled", "deterministic_sites", "nuts_program", "sample_nuts",
+    "sample_svi", "set_cpu_devices",
 ]

@@ -1,6 +1,6 @@
-"""Every bad input is caught before any work: one line on stderr, exit 2, no traceback,
-within seconds (the sampler and the calibration are replaced by functions that fail if
-called), plus the shared flags (``--no-progress``), help texts with defaults, ``calibrate``
+"""Every bad input is caught before any work: one line on stderr, exit 2, no traceback
+(the sampler and the calibration are replaced by functions that fail if called), plus
+the shared flags (``--no-progress``), help texts with defaults, ``calibrate``
 without ``--out`` and the import of the CLI leaving JAX's backend unstarted."""
 
 from __future__ import annotations
@@ -45,12 +45,11 @@ def run(argv, capsys):
 
 
 def one_line_error(argv, capsys, *parts):
-    rc, _, err, seconds = run(argv, capsys)
+    rc, _, err, _ = run(argv, capsys)
     assert rc == 2, (argv, err)
     assert err.count("\n") == 1 and "Traceback" not in err, err
     for p in parts:
         assert p in err, (argv, err)
-    assert seconds < 20
     return err
 
 

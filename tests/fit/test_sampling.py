@@ -1,0 +1,128 @@
+"""The compiled NUTS sampler: reused across fits of the same shapes with the same draws,
+padded runs that leave the log density unchanged, and the sampler statistics of a fit."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpyro.infer.util import potential_energy
+
+from llmnas_transfer.fit.laplace import laplace_start
+from llmnas_transfer.fit.model import prior_medians, runs_model
+from llmnas_transfer.fit.preparation import pad_runs, prepare, run_bucket
+from llmnas_transfer.fit.sampling import STAT_FIELDS, nuts_program, sample_nuts
+from llmnas_transfer.io.runs import toy_runs
+
+
+@pytest.fixture(scope="module")
+def prep():
+    return prepare(toy_runs(num_iterations=2))
+
+
+@pytest.fixture(scope="module")
+def start(prep):
+    return laplace_start(jax.random.key(0), prep, 2)
+
+
+def test_run_bucket_bounds_the_padding():
+    for n in range(1, 3000, 7):
+        b = run_bucket(n)
+        assert b >= n and (b <= 8 or b <= 1.25 * n)
+    assert run_bucket(90) == run_bucket(96) == 96
+
+
+def test_padded_runs_leave_the_log_density_unchanged(prep):
+    # empty runs contribute log 1 = 0 up to the filter's float32 rescaling (~1e-6 a cell)
+    data, spec = prep.data, prep.spec
+    padded = pad_runs(data, 16)
+    assert padded.n_generated.shape[0] == 16
+    from numpyro.infer import init_to_value
+    from numpyro.infer.util import initialize_model
+
+    info = initialize_model(jax.random.key(1), runs_model, model_args=(data,),
+                            model_kwargs={"spec": spec, "n_valid": data.n_valid,
+                                          "deterministic": False},
+                            init_strategy=init_to_value(values=prior_medians()))
+    z = info.param_info.z
+    for shift in (0.0, 0.3, -0.5):
+        zz = jax.tree.map(lambda a, s=shift: a + s, z)
+        a, b = (float(potential_energy(runs_model, (d,), {"spec": spec, "n_valid": d.n_valid,
+                                                         "deterministic": False}, zz))
+                for d in (data, padded))
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (shift, a, b)
+
+
+def test_reused_sampler_gives_the_same_draws(prep, start):
+    kw = {"chains": 2, "draws": 15, "warmup": 15}
+    before = nuts_program.cache_info()
+    first = sample_nuts(jax.random.key(3), prep, start, **kw)
+    mid = nuts_program.cache_info()
+    second = sample_nuts(jax.random.key(3), prep, start, **kw)
+    after = nuts_program.cache_info()
+    assert mid.currsize <= before.currsize + 1
+    assert after.hits == mid.hits + 1 and after.currsize == mid.currsize  # no new program
+    for k, v in first.samples.items():
+        np.testing.assert_array_equal(v, second.samples[k], err_msg=k)
+    for k, v in first.stats.items():
+        np.testing.assert_array_equal(v, second.stats[k], err_msg=k)
+    other = sample_nuts(jax.random.key(4), prep, start, **kw)
+    assert not np.array_equal(other.samples["kappa"], first.samples["kappa"])
+
+
+def test_sampler_statistics(prep, start):
+    s = sample_nuts(jax.random.key(5), prep, start, chains=2, draws=15, warmup=15)
+    assert set(s.stats) == set(STAT_FIELDS)
+    for k, v in s.stats.items():
+        assert isinstance(v, np.ndarray) and v.shape == (2, 15), k
+    assert s.stats["diverging"].dtype == bool
+    assert np.all(s.stats["num_steps"] >= 1) and np.all(s.stats["step_size"] > 0)
+    assert s.samples["kappa"].shape == (2, 15)
+    assert s.attrs["metric"] == ("laplace" if start.converged else "adapted")
+
+
+def test_one_chain(prep):
+    st = laplace_start(jax.random.key(0), prep, 1)
+    s = sample_nuts(jax.random.key(6), prep, st, chains=1, draws=10, warmup=10,
+                    dense_mass=False)
+    assert s.samples["kappa"].shape == (1, 10)
+    assert s.attrs["chain_method"] == "sequential"
+
+
+def test_short_fit_has_the_sampler_statistics(tmp_path):
+    from llmnas_transfer.fit.fitfile import load_fit, save_fit
+    from llmnas_transfer.fit.inference import fit_runs
+
+    dt = fit_runs(toy_runs(num_iterations=2), chains=2, draws=20, warmup=20, seed=0,
+                  prior_draws=5)
+    ss = dt["sample_stats"].dataset
+    for name in ("lp", "energy", "n_steps", "tree_depth", "acceptance_rate", "diverging",
+                 "step_size", "reached_max_tree_depth"):
+        assert name in ss, name
+        assert isinstance(ss[name].data, np.ndarray), name
+        assert ss[name].dims == ("chain", "draw"), name
+    assert ss["diverging"].dtype == bool
+    np.testing.assert_array_equal(
+        ss["tree_depth"].values, np.log2(ss["n_steps"].values).astype(int) + 1)
+    # lp is the log density: minus the potential energy, below the total energy's minus
+    assert np.all(-ss["lp"].values <= ss["energy"].values + 1e-3)
+    path = tmp_path / "f.nc"
+    save_fit(dt, path)
+    assert "step_size" in load_fit(path)["sample_stats"].dataset
+    assert jnp.isfinite(float(dt["posterior"].dataset["kappa"].mean()))
+
+
+def test_laplace_start_ends_at_the_mode(prep, start):
+    # the batched L-BFGS with its finite-difference Hessian: a Newton step from the mode
+    # is tiny against the posterior sds (below 1e-3 sds here; 0.004-0.005 on
+    # examples/runs_counts.csv for keys 0, 1, 2)
+    from jax.flatten_util import ravel_pytree
+
+    assert start.converged
+    x, unravel = ravel_pytree(start.mode)
+    kw = {"spec": prep.spec, "n_valid": prep.data.n_valid, "deterministic": False}
+    grad = jax.grad(lambda v: potential_energy(runs_model, (prep.data,), kw, unravel(v)))(x)
+    step = start.cov @ np.asarray(grad, np.float64)
+    assert np.max(np.abs(step) / np.sqrt(np.diag(start.cov))) < 0.01, step
+    assert np.all(np.linalg.eigvalsh(start.cov) > 0)
