@@ -283,6 +283,38 @@ def add_distributed_options(p: argparse.ArgumentParser, *, command: str,
 
 
 # ------------------------------------------------------------------ values
+def stop_on_lost_peer(command: str, exc: BaseException, advice: str) -> None:
+    """Print a lost peer's one-line error (``advice``: what the user can do) and end the
+    process at once with exit code 1 (JAX's own shutdown would wait for the dead peer,
+    then abort).
+
+    Example
+    -------
+    >>> callable(stop_on_lost_peer)
+    True
+    """
+    from llmnas_transfer.study.distributed import exit_now
+
+    msg = " ".join(str(exc).split())
+    print(f"llmnas-transfer {command}: error: {msg}; {advice}", file=sys.stderr)
+    exit_now(1)
+
+
+def secondary_done(what: str) -> int:
+    """A process other than 0 says it is done and what process 0 does; returns 0.
+
+    Example
+    -------
+    >>> secondary_done("writes out.nc")
+    process 0 of 1: done; process 0 writes out.nc
+    0
+    """
+    import jax
+
+    print(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 {what}")
+    return 0
+
+
 def load_params(value: str | None):
     """The :class:`~llmnas_transfer.sim.params.ModelDefaults` of ``--params``, or ``None``
     (the shipped ``paper`` set) when the option was not given.

@@ -23,7 +23,6 @@ Example
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from llmnas_transfer.cli import options
@@ -32,7 +31,6 @@ from llmnas_transfer.study.distributed import (
     PeerLostError,
     agree,
     agree_all,
-    exit_now,
     initialize,
     is_primary,
     resolve_options,
@@ -209,17 +207,11 @@ def _plan(args: argparse.Namespace) -> int:
                   method=args.method, progress=options.show_progress(args),
                   devices_per_process=args.devices)
     except PeerLostError as exc:
-        msg = " ".join(str(exc).split())
-        print(f"llmnas-transfer plan: error: {msg}; nothing was written: rerun the command "
-              "(any number of processes gives the same plan)", file=sys.stderr)
-        exit_now(1)  # JAX's own shutdown would wait for the dead peer, then abort
+        options.stop_on_lost_peer("plan", exc, "nothing was written: rerun the command (any "
+                                  "number of processes gives the same plan)")
     if not is_primary():
-        import jax
-
-        where = f"writes {Path(args.out).expanduser()}" if args.out else "prints the plan"
-        print(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 "
-              f"{where}")
-        return 0
+        return options.secondary_done(f"writes {Path(args.out).expanduser()}" if args.out
+                                      else "prints the plan")
     if args.format == "csv":
         print(df.to_csv(index=False), end="")
     else:

@@ -25,7 +25,6 @@ Example
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from llmnas_transfer.cli import options
@@ -33,7 +32,6 @@ from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.study.distributed import (
     PeerLostError,
     agree,
-    exit_now,
     initialize,
     is_primary,
     resolve_options,
@@ -115,16 +113,10 @@ def _sweep(args: argparse.Namespace) -> int:
             progress=options.show_progress(args),
         )
     except PeerLostError as exc:
-        msg = " ".join(str(exc).split())
-        print(f"llmnas-transfer sweep: error: {msg}; the checkpoint {ckpt} keeps every "
-              "finished chunk: rerun with --resume (any number of processes)", file=sys.stderr)
-        exit_now(1)  # JAX's own shutdown would wait for the dead peer, then abort
+        options.stop_on_lost_peer("sweep", exc, f"the checkpoint {ckpt} keeps every finished "
+                                  "chunk: rerun with --resume (any number of processes)")
     if not is_primary():
-        import jax
-
-        print(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 "
-              f"writes {out}")
-        return 0
+        return options.secondary_done(f"writes {out}")
     save_sweep(ds, out)
     ckpt.unlink(missing_ok=True)
     rates = ds["validity_rate"].isel(iteration=-1)

@@ -72,10 +72,10 @@ from llmnas_transfer.sim.keys import as_key
 from llmnas_transfer.sim.params import DynamicsParams, ModelDefaults, SettingEffects, load_defaults
 from llmnas_transfer.sim.types import Array, PRNGKey
 from llmnas_transfer.study.distributed import (
-    PeerLostError,
     agree,
     global_array,
     initialize,
+    peer_lost,
     resolve_options,
 )
 from llmnas_transfer.validate import check_choice, check_int, check_size
@@ -452,10 +452,7 @@ def sweep(
             try:
                 return tuple(np.asarray(x) for x in gather(out))
             except Exception as exc:  # noqa: BLE001 - any failure of the collective
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise PeerLostError(
-                    f"process {jax.process_index()} of {jax.process_count()} lost contact "
-                    f"with another process ({first[:300]})") from exc
+                raise peer_lost(exc) from exc
 
     remaining = math.ceil((num_trials - start) / chunk_size) if start < num_trials else 0
     done_before = n_chunks_total - remaining
