@@ -19,7 +19,7 @@ Example
 ...                  ((0, 0), (1, 0)), (0, 0), 10)
 >>> t = truth_from_defaults(load_defaults(), spec)
 >>> round(float(t["kappa"]), 3)
-0.154
+0.231
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def truth_from_defaults(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, n
     >>> "accuracy_slope" in t, t["difficulty"].shape
     (False, (2,))
     """
-    d = defaults.dynamics
+    d = _reference_units(defaults, spec) if spec.trend == "setting" else defaults.dynamics
     ds = [registry.get_dataset(n) for n in spec.datasets]
     ts = [registry.get_task(n) for n in spec.tasks]
     free_t = [spec.tasks[i] for i in spec.free_tasks]
@@ -152,15 +152,36 @@ def truth_from_defaults(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, n
     eff = defaults.effects(list(spec.datasets), list(spec.tasks))
     if spec.trend == "setting":
         shape = (len(spec.datasets), len(spec.tasks))
-        out["rate_offset"] = np.asarray(eff.rate_offset).reshape(shape)
-        out["asymptote"] = np.asarray(eff.asymptote).reshape(shape)
+        rate = np.asarray(eff.rate_offset, np.float64).reshape(shape)
+        mu = np.asarray(eff.asymptote, np.float64).reshape(shape)
+        out["rate_offset"] = rate - rate[spec.reference]
+        out["asymptote"] = mu / mu[spec.reference]
         out["feedback_validity"] = d.get("feedback_validity", 0.0)
         if spec.has_accuracy:
             out["feedback_accuracy"] = d.get("feedback_accuracy", 0.0)
-    summ = setting_summaries(dynamics_from_dict(d), eff, spec)
+    summ = setting_summaries(dynamics_from_dict(defaults.dynamics), eff, spec)
     out["trend_gain"] = np.asarray(summ["trend_gain"])
     out["trend_gap"] = np.asarray(summ["trend_gap"])
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def _reference_units(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, float]:
+    """The simulator's dynamics in the fit's units: ``kappa`` the reference setting's rate
+    and the state measured in units of the reference's asymptote ``mu_ref`` (the slopes
+    times ``mu_ref``; ``init_sd``, ``state_noise`` and the feedback strengths divided by
+    it). The simulated runs are the same; see :func:`~llmnas_transfer.fit.model.runs_model`.
+    """
+    d = dict(defaults.dynamics)
+    eff = defaults.effects([spec.datasets[spec.reference[0]]],
+                           [spec.tasks[spec.reference[1]]])
+    r, mu = float(eff.rate_offset[0]), float(eff.asymptote[0])
+    logit = math.log(d["kappa"]) - math.log1p(-d["kappa"]) + r
+    d["kappa"] = 1.0 / (1.0 + math.exp(-logit))
+    for name in ("validity_slope", "accuracy_slope", "novelty_slope"):
+        d[name] = d[name] * mu
+    for name in ("init_sd", "state_noise", "feedback_validity", "feedback_accuracy"):
+        d[name] = d.get(name, 0.0) / mu
+    return d
 
 
 def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
@@ -173,7 +194,7 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
     >>> spec = sbc_spec()
     >>> d = defaults_from_draw(truth_from_defaults(load_defaults(), spec), spec)
     >>> d.dynamics["validity_intercept"], round(d.dynamics["kappa"], 3)
-    (0.0, 0.154)
+    (0.0, 0.231)
     """
     g = {k: np.asarray(v, np.float64) for k, v in draw.items()}
     free_t = [spec.tasks[i] for i in spec.free_tasks]
@@ -194,19 +215,22 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
     }
     trend: dict[str, dict[str, float]] = {k: {} for k in TREND_TABLES}
     by_d, by_k = trend_levels(spec)
-    if spec.trend == "setting":
-        for level, names, used in (("dataset", spec.datasets, by_d),
-                                   ("task", spec.tasks, by_k)):
+    ref_d, ref_k = spec.reference
+    if spec.trend == "setting":  # each level relative to the reference's member
+        for level, names, used, ref in (("dataset", spec.datasets, by_d, ref_d),
+                                        ("task", spec.tasks, by_k, ref_k)):
             if not used:
                 continue
             for part in ("rate", "asymptote"):
                 if f"{part}_z_{level}" in g:
                     vals = g[f"{part}_sd_{level}"] * g[f"{part}_z_{level}"]
+                    vals = vals - vals[ref]
                     trend[f"{part}_{level}"] = {n: float(v)
                                                 for n, v in zip(names, vals, strict=True)}
         for part in ("rate", "asymptote"):
             if f"{part}_z_setting" in g:
                 vals = g[f"{part}_sd_setting"] * g[f"{part}_z_setting"]
+                vals = vals - vals[ref_d, ref_k]
                 trend[f"{part}_setting"] = {
                     setting_key(d, k): float(vals[i, j])
                     for i, d in enumerate(spec.datasets) for j, k in enumerate(spec.tasks)}

@@ -78,6 +78,36 @@ def test_truth_maps_back_to_the_same_simulator():
     np.testing.assert_allclose(np.asarray(e1.novelty), np.asarray(e2.novelty), atol=1e-5)
 
 
+def test_truth_in_reference_units_is_the_same_simulator(trend_defaults):
+    """The fit measures the trend from the reference setting (its rate is kappa, its
+    asymptote 1). A simulator whose reference has its own rate and asymptote offsets,
+    expressed that way by truth_from_defaults (kappa and the state's unit moved to the
+    reference), gives the same expected validity, accuracy and novelty (to 1e-5: float32
+    of the same exact recursion), and its reference offsets are 0 and 1."""
+    import dataclasses
+
+    from llmnas_transfer.sim.params import dynamics_from_dict
+
+    tables = {k: dict(v) for k, v in trend_defaults.trend.items()}
+    tables["rate_dataset"]["cifar-10"] = 0.4
+    tables["asymptote_task"]["classification"] = -0.3
+    d = dataclasses.replace(trend_defaults, trend=tables)
+    spec = _spec(has_accuracy=True, has_novelty=True, trend="setting")
+    t = truth_from_defaults(d, spec)
+    assert t["rate_offset"][0, 0] == 0.0 and t["asymptote"][0, 0] == 1.0
+    eff = d.effects(list(NAMES), list(TASKS))
+    e1 = expected(d.dynamics_params(), eff, 6)
+    moved = dynamics_from_dict({**d.dynamics, **{k: float(t[k]) for k in (
+        "kappa", "state_noise", "init_sd", "validity_slope", "accuracy_slope",
+        "novelty_slope", "feedback_validity", "feedback_accuracy")}})
+    e2 = expected(moved, eff._replace(rate_offset=t["rate_offset"].reshape(-1),
+                                      asymptote=t["asymptote"].reshape(-1)), 6)
+    assert abs(float(moved.kappa) - float(d.dynamics_params().kappa)) > 0.01
+    for name in ("validity", "accuracy", "novelty"):
+        np.testing.assert_allclose(np.asarray(getattr(e2, name)),
+                                   np.asarray(getattr(e1, name)), atol=1e-5)
+
+
 def _ar1_draws(rng, centre, sd, phi, shape):
     """Chains of an AR(1) with stationary law N(centre, sd^2), started in it."""
     z = np.empty(shape)
