@@ -140,6 +140,8 @@ def check(kind: str, seed: int, *, trials: int, T: int, chains: int, warmup: int
         "excluding_0": int(res["excludes_0"].sum()),
         "max_r_hat": float(diag.stats.get("max_r_hat", float("nan"))),
         "divergences": int(diag.stats.get("divergences", 0)),
+        "mean_steps": (float(np.asarray(dt["sample_stats"]["n_steps"]).mean())
+                       if "n_steps" in dt["sample_stats"] else float("nan")),
         "metric": str(dt.attrs.get("metric", "")),
         "table": res,
     }
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"slow settings excluding 0: {r['slow_excluding_0']}/3, "
                      if kind == "differ" else "")
                   + f"intervals excluding 0: {r['excluding_0']}, max r_hat "
-                  f"{r['max_r_hat']:.3f}, divergences {r['divergences']}, metric "
+                  f"{r['max_r_hat']:.3f}, divergences {r['divergences']}, leapfrog steps "
+                  f"per draw {r['mean_steps']:.0f}, metric "
                   f"{r['metric']}, "
                   f"{r['seconds']:.0f} s", flush=True)
             print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"),

@@ -41,6 +41,7 @@ from llmnas_transfer.fit.model import (
     NormalStats,
     RunsData,
     observed_datasets,
+    observed_index,
     prior_medians,
     runs_model,
     setting_summaries,
@@ -112,7 +113,7 @@ def truth_from_defaults(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, n
     >>> "accuracy_slope" in t, t["difficulty"].shape
     (False, (2,))
     """
-    d = _reference_units(defaults, spec) if spec.trend == "setting" else defaults.dynamics
+    d = _centred_units(defaults, spec) if spec.trend == "setting" else defaults.dynamics
     ds = [registry.get_dataset(n) for n in spec.datasets]
     ts = [registry.get_task(n) for n in spec.tasks]
     free_t = [spec.tasks[i] for i in spec.free_tasks]
@@ -154,8 +155,9 @@ def truth_from_defaults(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, n
         shape = (len(spec.datasets), len(spec.tasks))
         rate = np.asarray(eff.rate_offset, np.float64).reshape(shape)
         mu = np.asarray(eff.asymptote, np.float64).reshape(shape)
-        out["rate_offset"] = rate - rate[spec.reference]
-        out["asymptote"] = mu / mu[spec.reference]
+        r_c, mu_c = _trend_centres(defaults, spec)
+        out["rate_offset"] = rate - r_c
+        out["asymptote"] = mu / mu_c
         out["feedback_validity"] = d.get("feedback_validity", 0.0)
         if spec.has_accuracy:
             out["feedback_accuracy"] = d.get("feedback_accuracy", 0.0)
@@ -165,16 +167,15 @@ def truth_from_defaults(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, n
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
-def _reference_units(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, float]:
-    """The simulator's dynamics in the fit's units: ``kappa`` the reference setting's rate
-    and the state measured in units of the reference's asymptote ``mu_ref`` (the slopes
-    times ``mu_ref``; ``init_sd``, ``state_noise`` and the feedback strengths divided by
-    it). The simulated runs are the same; see :func:`~llmnas_transfer.fit.model.runs_model`.
+def _centred_units(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, float]:
+    """The simulator's dynamics in the fit's units, where the trend offsets are centred
+    over the settings with data: ``kappa`` the rate of their logit-average offset ``r``
+    and the state measured in units of the geometric mean ``mu`` of their asymptotes (the
+    slopes times ``mu``; ``init_sd``, ``state_noise`` and the feedback strengths divided
+    by it). The simulated runs are the same; see :func:`~llmnas_transfer.fit.model._trend`.
     """
     d = dict(defaults.dynamics)
-    eff = defaults.effects([spec.datasets[spec.reference[0]]],
-                           [spec.tasks[spec.reference[1]]])
-    r, mu = float(eff.rate_offset[0]), float(eff.asymptote[0])
+    r, mu = _trend_centres(defaults, spec)
     logit = math.log(d["kappa"]) - math.log1p(-d["kappa"]) + r
     d["kappa"] = 1.0 / (1.0 + math.exp(-logit))
     for name in ("validity_slope", "accuracy_slope", "novelty_slope"):
@@ -182,6 +183,17 @@ def _reference_units(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, floa
     for name in ("init_sd", "state_noise", "feedback_validity", "feedback_accuracy"):
         d[name] = d.get(name, 0.0) / mu
     return d
+
+
+def _trend_centres(defaults: ModelDefaults, spec: ModelSpec) -> tuple[float, float]:
+    """(mean rate offset, geometric-mean asymptote) of the simulator over the settings of
+    ``spec`` with data."""
+    eff = defaults.effects(list(spec.datasets), list(spec.tasks))
+    shape = (len(spec.datasets), len(spec.tasks))
+    i, j = observed_index(spec)
+    rate = np.asarray(eff.rate_offset, np.float64).reshape(shape)[i, j]
+    log_mu = np.log(np.asarray(eff.asymptote, np.float64).reshape(shape)[i, j])
+    return float(rate.mean()), float(np.exp(log_mu.mean()))
 
 
 def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
@@ -215,25 +227,33 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
     }
     trend: dict[str, dict[str, float]] = {k: {} for k in TREND_TABLES}
     by_d, by_k = trend_levels(spec)
-    ref_d, ref_k = spec.reference
-    if spec.trend == "setting":  # each level relative to the reference's member
-        for level, names, used, ref in (("dataset", spec.datasets, by_d, ref_d),
-                                        ("task", spec.tasks, by_k, ref_k)):
+    if spec.trend == "setting":
+        for level, names, used in (("dataset", spec.datasets, by_d),
+                                   ("task", spec.tasks, by_k)):
             if not used:
                 continue
             for part in ("rate", "asymptote"):
                 if f"{part}_z_{level}" in g:
                     vals = g[f"{part}_sd_{level}"] * g[f"{part}_z_{level}"]
-                    vals = vals - vals[ref]
                     trend[f"{part}_{level}"] = {n: float(v)
                                                 for n, v in zip(names, vals, strict=True)}
         for part in ("rate", "asymptote"):
             if f"{part}_z_setting" in g:
                 vals = g[f"{part}_sd_setting"] * g[f"{part}_z_setting"]
-                vals = vals - vals[ref_d, ref_k]
                 trend[f"{part}_setting"] = {
                     setting_key(d, k): float(vals[i, j])
                     for i, d in enumerate(spec.datasets) for j, k in enumerate(spec.tasks)}
+        # the model centres each part over the settings with data: so does the simulator,
+        # through the dataset table (or the task table when there is one dataset)
+        level, names = ("dataset", spec.datasets) if by_d else ("task", spec.tasks)
+        for part in ("rate", "asymptote") if by_d or by_k else ():
+            total = np.asarray([[trend[f"{part}_dataset"].get(d, 0.0)
+                                 + trend[f"{part}_task"].get(k, 0.0)
+                                 + trend[f"{part}_setting"].get(setting_key(d, k), 0.0)
+                                 for k in spec.tasks] for d in spec.datasets])
+            centre = float(total[observed_index(spec)].mean())
+            trend[f"{part}_{level}"] = {n: trend[f"{part}_{level}"].get(n, 0.0) - centre
+                                        for n in names}
     acc_coef = g.get("accuracy_coef", np.zeros(len(FEATURE_NAMES)))
     acc0 = float(g.get("accuracy_intercept", -1.0))
     level = g.get("accuracy_level", np.full(len(spec.datasets), -1.0))

@@ -25,13 +25,14 @@ its own refinement rate ``kappa_s = sigmoid(logit kappa + r_{d,k})`` and asympto
     A_{d,k}  = asymptote_sd_dataset z_asymptote_dataset[d]
                + asymptote_sd_task z_asymptote_task[k]
                + asymptote_sd_setting z_asymptote_setting[d, k]
-    r_{d,k}  = R_{d,k} - R_ref,    mu_{d,k} = exp(A_{d,k} - A_ref)
+    r_{d,k}  = R_{d,k} - mean_obs R,    mu_{d,k} = exp(A_{d,k} - mean_obs A)
 
 (the setting level only with two or more datasets and two or more tasks: it lets one
 dataset x task cell gain less than its dataset and task effects predict). The offsets are
-relative to the reference setting ``ref``: ``kappa`` is the reference's rate and its
-asymptote is 1, the unit of the state. A shift common to all settings would only trade off
-against ``kappa`` and rescale the state, which no data can identify.
+centred over the settings with data (``mean_obs``): ``kappa`` is the rate of their
+logit-average and the geometric mean of their asymptotes is 1, the unit of the state. A
+shift common to all settings would only trade off against ``kappa`` and rescale the state,
+which no data can identify.
 
 and the feedback strengths ``phi_v``, ``phi_a`` are free; ``v_t`` and ``a_t`` are the
 **observed** feedback of each run and iteration (its valid fraction and the mean
@@ -93,7 +94,6 @@ from llmnas_transfer.sim.samplers import binomial
 from llmnas_transfer.sim.types import Array, PRNGKey
 
 _LOG_2PI = math.log(2.0 * math.pi)
-_HALF_SQRT2 = 0.5 / math.sqrt(2.0)
 #: the trend models (:attr:`ModelSpec.trend`)
 TRENDS: tuple[str, ...] = ("setting", "shared")
 
@@ -353,27 +353,24 @@ PRIOR_TEXT: dict[str, str] = {
     "novelty_noise": "LogNormal(log 0.8, 0.5)",
     "novelty_modality_free": "Normal(0, 0.5) per non-image modality",
     "novelty_task_free": "Normal(0, 0.5) per non-classification task",
-    "rate_sd_dataset": "HalfNormal(0.71) (trend 'setting'; logit scale of the rate; the "
-                       "offsets are differences from the reference's, so a level's part of "
-                       "them has prior sd 1 (0.71 sqrt 2): an offset of -1.2, a rate about "
-                       "3x smaller, is about one prior sd away)",
-    "rate_sd_task": "HalfNormal(0.71) (trend 'setting')",
+    "rate_sd_dataset": "HalfNormal(1) (trend 'setting'; logit scale of the rate: an offset "
+                       "of -1.2, a rate about 3x smaller, is about one prior sd away)",
+    "rate_sd_task": "HalfNormal(1) (trend 'setting')",
     "rate_z_dataset": "Normal(0, 1) per dataset (non-centred rate offset; only with two "
-                      "or more datasets; offsets are measured from the reference "
-                      "setting's)",
+                      "or more datasets; the offsets are centred over the settings "
+                      "with data)",
     "rate_z_task": "Normal(0, 1) per task (only with two or more tasks)",
-    "asymptote_sd_dataset": "HalfNormal(0.35) (trend 'setting'; log scale of the "
-                            "asymptote, prior sd 0.5 per level of a difference from the "
-                            "reference: log 0.5 = -0.69, a gain about half as big, is "
-                            "within 1.4 prior sd)",
-    "asymptote_sd_task": "HalfNormal(0.35) (trend 'setting')",
+    "asymptote_sd_dataset": "HalfNormal(0.5) (trend 'setting'; log scale of the asymptote: "
+                            "log 0.5 = -0.69, a gain about half as big, is within 1.4 prior "
+                            "sd)",
+    "asymptote_sd_task": "HalfNormal(0.5) (trend 'setting')",
     "asymptote_z_dataset": "Normal(0, 1) per dataset (non-centred log-asymptote offset)",
     "asymptote_z_task": "Normal(0, 1) per task",
-    "rate_sd_setting": "HalfNormal(0.71) (trend 'setting'; a dataset x task cell's own rate "
+    "rate_sd_setting": "HalfNormal(1) (trend 'setting'; a dataset x task cell's own rate "
                        "offset, beyond its dataset and task effects; only with two or more "
                        "datasets and tasks)",
     "rate_z_setting": "Normal(0, 1) per dataset x task (non-centred)",
-    "asymptote_sd_setting": "HalfNormal(0.35) (trend 'setting'; the cell's own "
+    "asymptote_sd_setting": "HalfNormal(0.5) (trend 'setting'; the cell's own "
                             "log-asymptote offset)",
     "asymptote_z_setting": "Normal(0, 1) per dataset x task (non-centred)",
     "feedback_validity": "Normal(0, 0.5) (trend 'setting'; 0 under 'shared')",
@@ -950,6 +947,12 @@ def trend_levels(spec: ModelSpec) -> tuple[bool, bool]:
     return len(spec.datasets) > 1, len(spec.tasks) > 1
 
 
+def observed_index(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(dataset indices, task indices) of the settings with data."""
+    obs = np.asarray(spec.observed, np.int32).reshape(-1, 2)
+    return obs[:, 0], obs[:, 1]
+
+
 def _trend(raw: dict, spec: ModelSpec) -> tuple[Array, Array, Array, Array]:
     """(rate offsets (D, K), asymptotes (D, K), phi_v, phi_a) from the raw sites."""
     f32 = jnp.float32
@@ -968,12 +971,13 @@ def _trend(raw: dict, spec: ModelSpec) -> tuple[Array, Array, Array, Array]:
     if by_d and by_k:
         rate = rate + raw["rate_sd_setting"] * raw["rate_z_setting"]
         log_mu = log_mu + raw["asymptote_sd_setting"] * raw["asymptote_z_setting"]
-    # relative to the reference setting: kappa is its rate and its asymptote is 1. A
+    # centred over the settings with data (every setting treated alike): kappa is the
+    # rate of their logit-average and the geometric mean of their asymptotes is 1. A
     # shift common to every setting's offsets would only trade off against kappa and
     # rescale the state (slopes, noise and feedback strengths scale with it), which no
-    # data can tell apart; left free, NUTS needed ~15x more leapfrog steps per draw
-    i, j = spec.reference
-    rate, log_mu = rate - rate[i, j], log_mu - log_mu[i, j]
+    # data can tell apart; left free, it made NUTS's trees much deeper
+    i, j = observed_index(spec)
+    rate, log_mu = rate - rate[i, j].mean(), log_mu - log_mu[i, j].mean()
     return (rate, jnp.exp(log_mu), raw["feedback_validity"],
             raw.get("feedback_accuracy", zero))
 
@@ -1009,14 +1013,12 @@ def _build_scalar_priors() -> dict[str, dist.Distribution]:
         "novelty_intercept": dist.Normal(0.0, 1.5),
         "novelty_slope": dist.Normal(0.0, 1.0),
         "novelty_noise": dist.LogNormal(math.log(0.8), 0.5),
-        # a setting's offsets are differences of two members' effects per level: these
-        # scales give each level's part of them the prior sd 1 (rate) and 0.5 (asymptote)
-        "rate_sd_dataset": dist.HalfNormal(_HALF_SQRT2 * 2.0),
-        "rate_sd_task": dist.HalfNormal(_HALF_SQRT2 * 2.0),
-        "asymptote_sd_dataset": dist.HalfNormal(_HALF_SQRT2),
-        "asymptote_sd_task": dist.HalfNormal(_HALF_SQRT2),
-        "rate_sd_setting": dist.HalfNormal(_HALF_SQRT2 * 2.0),
-        "asymptote_sd_setting": dist.HalfNormal(_HALF_SQRT2),
+        "rate_sd_dataset": dist.HalfNormal(1.0),
+        "rate_sd_task": dist.HalfNormal(1.0),
+        "asymptote_sd_dataset": dist.HalfNormal(0.5),
+        "asymptote_sd_task": dist.HalfNormal(0.5),
+        "rate_sd_setting": dist.HalfNormal(1.0),
+        "asymptote_sd_setting": dist.HalfNormal(0.5),
         "feedback_validity": dist.Normal(0.0, 0.5),
         "feedback_accuracy": dist.Normal(0.0, 0.5),
     }

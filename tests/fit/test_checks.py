@@ -78,12 +78,13 @@ def test_truth_maps_back_to_the_same_simulator():
     np.testing.assert_allclose(np.asarray(e1.novelty), np.asarray(e2.novelty), atol=1e-5)
 
 
-def test_truth_in_reference_units_is_the_same_simulator(trend_defaults):
-    """The fit measures the trend from the reference setting (its rate is kappa, its
-    asymptote 1). A simulator whose reference has its own rate and asymptote offsets,
-    expressed that way by truth_from_defaults (kappa and the state's unit moved to the
-    reference), gives the same expected validity, accuracy and novelty (to 1e-5: float32
-    of the same exact recursion), and its reference offsets are 0 and 1."""
+def test_truth_in_centred_units_is_the_same_simulator(trend_defaults):
+    """The fit centres the trend offsets over the settings with data (kappa is the rate
+    of their logit-average, the geometric mean of their asymptotes is 1). A simulator
+    whose offsets are not centred, expressed that way by truth_from_defaults (kappa and
+    the state's unit moved), gives the same expected validity, accuracy and novelty (to
+    1e-5: float32 of the same exact recursion); defaults_from_draw maps a prior draw to
+    simulator tables with the draw's rate offsets and asymptotes."""
     import dataclasses
 
     from llmnas_transfer.sim.params import dynamics_from_dict
@@ -94,7 +95,9 @@ def test_truth_in_reference_units_is_the_same_simulator(trend_defaults):
     d = dataclasses.replace(trend_defaults, trend=tables)
     spec = _spec(has_accuracy=True, has_novelty=True, trend="setting")
     t = truth_from_defaults(d, spec)
-    assert t["rate_offset"][0, 0] == 0.0 and t["asymptote"][0, 0] == 1.0
+    obs = tuple(np.asarray(spec.observed).T)
+    assert abs(t["rate_offset"][obs].mean()) < 1e-12
+    assert abs(np.log(t["asymptote"][obs]).mean()) < 1e-12
     eff = d.effects(list(NAMES), list(TASKS))
     e1 = expected(d.dynamics_params(), eff, 6)
     moved = dynamics_from_dict({**d.dynamics, **{k: float(t[k]) for k in (
@@ -102,10 +105,24 @@ def test_truth_in_reference_units_is_the_same_simulator(trend_defaults):
         "novelty_slope", "feedback_validity", "feedback_accuracy")}})
     e2 = expected(moved, eff._replace(rate_offset=t["rate_offset"].reshape(-1),
                                       asymptote=t["asymptote"].reshape(-1)), 6)
-    assert abs(float(moved.kappa) - float(d.dynamics_params().kappa)) > 0.01
+    # the units did move (so the equality below is not trivial)
+    assert abs(float(moved.kappa) - float(d.dynamics_params().kappa)) > 1e-3
+    assert abs(float(moved.state_noise) / float(d.dynamics_params().state_noise) - 1) > 0.05
     for name in ("validity", "accuracy", "novelty"):
         np.testing.assert_allclose(np.asarray(getattr(e2, name)),
                                    np.asarray(getattr(e1, name)), atol=1e-5)
+    # a prior draw of the model, mapped to simulator tables, has the draw's offsets
+    from numpyro import handlers
+
+    from llmnas_transfer.fit.model import runs_model
+
+    tr = handlers.trace(handlers.seed(runs_model, 3)).get_trace(_template(spec), spec=spec)
+    draw = {k: np.asarray(v["value"]) for k, v in tr.items() if k != "n_valid"}
+    back = defaults_from_draw(draw, spec).effects(list(NAMES), list(TASKS))
+    np.testing.assert_allclose(np.asarray(back.rate_offset).reshape(4, 3),
+                               draw["rate_offset"], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(back.asymptote).reshape(4, 3),
+                               draw["asymptote"], rtol=1e-5)
 
 
 def _ar1_draws(rng, centre, sd, phi, shape):
