@@ -51,17 +51,20 @@ def trend_defaults():
     return dataclasses.replace(d, dynamics=dyn, trend=trend)
 
 
-#: Test modules kept out of the default (CI) run while their issue is open (marked slow;
-#: run them with ``-m slow``). ``test_inference.py``: under the per-setting trend model
-#: (with its offsets measured from the reference setting, a form close to today's centred
-#: one) its reduced NUTS fit at 2 chains x (300 + 1000), fit seed 1, gave max r_hat 1.007
-#: and one divergence (137 leapfrog steps per draw, 552 s on 2 busy cores), so its "no
-#: divergence, r_hat <= 1.01" checks sit at the edge of one seed; kept out until the
-#: sampler settings are chosen from several seeds' spread (issues 15 and 18).
-IN_PROGRESS: set[str] = {"test_inference.py"}
+#: Tests kept out of the default (CI) run while their issue is open (marked slow; run
+#: them with ``-m slow``): module -> the fixture whose tests are held back.
+#: ``test_inference.py`` / ``reduced_fit``: under the per-setting trend model (with its
+#: offsets measured from the reference setting, a form close to today's centred one) the
+#: reduced NUTS fit at 2 chains x (300 + 1000), fit seed 1, gave max r_hat 1.007 and one
+#: divergence (137 leapfrog steps per draw, 552 s on 2 busy cores), so its "no
+#: divergence, r_hat <= 1.01" checks sit at the edge of one seed; held back until the
+#: sampler settings are chosen from several seeds' spread (issues 15 and 18). The
+#: module's other tests (short NUTS fits, SVI, the Laplace start, argument checks) run.
+IN_PROGRESS: dict[str, str] = {"test_inference.py": "reduced_fit"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in IN_PROGRESS:
+        fixture = IN_PROGRESS.get(item.path.name)
+        if fixture is not None and fixture in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)

@@ -25,6 +25,7 @@ from llmnas_transfer import __version__
 from llmnas_transfer.fit.fitfile import FIT_FORMAT
 from llmnas_transfer.fit.model import (
     DETERMINISTIC_DIMS,
+    MATRIX_DIMS,
     ModelSpec,
     RunsData,
     forecast_n_generated,
@@ -227,7 +228,7 @@ def assemble_tree(
     spec, data = prep.spec, prep.data
     samples = sampled.samples
     coords = _coords(prep)
-    extra_dims = dict(DETERMINISTIC_DIMS)
+    extra_dims = {**DETERMINISTIC_DIMS, **MATRIX_DIMS}
     # multivariate-normal sites: their event dim is not a plate
     extra_dims.update({"difficulty_observed": ["observed_dataset"],
                        "accuracy_level_observed": ["observed_dataset"]})

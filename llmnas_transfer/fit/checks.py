@@ -131,6 +131,11 @@ def truth_from_defaults(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, n
     if free_t and free_m:
         out["interaction_free"] = [
             [defaults.interaction.get(m, {}).get(t, 0.0) for t in free_t] for m in free_m]
+    cell = np.asarray([[defaults.validity_setting.get(setting_key(x, k), 0.0)
+                        for k in spec.tasks] for x in spec.datasets])
+    if all(trend_levels(spec)) and cell.any():  # the cells' own validity levels (none:
+        sd = float(np.sqrt(np.mean(cell**2)))     # no truth for a scale at 0 to recover)
+        out["validity_sd_setting"], out["validity_z_setting"] = sd, cell / sd
     if spec.has_accuracy:
         out.update({
             "accuracy_intercept": defaults.accuracy_intercept,
@@ -262,6 +267,11 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
         for i, m in enumerate(free_m):
             for j, t in enumerate(free_t):
                 inter[m][t] = float(g["interaction_free"][i, j])
+    cells = {}
+    if "validity_z_setting" in g:  # the cells' own validity levels
+        vals = g["validity_sd_setting"] * g["validity_z_setting"]
+        cells = {setting_key(d, k): float(vals[i, j]) for i, d in enumerate(spec.datasets)
+                 for j, k in enumerate(spec.tasks)}
     tc = g["task_complexity"]
     ta = g.get("task_accuracy", np.zeros(len(spec.tasks)))
     nov_m = {m: 0.0 for m in registry.MODALITIES}
@@ -286,6 +296,7 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
         interaction=inter,
         novelty_modality=nov_m,
         novelty_task=nov_t,
+        validity_setting=cells,
         trend=trend,
         provenance={"derived_by": "llmnas_transfer.fit.checks.defaults_from_draw"},
     )

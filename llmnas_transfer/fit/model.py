@@ -10,8 +10,11 @@ The generative model is the simulator's (see :mod:`llmnas_transfer.sim.dynamics`
     logit nov ~ N(novelty_logit(s_t), novelty_noise^2)                     (valid candidates)
 
 with the hierarchy of :class:`~llmnas_transfer.sim.params.SettingEffects`:
-``delta_{d,k} = D_d + C_k + G_{m(d),k}``, ``D_d = features_d . w + tau_D z_d`` (non-centred),
-``C_classification = 0``, ``G = 0`` for images and for classification,
+``delta_{d,k} = D_d + C_k + G_{m(d),k} + validity_sd_setting z_validity[d, k]``,
+``D_d = features_d . w + tau_D z_d`` (non-centred), ``C_classification = 0``, ``G = 0`` for
+images and for classification; the cell's own level (the last term, non-centred, only with
+two or more datasets and two or more tasks, under either trend) lets a dataset x task cell
+start higher or lower than its dataset and task effects predict,
 ``alpha_{d,k} = a0 + features_d . w_a + tau_a z'_d + alpha_k`` and
 ``nu_{d,k} = nu_{m(d)} + nu_k``. ``c`` is the setting's chance level
 (:func:`~llmnas_transfer.sim.registry.chance_level`).
@@ -337,6 +340,9 @@ PRIOR_TEXT: dict[str, str] = {
     "difficulty_z": "Normal(0, 1) per dataset without data (non-centred residual)",
     "task_complexity_free": "Normal(0.5, 1) per non-classification task",
     "interaction_free": "Normal(0, 0.5) per non-image modality x non-classification task",
+    "validity_sd_setting": "HalfNormal(0.5) (a dataset x task cell's own validity level "
+                           "beyond D_d + C_k + G; only with two or more datasets and tasks)",
+    "validity_z_setting": "Normal(0, 1) per dataset x task (non-centred)",
     "accuracy_intercept": "Normal(-1, 1.5); integrated out, then drawn from its conditional",
     "accuracy_coef": "Normal(0, 0.5) per feature; integrated out, then drawn from its "
                      "conditional",
@@ -407,6 +413,13 @@ DETERMINISTIC_DIMS: dict[str, list[str]] = {
     "novelty_gap": ["dataset", "task"],
     "trend_gain": ["dataset", "task"],
     "trend_gap": ["dataset", "task"],
+}
+#: dims of the sampled two-dimensional sites (one event each, see :func:`runs_model`)
+MATRIX_DIMS: dict[str, list[str]] = {
+    "interaction_free": ["free_modality", "free_task"],
+    "validity_z_setting": ["dataset", "task"],
+    "rate_z_setting": ["dataset", "task"],
+    "asymptote_z_setting": ["dataset", "task"],
 }
 #: sampled sites of the per-setting trend (:attr:`ModelSpec.trend` ``"setting"``)
 TREND_SITES: tuple[str, ...] = (
@@ -864,6 +877,8 @@ def derived_quantities(raw: dict, spec: ModelSpec, full: bool = True) -> dict:
             if m in free_m:
                 inter = inter.at[i, jnp.asarray(free_t)].set(g[free_m.index(m)])
     delta = out["difficulty"][:, None] + out["task_complexity"][None, :] + inter
+    if "validity_z_setting" in raw:
+        delta = delta + raw["validity_sd_setting"] * raw["validity_z_setting"]
     out["validity_offset"] = delta
     if spec.has_accuracy:
         level, beta = _compose_level(raw, "accuracy_level", "accuracy", ACCURACY_PRIOR,
@@ -1013,6 +1028,7 @@ def _build_scalar_priors() -> dict[str, dist.Distribution]:
         "novelty_intercept": dist.Normal(0.0, 1.5),
         "novelty_slope": dist.Normal(0.0, 1.0),
         "novelty_noise": dist.LogNormal(math.log(0.8), 0.5),
+        "validity_sd_setting": dist.HalfNormal(0.5),
         "rate_sd_dataset": dist.HalfNormal(1.0),
         "rate_sd_task": dist.HalfNormal(1.0),
         "asymptote_sd_dataset": dist.HalfNormal(0.5),
@@ -1102,10 +1118,15 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
     if free_t:
         with numpyro.plate("free_task", len(free_t)):
             site("task_complexity_free", dist.Normal(0.5, 1.0))
+    # two-dimensional sites are one event each, not nested plates: a plate name keeps one
+    # dim in every site (the SVI autoguides require it); MATRIX_DIMS names their axes
     if free_t and free_m:
-        with numpyro.plate("free_modality", len(free_m), dim=-2), \
-                numpyro.plate("free_task", len(free_t), dim=-1):
-            site("interaction_free", dist.Normal(0.0, 0.5))
+        site("interaction_free",
+             dist.Normal(0.0, 0.5).expand((len(free_m), len(free_t))).to_event(2))
+    if all(trend_levels(spec)):  # the cells' own validity levels
+        site("validity_sd_setting", scalar_priors()["validity_sd_setting"])
+        site("validity_z_setting", dist.Normal(0.0, 1.0).expand(
+            (len(spec.datasets), len(spec.tasks))).to_event(2))
     # accuracy offsets: alpha_d + alpha_k, alpha_d ~ N(a0 + features_d . w_a, tau_a)
     if spec.has_accuracy:
         site("accuracy_sd", scalar_priors()["accuracy_sd"])
@@ -1141,9 +1162,8 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
         if by_d and by_k:
             for part in ("rate", "asymptote"):
                 site(f"{part}_sd_setting", scalar_priors()[f"{part}_sd_setting"])
-                with numpyro.plate("dataset", len(spec.datasets), dim=-2), \
-                        numpyro.plate("task", len(spec.tasks), dim=-1):
-                    site(f"{part}_z_setting", dist.Normal(0.0, 1.0))
+                site(f"{part}_z_setting", dist.Normal(0.0, 1.0).expand(
+                    (len(spec.datasets), len(spec.tasks))).to_event(2))
         site("feedback_validity", scalar_priors()["feedback_validity"])
         if spec.has_accuracy:
             site("feedback_accuracy", scalar_priors()["feedback_accuracy"])

@@ -131,6 +131,11 @@ TREND_TABLES: tuple[str, ...] = ("rate_dataset", "rate_task", "rate_setting",
                                  "asymptote_dataset", "asymptote_task", "asymptote_setting")
 
 
+#: fields a parameters file may leave out (``provenance``, the trend tables, the cells'
+#: own validity offsets); the others are required
+OPTIONAL_FIELDS: tuple[str, ...] = ("provenance", "trend", "validity_setting")
+
+
 def setting_key(dataset: str, task: str) -> str:
     """The key of one dataset x task cell in the ``*_setting`` trend tables.
 
@@ -152,7 +157,8 @@ class ModelDefaults:
     :data:`TREND_TABLES`: the rate of setting ``(d, k)`` is
     ``sigmoid(logit kappa + rate_dataset[d] + rate_task[k] + rate_setting[d:k])`` and its
     asymptote ``exp(asymptote_dataset[d] + asymptote_task[k] + asymptote_setting[d:k])``;
-    missing entries are 0.
+    missing entries are 0. ``validity_setting`` adds a cell's own validity offset (keyed
+    ``"dataset:task"``; missing cells 0) to ``D_d + C_k + G_{m(d),k}``.
     """
 
     dynamics: dict[str, float]
@@ -166,6 +172,7 @@ class ModelDefaults:
     interaction: dict[str, dict[str, float]]
     novelty_modality: dict[str, float]
     novelty_task: dict[str, float]
+    validity_setting: dict[str, float] = field(default_factory=dict)
     trend: dict[str, dict[str, float]] = field(
         default_factory=lambda: {k: {} for k in TREND_TABLES})
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -278,16 +285,16 @@ class ModelDefaults:
         tr = {k: self.trend.get(k, {}) for k in TREND_TABLES}
         for ds in ds_list:
             for t in task_list:
+                cell = setting_key(ds.name, t.name)
                 v.append(
                     self.dataset_difficulty(ds) + self.task_complexity_of(t)
-                    + self.interaction_of(ds, t)
+                    + self.interaction_of(ds, t) + self.validity_setting.get(cell, 0.0)
                 )
                 a.append(self.dataset_accuracy(ds) + self.task_accuracy_of(t))
                 n.append(
                     self.novelty_modality.get(ds.modality, 0.0)
                     + self._task_value(self.novelty_task, t, None)
                 )
-                cell = setting_key(ds.name, t.name)
                 r.append(tr["rate_dataset"].get(ds.name, 0.0) + tr["rate_task"].get(t.name, 0.0)
                          + tr["rate_setting"].get(cell, 0.0))
                 mu.append(float(np.exp(tr["asymptote_dataset"].get(ds.name, 0.0)
@@ -318,6 +325,7 @@ class ModelDefaults:
             "interaction": self.interaction,
             "novelty_modality": self.novelty_modality,
             "novelty_task": self.novelty_task,
+            "validity_setting": self.validity_setting,
             "trend": self.trend,
             "provenance": self.provenance,
         }
@@ -335,7 +343,8 @@ class ModelDefaults:
         trend = {k: dict(d.get("trend", {}).get(k, {})) for k in TREND_TABLES}
         try:
             return cls(**{k: d[k] for k in cls.__dataclass_fields__
-                          if k not in ("provenance", "trend")},
+                          if k not in OPTIONAL_FIELDS},
+                       validity_setting=dict(d.get("validity_setting", {})),
                        trend=trend, provenance=d.get("provenance", {}))
         except KeyError as exc:
             raise UserInputError(f"parameter file lacks the field {exc.args[0]!r}") from None
@@ -378,6 +387,8 @@ def _check_shape(d, src: str) -> None:
                 raise UserInputError(
                     f"{src}: field 'trend' must map {', '.join(TREND_TABLES)} to JSON "
                     "objects of numbers")
+            continue
+        if k == "validity_setting" and k not in d:  # optional: files without it have none
             continue
         if k not in d:
             raise UserInputError(f"{src}: not a parameters file (it lacks the field {k!r})")

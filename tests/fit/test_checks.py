@@ -62,8 +62,11 @@ def test_prior_predictive_finite_and_in_range():
 
 def test_truth_maps_back_to_the_same_simulator():
     """truth_from_defaults and defaults_from_draw are inverse up to the absorbed b0:
-    the exact expected validity and accuracy of every setting agree."""
-    d = load_defaults()
+    the exact expected validity and accuracy of every setting agree (one cell with its
+    own validity level)."""
+    import dataclasses
+
+    d = dataclasses.replace(load_defaults(), validity_setting={"svhn:segmentation": 0.7})
     spec = _spec(has_accuracy=True, has_novelty=True)
     t = truth_from_defaults(d, spec)
     draw = dict(t)
@@ -76,6 +79,10 @@ def test_truth_maps_back_to_the_same_simulator():
     np.testing.assert_allclose(np.asarray(e1.validity), np.asarray(e2.validity), atol=1e-5)
     np.testing.assert_allclose(np.asarray(e1.accuracy), np.asarray(e2.accuracy), atol=1e-5)
     np.testing.assert_allclose(np.asarray(e1.novelty), np.asarray(e2.novelty), atol=1e-5)
+    assert back.validity_setting["svhn:segmentation"] == pytest.approx(0.7, abs=1e-6)
+    assert float(d.effects(["svhn"], ["segmentation"]).validity_offset[0]) == pytest.approx(
+        float(load_defaults().effects(["svhn"], ["segmentation"]).validity_offset[0]) + 0.7,
+        abs=1e-5)
 
 
 def test_truth_in_centred_units_is_the_same_simulator(trend_defaults):

@@ -160,11 +160,20 @@ def test_trend_sites_and_dims():
         _data(one), spec=one, n_valid=_data(one).n_valid)
     assert "rate_z_task" not in tr1 and "rate_z_dataset" in tr1
     assert "rate_z_setting" not in tr1 and "asymptote_sd_setting" not in tr1
-    # shared: no trend sites at all
+    assert "validity_z_setting" not in tr1  # one task: the cells are the datasets
+    # shared: no trend sites at all, but the cells' own validity levels as under "setting"
     sh = _spec(trend="shared")
     tr2 = handlers.trace(handlers.seed(runs_model, 0)).get_trace(data, spec=sh,
                                                                 n_valid=data.n_valid)
     assert not any(k.startswith(("rate_", "asymptote_", "feedback_")) for k in tr2)
+    for t in (tr, tr2):  # delta = D_d + C_k + G (audio x generation) + the cell's level
+        v = {k: np.asarray(t[k]["value"]) for k in t}
+        g = np.zeros((2, 2))
+        g[1, 1] = v["interaction_free"][0, 0]
+        want = v["difficulty"][:, None] + v["task_complexity"][None, :] + g \
+            + v["validity_sd_setting"] * v["validity_z_setting"]
+        assert v["validity_z_setting"].shape == (2, 2)
+        np.testing.assert_allclose(v["validity_offset"], want, rtol=1e-6, atol=1e-6)
 
 
 def test_spec_attrs_round_trip_and_old_files_are_shared():
