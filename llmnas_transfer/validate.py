@@ -111,6 +111,38 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
+def check_levels(name: str, levels: str | Sequence[float | str]) -> tuple[tuple[str, float], ...]:
+    """Probability levels in (0, 1), from ``"0.05,0.5"`` or a sequence, as (label, value)
+    pairs; a label is the level as given (a number is written with ``format(x, "g")``).
+
+    Example
+    -------
+    >>> check_levels("quantiles", "0.05,0.50")
+    (('0.05', 0.05), ('0.50', 0.5))
+    """
+    items = levels.split(",") if isinstance(levels, str) else list(levels)
+    if not items:
+        raise UserInputError(f"{name} must name at least one level in (0, 1)")
+    out: list[tuple[str, float]] = []
+    for item in items:
+        if isinstance(item, str):
+            label = item.strip()
+            try:
+                value = float(label)
+            except ValueError:
+                raise UserInputError(
+                    f"{name} must be numbers in (0, 1) separated by commas, got {item!r}"
+                ) from None
+        else:
+            value = item
+            label = format(item, "g") if isinstance(item, Real) else str(item)
+        value = check_float(name, value, 0.0, 1.0, low_open=True, high_open=True)
+        if any(v == value for _, v in out):
+            raise UserInputError(f"{name} lists the level {label} twice")
+        out.append((label, value))
+    return tuple(out)
+
+
 def closest_name(name: str, known: Sequence[str]) -> str | None:
     """The name in ``known`` closest to ``name`` (difflib ratio >= 0.75), or ``None``.
 

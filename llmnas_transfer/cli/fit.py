@@ -132,6 +132,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     description="Observed and forecast pooled validity rates of a fit, with "
                                 "HDIs.")
     _add_table_options(t)
+    t.add_argument("--quantiles", default=None, metavar="LEVELS",
+                   help="posterior predictive quantiles to add, e.g. 0.05,0.25,0.5,0.75,0.95: "
+                        "one column per level, named q and the level as given (default: "
+                        "none)")
 
     c = add_command(subparsers, "check", _check, out="DIR",
                     out_help="output folder (created if missing)",
@@ -276,10 +280,13 @@ def _gaps(args) -> int:
 
 def _trajectory(args) -> int:
     from llmnas_transfer.summarize.posterior import format_table, trajectory
+    from llmnas_transfer.validate import check_levels
 
     _check_out_file(args.out)
+    levels = None if args.quantiles is None else check_levels("--quantiles", args.quantiles)
     dt = _load(args.fit)
-    _write_text(format_table(trajectory(dt, ci=args.ci), args.format), args.out)
+    table = trajectory(dt, ci=args.ci, quantiles=[label for label, _ in levels or ()] or None)
+    _write_text(format_table(table, args.format), args.out)
     return 0
 
 

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import warnings as warnings_module
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from llmnas_transfer.sim.gaps import (
 )
 from llmnas_transfer.summarize.figures import prepare_output_folder, save_figure
 from llmnas_transfer.summarize.tables import write_csv
-from llmnas_transfer.validate import check_choice, check_float
+from llmnas_transfer.validate import check_choice, check_float, check_levels
 
 GAP_COLUMNS: tuple[str, ...] = (
     "dataset", "task", "component", "mean", "sd", "hdi_low", "hdi_high",
@@ -228,19 +229,30 @@ def observed_rates(dt: xr.DataTree) -> xr.DataArray:
                                 "iteration": np.arange(1, T + 1)})
 
 
-def trajectory(dt: xr.DataTree, *, ci: float = 0.94) -> pd.DataFrame:
+def trajectory(dt: xr.DataTree, *, ci: float = 0.94,
+               quantiles: str | Sequence[float | str] | None = None) -> pd.DataFrame:
     """Validity-rate trajectory per setting: observed iterations plus the forecast ones.
 
     For settings with data, ``mean``/``hdi_*`` summarise the posterior predictive pooled
     validity rate of the observed runs (their own states, continued past the data with
-    the same number of candidates per iteration), comparable with ``observed_rate``
-    (blank where nothing was observed). For settings without data they summarise the
-    expected validity rate of a new trial, predicted through the hierarchy
-    (``basis = "hierarchy"``).
+    the same number of candidates per iteration, binomial noise included), comparable
+    with ``observed_rate`` (blank where nothing was observed). For settings without data
+    they summarise the expected validity rate of a new trial, predicted through the
+    hierarchy (``basis = "hierarchy"``).
 
-    Returns a DataFrame with :data:`TRAJECTORY_COLUMNS`.
+    ``quantiles`` (levels in (0, 1), e.g. ``"0.05,0.5,0.95"`` or ``[0.05, 0.5]``) adds one
+    column per level, ``q`` followed by the level as given (``q0.05``): the posterior
+    predictive quantile of the same rate, for observed and forecast iterations alike.
+
+    Returns a DataFrame with :data:`TRAJECTORY_COLUMNS` (and the quantile columns).
+
+    Example
+    -------
+    >>> trajectory(dt, quantiles="0.05,0.95").columns[-2:].tolist()  # doctest: +SKIP
+    ['q0.05', 'q0.95']
     """
     ci = _check_ci(ci)
+    levels = () if quantiles is None else check_levels("quantiles", quantiles)
     spec = _spec(dt)
     obs_rate = observed_rates(dt)
     pred = dt["predictions"].dataset["pooled_rate"]
@@ -250,6 +262,11 @@ def trajectory(dt: xr.DataTree, *, ci: float = 0.94) -> pd.DataFrame:
     lo_e, hi_e = _hdi(expv.transpose(*SAMPLE_DIMS, ...), ci)
     mean_p = pred.mean(SAMPLE_DIMS).values
     mean_e = expv.mean(SAMPLE_DIMS).values
+    qs = [v for _, v in levels]
+    # (Q, D, K, H); the pooled rate is undefined (NaN) for settings without runs, whose
+    # rows use the expected rate instead
+    q_p = pred.fillna(0.0).quantile(qs, dim=SAMPLE_DIMS).values if levels else None
+    q_e = expv.quantile(qs, dim=SAMPLE_DIMS).values if levels else None
     rows = []
     for i, d in enumerate(spec.datasets):
         for k, tk in enumerate(spec.tasks):
@@ -264,7 +281,10 @@ def trajectory(dt: xr.DataTree, *, ci: float = 0.94) -> pd.DataFrame:
                     "hdi_high": float(hi[i, k, h]), "forecast": it > spec.num_iterations,
                     "basis": "observed runs" if seen else "hierarchy",
                 })
-    return pd.DataFrame(rows, columns=list(TRAJECTORY_COLUMNS))
+                for j, (label, _) in enumerate(levels):
+                    rows[-1][f"q{label}"] = float((q_p if seen else q_e)[j, i, k, h])
+    return pd.DataFrame(rows, columns=[*TRAJECTORY_COLUMNS,
+                                       *(f"q{label}" for label, _ in levels)])
 
 
 # --------------------------------------------------------------------------- diagnostics

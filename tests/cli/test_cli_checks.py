@@ -186,6 +186,12 @@ def test_ci_is_checked_at_parse_time(command, ci, tmp_path, capsys):
     one_line_error(argv, capsys, "argument --ci")
 
 
+@pytest.mark.parametrize("levels", ["0,0.5", "0.5,x", "0.5,0.5", ""])
+def test_trajectory_quantiles_checked_before_the_fit_is_read(levels, tmp_path, capsys):
+    one_line_error(["trajectory", tmp_path / "missing.nc", "--quantiles", levels], capsys,
+                   "--quantiles")
+
+
 def test_gaps_iteration_is_checked(tmp_path, capsys):
     one_line_error(["gaps", tmp_path / "f.nc", "--iteration", "0"], capsys,
                    "argument --iteration")

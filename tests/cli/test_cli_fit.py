@@ -92,6 +92,15 @@ def test_trajectory_csv(fitted, tmp_path):
     assert df.loc[df["iteration"] <= 4, "observed_rate"].notna().all()
 
 
+def test_trajectory_quantiles(fitted, tmp_path):
+    out = tmp_path / "traj.csv"
+    assert main(["trajectory", str(fitted), "--format", "csv", "--out", str(out),
+                 "--quantiles", "0.05,0.5,0.95"]) == 0
+    df = pd.read_csv(out)
+    assert list(df.columns)[-3:] == ["q0.05", "q0.5", "q0.95"]
+    assert ((df["q0.05"] <= df["q0.5"]) & (df["q0.5"] <= df["q0.95"])).all()
+
+
 def test_check(fitted, tmp_path, capsys):
     assert main(["check", str(fitted), "--out", str(tmp_path / "chk")]) == 0
     captured = capsys.readouterr()

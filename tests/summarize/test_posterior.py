@@ -113,6 +113,25 @@ def test_trajectory(small_fit):
     assert r.sel(dataset="nlp-sst2").isnull().all()
 
 
+def test_trajectory_quantiles_are_those_of_the_predictive_draws(small_fit):
+    """q columns named by the level as given; each is the plain quantile of the pooled
+    predictive rate's draws (hierarchy settings: of the expected rate)."""
+    _, dt = small_fit
+    tr = trajectory(dt, quantiles="0.05,0.50,0.95")
+    assert list(tr.columns) == [*TRAJECTORY_COLUMNS, "q0.05", "q0.50", "q0.95"]
+    pred = dt["predictions"].dataset["pooled_rate"].sel(dataset="cifar-10", task="generation")
+    expv = dt["posterior"].dataset["validity"].sel(dataset="nlp-sst2", task="generation")
+    for (d, k), draws in ((("cifar-10", "generation"), pred), (("nlp-sst2", "generation"), expv)):
+        c = tr[(tr.dataset == d) & (tr.task == k)]
+        want = np.quantile(draws.values.reshape(-1, draws.shape[-1]), [0.05, 0.5, 0.95], axis=0)
+        np.testing.assert_allclose(c[["q0.05", "q0.50", "q0.95"]].to_numpy().T, want,
+                                   rtol=1e-6, atol=1e-9)
+    assert (tr["q0.05"] <= tr["q0.50"]).all() and (tr["q0.50"] <= tr["q0.95"]).all()
+    assert list(trajectory(dt, quantiles=[0.25]).columns)[-1] == "q0.25"
+    with pytest.raises(UserInputError, match="quantiles"):
+        trajectory(dt, quantiles="0.5,1")
+
+
 def test_diagnostics_flag_problems():
     rng = np.random.default_rng(1)
     good = rng.normal(size=(2, 400))
