@@ -523,8 +523,9 @@ def _all_entries(d: dict, prefix: str = "") -> list[str]:
 def _provenance_of_entries(defaults_dict: dict, calibrated: dict[str, tuple]) -> dict[str, str]:
     """``determined_by`` for every entry of a parameters file: the calibrated entries as
     :func:`_determined_by` found; the LEMUR spread (``dynamics.accuracy_noise``) is data;
-    everything else (novelty assumptions, the reference's zeros, the trend tables and
-    feedback strengths, which the targets do not reach) is prior."""
+    everything else (novelty assumptions, the reference's zeros, the trend tables, the
+    cells' own validity levels and the feedback strengths, which the targets do not
+    reach) is prior."""
     body = {k: v for k, v in defaults_dict.items() if k != "provenance"}
     out = {}
     for name in _all_entries(body):
