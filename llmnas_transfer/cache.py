@@ -6,6 +6,13 @@ when ``XDG_CACHE_HOME`` is unset), so a second run of the same shapes loads them
 of compiling again. ``LLMNAS_TRANSFER_CACHE=off`` disables it; any other value of
 ``LLMNAS_TRANSFER_CACHE`` names the folder to use instead.
 
+The cache is bounded (:data:`MAX_BYTES`, least recently used entries go first). The bound
+also makes JAX take a file lock around every read and write of an entry: JAX writes an
+entry in place, so without the lock a process that reads it while another one writes it
+(test workers, parallel fits, the processes of a sweep) can load a partial program and
+crash. A process killed mid-write can still leave a damaged entry: delete the folder if
+a command crashes inside JAX's cache reader.
+
 Example
 -------
 >>> cache_folder().name
@@ -20,6 +27,8 @@ from pathlib import Path
 ENV_VAR = "LLMNAS_TRANSFER_CACHE"
 #: programs that compile faster than this are not worth a disk entry (seconds)
 MIN_COMPILE_SECONDS = 0.5
+#: size bound of the cache folder (bytes); setting one turns on JAX's file lock
+MAX_BYTES = 4 * 2**30
 
 
 def cache_folder() -> Path | None:
@@ -71,4 +80,5 @@ def enable_compilation_cache() -> Path | None:
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return folder

@@ -23,8 +23,10 @@ def test_cache_folder_follows_xdg_and_the_switch(monkeypatch, tmp_path):
 @pytest.fixture
 def restore_cache_dir():
     old = jax.config.jax_compilation_cache_dir
+    old_max = jax.config.jax_compilation_cache_max_size
     yield
     jax.config.update("jax_compilation_cache_dir", old)
+    jax.config.update("jax_compilation_cache_max_size", old_max)
 
 
 def test_enable_sets_jax_and_creates_the_folder(monkeypatch, tmp_path, restore_cache_dir):
@@ -32,6 +34,18 @@ def test_enable_sets_jax_and_creates_the_folder(monkeypatch, tmp_path, restore_c
     assert cache.enable_compilation_cache() == tmp_path / "c"
     assert (tmp_path / "c").is_dir()
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "c")
+    # bounded, so JAX locks each entry's read and write (parallel processes never load a
+    # half-written program); the lock needs filelock, a dependency
+    assert jax.config.jax_compilation_cache_max_size == cache.MAX_BYTES > 0
+
+
+def test_bounded_cache_locks_reads_and_writes(tmp_path):
+    from jax._src.lru_cache import LRUCache
+
+    c = LRUCache(str(tmp_path / "c"), max_size=cache.MAX_BYTES)
+    assert c.eviction_enabled
+    c.put("k", b"program")
+    assert c.get("k") == b"program" and (tmp_path / "c" / ".lockfile").exists()
 
 
 def test_unusable_folder_or_off_leaves_the_cache_alone(monkeypatch, tmp_path,
