@@ -283,9 +283,9 @@ def _trajectory(args) -> int:
     from llmnas_transfer.validate import check_levels
 
     _check_out_file(args.out)
-    levels = None if args.quantiles is None else check_levels("--quantiles", args.quantiles)
-    dt = _load(args.fit)
-    table = trajectory(dt, ci=args.ci, quantiles=[label for label, _ in levels or ()] or None)
+    if args.quantiles is not None:  # before the fit is read
+        check_levels("--quantiles", args.quantiles)
+    table = trajectory(_load(args.fit), ci=args.ci, quantiles=args.quantiles)
     _write_text(format_table(table, args.format), args.out)
     return 0
 

@@ -40,6 +40,7 @@ from llmnas_transfer.fit.model import (
     ModelSpec,
     NormalStats,
     RunsData,
+    has_cell_level,
     observed_datasets,
     observed_index,
     prior_medians,
@@ -133,7 +134,7 @@ def truth_from_defaults(defaults: ModelDefaults, spec: ModelSpec) -> dict[str, n
             [defaults.interaction.get(m, {}).get(t, 0.0) for t in free_t] for m in free_m]
     cell = np.asarray([[defaults.validity_setting.get(setting_key(x, k), 0.0)
                         for k in spec.tasks] for x in spec.datasets])
-    if all(trend_levels(spec)) and cell.any():  # the cells' own validity levels (none:
+    if has_cell_level(spec) and cell.any():  # the cells' own validity levels (none:
         sd = float(np.sqrt(np.mean(cell**2)))     # no truth for a scale at 0 to recover)
         out["validity_sd_setting"], out["validity_z_setting"] = sd, cell / sd
     if spec.has_accuracy:

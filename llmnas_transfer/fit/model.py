@@ -962,6 +962,13 @@ def trend_levels(spec: ModelSpec) -> tuple[bool, bool]:
     return len(spec.datasets) > 1, len(spec.tasks) > 1
 
 
+def has_cell_level(spec: ModelSpec) -> bool:
+    """Whether each dataset x task cell has its own level (validity offset, and under the
+    per-setting trend rate and asymptote offsets): only with two or more datasets and two
+    or more tasks, else a cell is its dataset or its task."""
+    return all(trend_levels(spec))
+
+
 def observed_index(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     """(dataset indices, task indices) of the settings with data."""
     obs = np.asarray(spec.observed, np.int32).reshape(-1, 2)
@@ -1123,7 +1130,7 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
     if free_t and free_m:
         site("interaction_free",
              dist.Normal(0.0, 0.5).expand((len(free_m), len(free_t))).to_event(2))
-    if all(trend_levels(spec)):  # the cells' own validity levels
+    if has_cell_level(spec):  # the cells' own validity levels
         site("validity_sd_setting", scalar_priors()["validity_sd_setting"])
         site("validity_z_setting", dist.Normal(0.0, 1.0).expand(
             (len(spec.datasets), len(spec.tasks))).to_event(2))
@@ -1159,7 +1166,7 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
                 site(f"{part}_sd_{level}", scalar_priors()[f"{part}_sd_{level}"])
                 with numpyro.plate(level, n):
                     site(f"{part}_z_{level}", dist.Normal(0.0, 1.0))
-        if by_d and by_k:
+        if has_cell_level(spec):
             for part in ("rate", "asymptote"):
                 site(f"{part}_sd_setting", scalar_priors()[f"{part}_sd_setting"])
                 site(f"{part}_z_setting", dist.Normal(0.0, 1.0).expand(

@@ -388,7 +388,7 @@ def _check_shape(d, src: str) -> None:
                     f"{src}: field 'trend' must map {', '.join(TREND_TABLES)} to JSON "
                     "objects of numbers")
             continue
-        if k == "validity_setting" and k not in d:  # optional: files without it have none
+        if k in OPTIONAL_FIELDS and k not in d:  # files without it have no cell levels
             continue
         if k not in d:
             raise UserInputError(f"{src}: not a parameters file (it lacks the field {k!r})")
