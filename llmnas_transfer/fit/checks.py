@@ -249,17 +249,6 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
                 trend[f"{part}_setting"] = {
                     setting_key(d, k): float(vals[i, j])
                     for i, d in enumerate(spec.datasets) for j, k in enumerate(spec.tasks)}
-        # the model centres each part over the settings with data: so does the simulator,
-        # through the dataset table (or the task table when there is one dataset)
-        level, names = ("dataset", spec.datasets) if by_d else ("task", spec.tasks)
-        for part in ("rate", "asymptote") if by_d or by_k else ():
-            total = np.asarray([[trend[f"{part}_dataset"].get(d, 0.0)
-                                 + trend[f"{part}_task"].get(k, 0.0)
-                                 + trend[f"{part}_setting"].get(setting_key(d, k), 0.0)
-                                 for k in spec.tasks] for d in spec.datasets])
-            centre = float(total[observed_index(spec)].mean())
-            trend[f"{part}_{level}"] = {n: trend[f"{part}_{level}"].get(n, 0.0) - centre
-                                        for n in names}
     acc_coef = g.get("accuracy_coef", np.zeros(len(FEATURE_NAMES)))
     acc0 = float(g.get("accuracy_intercept", -1.0))
     level = g.get("accuracy_level", np.full(len(spec.datasets), -1.0))
@@ -283,7 +272,7 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
     for i, t in enumerate(free_t):
         if "novelty_task_free" in g:
             nov_t[t] = float(g["novelty_task_free"][i])
-    return ModelDefaults(
+    out = ModelDefaults(
         dynamics={k: float(v) for k, v in dyn.items()},
         difficulty_coef={f: float(c) for f, c in zip(FEATURE_NAMES, coef, strict=True)},
         difficulty_residual={n: float(diff[i] - feats[i] @ coef)
@@ -301,6 +290,17 @@ def defaults_from_draw(draw: dict, spec: ModelSpec) -> ModelDefaults:
         trend=trend,
         provenance={"derived_by": "llmnas_transfer.fit.checks.defaults_from_draw"},
     )
+    if spec.trend != "setting" or not (by_d or by_k):
+        return out
+    # the model centres the offsets over the settings with data: so does the simulator,
+    # through its dataset table (or its task table when there is one dataset)
+    r_c, mu_c = _trend_centres(out, spec)
+    names, level = (spec.datasets, "dataset") if by_d else (spec.tasks, "task")
+    shifted = dict(out.trend)
+    for part, centre in (("rate", r_c), ("asymptote", math.log(mu_c))):
+        table = shifted[f"{part}_{level}"]
+        shifted[f"{part}_{level}"] = {n: table.get(n, 0.0) - centre for n in names}
+    return dataclasses.replace(out, trend=shifted)
 
 
 def recovery_table(dt: xr.DataTree, truth: dict[str, np.ndarray], *, ci: float = 0.94,
