@@ -3,6 +3,7 @@
 Each group of commands lives in its own module with a ``register(subparsers)`` function:
 :mod:`~llmnas_transfer.cli.study` (reproduce, simulate, calibrate),
 :mod:`~llmnas_transfer.cli.fit` (fit, gaps, trajectory, check),
+:mod:`~llmnas_transfer.cli.backtest` (backtest),
 :mod:`~llmnas_transfer.cli.lemur` (lemur, scenario), :mod:`~llmnas_transfer.cli.sweep`
 (sweep), :mod:`~llmnas_transfer.cli.report` (report) and
 :mod:`~llmnas_transfer.cli.plan` (plan); the options they share (grid,
@@ -26,7 +27,8 @@ from collections.abc import Sequence
 from llmnas_transfer import __version__
 from llmnas_transfer.errors import UserInputError
 
-COMMAND_MODULES: tuple[str, ...] = ("study", "fit", "lemur", "sweep", "report", "plan")
+COMMAND_MODULES: tuple[str, ...] = ("study", "fit", "backtest", "lemur", "sweep", "report",
+                                    "plan")
 
 #: the top-level ``--help`` text (plain words; the module docstring is reStructuredText)
 DESCRIPTION = (

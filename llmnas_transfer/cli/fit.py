@@ -112,6 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "asymptote (partially pooled) and lets each iteration's valid "
                         "fraction and accuracy move the state; 'shared' is one drift for "
                         "every setting (default: setting)")
+    add_bursts_option(p)
     add_progress_option(p, text="hide the sampler's progress bar")
 
     g = add_command(subparsers, "gaps", _gaps, out="FILE", out_required=False,
@@ -235,6 +236,7 @@ def _fit(args) -> int:
         dataset_attrs=attrs, target_accept=args.target_accept, dense_mass=args.dense_mass,
         svi_steps=args.svi_steps, svi_learning_rate=args.svi_learning_rate,
         prior_draws=args.prior_draws, progress=progress, trend=args.trend,
+        bursts=args.bursts,
     )
     for note in notices_of(dt):
         print(f"note: {note}", file=sys.stderr)
@@ -261,6 +263,15 @@ def _load(path: str):
     from llmnas_transfer.fit.fitfile import load_fit
 
     return load_fit(path)
+
+
+def add_bursts_option(p: argparse.ArgumentParser) -> None:
+    """``--bursts {auto,on,off}`` (shared by ``fit`` and ``backtest``)."""
+    p.add_argument("--bursts", choices=("auto", "on", "off"), default="auto",
+                   help="collapse episodes (a healthy/collapsed regime per iteration) and "
+                        "overdispersed counts in the model; 'auto' switches them on when "
+                        "successive iteration rates vary over 3x as much as binomial "
+                        "noise allows (default: auto; the fit's notes say which)")
 
 
 def _gaps(args) -> int:

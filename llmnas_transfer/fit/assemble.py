@@ -24,6 +24,7 @@ from numpyro.infer import Predictive
 from llmnas_transfer import __version__
 from llmnas_transfer.fit.fitfile import FIT_FORMAT
 from llmnas_transfer.fit.model import (
+    BURST_SITES,
     DETERMINISTIC_DIMS,
     MATRIX_DIMS,
     ModelSpec,
@@ -43,7 +44,7 @@ from llmnas_transfer.io.runs import ObservedRuns
 _NEEDED = ("kappa", "state_noise", "init_sd", "validity_slope", "accuracy_slope",
            "accuracy_noise", "novelty_intercept", "novelty_slope", "novelty_noise",
            "validity_offset", "accuracy_offset", "novelty_offset", "rate_offset",
-           "asymptote", "feedback_validity", "feedback_accuracy")
+           "asymptote", "feedback_validity", "feedback_accuracy", *BURST_SITES)
 
 
 class _DrawsAdapter:
@@ -157,6 +158,22 @@ def _pooled_forecast(key, samples, prep: Prepared) -> np.ndarray:
         rate = num / denom[None]
     shape = next(iter(samples.values())).shape[:2]
     return rate.reshape(shape + (nd, nk, H))
+
+
+def run_forecasts(key: jax.Array, samples: dict, prep: Prepared,
+                  n_generated: np.ndarray) -> np.ndarray:
+    """Posterior predictive valid counts of each run over the horizon, one per draw.
+
+    ``samples`` are ``(chain, draw, ...)`` arrays of a fit of ``prep``;
+    ``n_generated`` (N, T + K) the candidates behind each count (``T`` and ``K`` from
+    ``prep.spec``). Returns (chain x draw, N, T + K) counts: the observed iterations'
+    at the runs' own states, then the forecast
+    (:func:`~llmnas_transfer.fit.model.forecast_runs`).
+    """
+    n = prep.data.n_generated.shape[0]
+    eye = jnp.eye(n, dtype=jnp.float32)
+    return np.asarray(_forecast_kernel(key, _needed(samples), prep.data, prep.spec,
+                                       jnp.asarray(n_generated, jnp.float32), eye))
 
 
 def _loglik_per_run(samples, prep: Prepared) -> np.ndarray:
@@ -294,4 +311,4 @@ def assemble_tree(
     return dt
 
 
-__all__ = ["assemble_tree"]
+__all__ = ["assemble_tree", "run_forecasts"]

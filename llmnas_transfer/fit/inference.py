@@ -78,6 +78,7 @@ def fit_runs(
     max_pointwise: float = 2e7,
     progress: bool = False,
     trend: str = "setting",
+    bursts: str = "auto",
 ) -> xr.DataTree:
     """Fit the hierarchical model to observed runs and return an ArviZ ``DataTree``.
 
@@ -114,6 +115,10 @@ def fit_runs(
         asymptote, partially pooled, and the feedback of each iteration moves the state)
         or ``"shared"`` (one drift for every setting, no feedback); see
         :mod:`llmnas_transfer.fit.model`.
+    bursts : ``"auto"`` (default), ``"on"`` or ``"off"``: collapse episodes and
+        overdispersed counts in the model (see
+        :func:`~llmnas_transfer.fit.preparation.prepare`; the fit's notes say what
+        ``"auto"`` chose and why).
 
     Returns
     -------
@@ -142,7 +147,7 @@ def fit_runs(
         runs = read_runs(runs)
     prep = prepare(runs, reference=reference, datasets=datasets, tasks=tasks,
                    dataset_attrs=dataset_attrs, num_forecast=forecast, grid_size=grid_size,
-                   trend=trend)
+                   trend=trend, bursts=bursts)
     k_fit, k_prior, k_ppc, k_fc = jax.random.split(as_key(seed), 4)
     t1 = time.perf_counter()
     if method == "nuts":

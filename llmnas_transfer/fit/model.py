@@ -83,6 +83,7 @@ from numpyro.distributions import constraints
 from llmnas_transfer.sim.dynamics import (
     Feedback,
     accuracy_logit,
+    collapse_stationary,
     novelty_logit,
     setting_rate,
     state_moments,
@@ -225,6 +226,8 @@ class ModelSpec:
     chance : chance level of every (dataset, task), ``()`` for 0 everywhere.
     num_candidates : candidates per iteration of a new trial (the setting-level
         expectations with feedback depend on it).
+    bursts : whether the model has collapse episodes and overdispersed counts
+        (:data:`BURST_SITES`; see :func:`runs_model`).
     """
 
     datasets: tuple[str, ...]
@@ -244,6 +247,7 @@ class ModelSpec:
     trend: str = "setting"
     chance: tuple[tuple[float, ...], ...] = ()
     num_candidates: int = 20
+    bursts: bool = False
 
     def __post_init__(self):
         if self.trend not in TRENDS:
@@ -297,12 +301,14 @@ class ModelSpec:
             "has_novelty": self.has_novelty, "grid_size": self.grid_size,
             "grid_width": self.grid_width, "trend": self.trend,
             "chance": [list(c) for c in self.chance], "num_candidates": self.num_candidates,
+            "bursts": self.bursts,
         }
 
     @classmethod
     def from_attrs(cls, d: dict) -> ModelSpec:
         """Inverse of :meth:`to_attrs`. Fits written before the trend model have the
-        shared trend and chance 0 (accuracy on the raw logit scale)."""
+        shared trend and chance 0 (accuracy on the raw logit scale), those written
+        before bursts have none."""
         return cls(
             tuple(d["datasets"]), tuple(d["tasks"]), tuple(d["modalities"]),
             tuple(tuple(float(v) for v in f) for f in d["features"]),
@@ -312,7 +318,7 @@ class ModelSpec:
             bool(d["has_accuracy"]), bool(d["has_novelty"]), int(d["grid_size"]),
             float(d["grid_width"]), (), str(d.get("trend", "shared")),
             tuple(tuple(float(v) for v in c) for c in d.get("chance", ())),
-            int(d.get("num_candidates", 20)),
+            int(d.get("num_candidates", 20)), bool(d.get("bursts", False)),
         )
 
 
@@ -381,6 +387,15 @@ PRIOR_TEXT: dict[str, str] = {
     "asymptote_z_setting": "Normal(0, 1) per dataset x task (non-centred)",
     "feedback_validity": "Normal(0, 0.5) (trend 'setting'; 0 under 'shared')",
     "feedback_accuracy": "Normal(0, 0.5) (trend 'setting' with accuracy data; else 0)",
+    "collapse_enter": "Beta(1, 9) (bursts; chance per iteration that a healthy run "
+                      "collapses, prior mean 0.1)",
+    "collapse_exit": "Beta(2, 2) (bursts; chance per iteration that a collapsed run "
+                     "recovers: a collapse lasts 1 / collapse_exit iterations on average)",
+    "collapse_validity": "Normal(-4, 1.5) (bursts; validity logit while collapsed: "
+                         "sigmoid(-4) = 0.018)",
+    "validity_dispersion": "Beta(1, 4) (bursts; correlation of the candidates of one "
+                           "iteration: the count is beta-binomial, binomial at 0; values "
+                           "below 0.001 count as 0.001)",
 }
 
 #: Scalar parameters of the dynamics recorded in the posterior.
@@ -389,6 +404,14 @@ DYNAMICS_SITES: tuple[str, ...] = (
 )
 ACCURACY_SITES: tuple[str, ...] = ("accuracy_slope", "accuracy_noise")
 NOVELTY_SITES: tuple[str, ...] = ("novelty_intercept", "novelty_slope", "novelty_noise")
+#: sampled sites of the bursts (:attr:`ModelSpec.bursts`), fields of the same names of
+#: :class:`~llmnas_transfer.sim.params.DynamicsParams`
+BURST_SITES: tuple[str, ...] = ("collapse_enter", "collapse_exit", "collapse_validity",
+                                "validity_dispersion")
+#: smallest validity dispersion the likelihood uses (a beta-binomial with concentration
+#: 999, within 5% of the binomial's variance at 50 candidates; below it float32 loses
+#: the differences of log-gamma terms)
+MIN_DISPERSION = 1e-3
 
 #: event dims of deterministic sites (they are created outside plates)
 DETERMINISTIC_DIMS: dict[str, list[str]] = {
@@ -465,21 +488,55 @@ def _drawn_feedback(s: Array, count: Array, n: Array, params: DynamicsParams,
     return Feedback(vf, jnp.where(count > 0, mean_acc, 0.5))
 
 
+def _validity_rate(s: Array, collapsed: Array | None, params: DynamicsParams,
+                   eff: SettingEffects) -> Array:
+    """P(valid) at state ``s``: ``sigmoid(collapse_validity)`` where ``collapsed``."""
+    prob = jax.nn.sigmoid(validity_logit(s, params, eff.validity_offset))
+    if collapsed is None:
+        return prob
+    return jnp.where(collapsed, jax.nn.sigmoid(params.collapse_validity), prob)
+
+
+def _draw_counts(key: PRNGKey, n: Array, prob: Array, params: DynamicsParams,
+                 bursts: bool) -> Array:
+    """Valid counts of ``n`` candidates at rate ``prob``: binomial, or with ``bursts``
+    beta-binomial (the iteration's rate drawn from its Beta first, with its own key)."""
+    if bursts:
+        c = _concentration(params.validity_dispersion)
+        p = jnp.clip(prob, 1e-7, 1.0 - 1e-7)
+        prob = jax.random.beta(jax.random.fold_in(key, 1), p * c, (1.0 - p) * c)
+    return binomial_counts(key, n, prob)
+
+
+def _next_regime(key: PRNGKey, collapsed: Array, params: DynamicsParams) -> Array:
+    """The regime after ``collapsed`` (bool), one uniform per element."""
+    p_collapse = jnp.where(collapsed, 1.0 - params.collapse_exit, params.collapse_enter)
+    return jax.random.uniform(key, jnp.shape(collapsed)) < p_collapse
+
+
 def _simulate_counts(key: PRNGKey, s0: Array, z_next: Array, n_generated: Array,
-                     params: DynamicsParams, eff: SettingEffects) -> Array:
+                     params: DynamicsParams, eff: SettingEffects,
+                     collapsed0: Array | None = None) -> Array:
     """Counts of iterations simulated forward from state ``s0``: at each iteration draw
     the counts at the state, then transition with their feedback and the noise
-    ``z_next`` (leading axis: iterations; ``n_generated`` likewise)."""
+    ``z_next`` (leading axis: iterations; ``n_generated`` likewise). With
+    ``collapsed0`` (the regime of the first iteration, bool) the run has bursts: the
+    regime moves on as a Markov chain and the counts are beta-binomial."""
+    bursts = collapsed0 is not None
 
-    def body(s, inp):
+    def body(carry, inp):
+        s, collapsed = carry
         z, n, t = inp
-        prob = jax.nn.sigmoid(validity_logit(s, params, eff.validity_offset))
-        c = binomial_counts(jax.random.fold_in(key, t), n, prob)
+        k_t = jax.random.fold_in(key, t)
+        c = _draw_counts(k_t, n, _validity_rate(s, collapsed, params, eff), params, bursts)
         fb = _drawn_feedback(s, c, n, params, eff)
-        return transition_mean(s, params, eff, fb) + params.state_noise * z, c
+        s_next = transition_mean(s, params, eff, fb) + params.state_noise * z
+        if bursts:
+            collapsed = _next_regime(jax.random.fold_in(k_t, 2), collapsed, params)
+        return (s_next, collapsed), c
 
     steps = n_generated.shape[0]
-    _, counts = jax.lax.scan(body, s0, (z_next, n_generated, jnp.arange(steps)))
+    _, counts = jax.lax.scan(body, (s0, collapsed0), (z_next, n_generated, jnp.arange(steps)))
     return counts
 
 
@@ -545,19 +602,51 @@ def _run_transitions(trans_t: Array, rows: Array) -> Array:
     return trans_t if trans_t.shape[0] == 1 else jnp.take(trans_t, rows, axis=0)
 
 
-def forward_filter(grid: StateGrid, log_em: Array) -> tuple[Array, Array]:
+class Regimes(NamedTuple):
+    """The healthy (0) / collapsed (1) chain of the bursts: initial probabilities
+    ``init`` (2,) and the row-stochastic transition matrix ``trans`` (2, 2)."""
+
+    init: Array
+    trans: Array
+
+
+def burst_regimes(params: DynamicsParams) -> Regimes:
+    """The :class:`Regimes` of ``params``: stationary start, ``collapse_enter`` and
+    ``collapse_exit`` per iteration.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> p = load_defaults().dynamics_params()._replace(collapse_enter=0.2, collapse_exit=0.6)
+    >>> [round(float(v), 2) for v in burst_regimes(p).init]
+    [0.75, 0.25]
+    """
+    enter = jnp.asarray(params.collapse_enter, jnp.float32)
+    leave = jnp.asarray(params.collapse_exit, jnp.float32)
+    pi = collapse_stationary(params)
+    trans = jnp.stack([jnp.stack([1.0 - enter, enter]), jnp.stack([leave, 1.0 - leave])])
+    return Regimes(jnp.stack([1.0 - pi, pi]), trans)
+
+
+def forward_filter(grid: StateGrid, log_em: Array,
+                   regimes: Regimes | None = None) -> tuple[Array, Array]:
     """Forward algorithm with per-step rescaling.
 
     Parameters
     ----------
     grid : :class:`StateGrid` with ``T`` iterations and ``N`` runs.
-    log_em : (T, N, G) log emission densities (0 where nothing was observed).
+    log_em : (T, N, G) log emission densities (0 where nothing was observed), or
+        (T, N, R, G) with ``regimes``: the emission in each regime.
+    regimes : the discrete regime chain (:class:`Regimes`), independent of the state;
+        the filter runs on the product of regimes and grid nodes, so the regime is
+        marginalised exactly.
 
     Returns
     -------
     loglik : (N, T) ``log p(y_t | y_{1:t-1})``; its sum over ``t`` is the run's marginal
         log-likelihood.
-    filtered : (T, N, G) filtering distributions ``p(s_t = node | y_{1:t})``.
+    filtered : (T, N, G) filtering distributions ``p(s_t = node | y_{1:t})``, or
+        (T, N, R, G) joint with the regime.
 
     Example
     -------
@@ -568,21 +657,28 @@ def forward_filter(grid: StateGrid, log_em: Array) -> tuple[Array, Array]:
     (True, (3, 2, 8))
     """
 
+    axes = (-1,) if regimes is None else (-2, -1)  # what one filtering distribution spans
+
     def update(pred, e):
         # the result does not depend on the shift, so no gradient flows through it
-        mx = jax.lax.stop_gradient(jnp.max(e, axis=-1, keepdims=True))
+        mx = jax.lax.stop_gradient(jnp.max(e, axis=axes, keepdims=True))
         w = pred * jnp.exp(e - mx)
-        c = jnp.sum(w, axis=-1, keepdims=True)
-        return w / c, (jnp.log(c) + mx)[..., 0]
+        c = jnp.sum(w, axis=axes, keepdims=True)
+        return w / c, jnp.reshape(jnp.log(c) + mx, c.shape[:1])
 
-    a1, l1 = update(jnp.broadcast_to(grid.init, log_em.shape[1:]), log_em[0])
+    init = grid.init if regimes is None else regimes.init[:, None] * grid.init
+    a1, l1 = update(jnp.broadcast_to(init, log_em.shape[1:]), log_em[0])
 
     def step(alpha, inp):
         trans, e = inp
         tr = _run_transitions(trans, grid.rows)
-        pred = jnp.einsum("ng,ngh->nh", alpha, jnp.broadcast_to(
-            tr, alpha.shape[:1] + tr.shape[1:])) + 1e-30  # floor keeps far outliers finite
-        alpha, ll = update(pred, e)
+        tr = jnp.broadcast_to(tr, alpha.shape[:1] + tr.shape[1:])
+        if regimes is None:
+            pred = jnp.einsum("ng,ngh->nh", alpha, tr)
+        else:  # the state moves alike in both regimes, then the regime switches
+            pred = jnp.einsum("rq,nrh->nqh", regimes.trans,
+                              jnp.einsum("nrg,ngh->nrh", alpha, tr))
+        alpha, ll = update(pred + 1e-30, e)  # the floor keeps far outliers finite
         return alpha, (alpha, ll)
 
     _, (alphas, lls) = jax.lax.scan(step, a1, (grid.trans, log_em[1:]))
@@ -591,9 +687,43 @@ def forward_filter(grid: StateGrid, log_em: Array) -> tuple[Array, Array]:
     return loglik.T, filtered
 
 
+def _concentration(rho: Array) -> Array:
+    """Beta concentration ``(1 - rho) / rho`` of a dispersion clipped to
+    ``[MIN_DISPERSION, 1 - 1e-6]``."""
+    rho = jnp.clip(rho, MIN_DISPERSION, 1.0 - 1e-6)
+    return (1.0 - rho) / rho
+
+
+def _betabinomial_parts(k: Array, n: Array, p: Array, c: Array) -> tuple[Array, Array]:
+    """The beta-binomial log-pmf as (the part that depends on ``p``, the rest), so the
+    rest is evaluated once per count when ``p`` varies over grid nodes."""
+    a, b = p * c, (1.0 - p) * c
+    node = gammaln(k + a) - gammaln(a) + gammaln(n - k + b) - gammaln(b)
+    rest = (gammaln(n + 1.0) - gammaln(k + 1.0) - gammaln(n - k + 1.0)
+            + gammaln(c) - gammaln(n + c))
+    return node, rest
+
+
+def betabinomial_logpmf(k: Array, n: Array, p: Array, rho: Array) -> Array:
+    """``log BetaBinomial(k | n, p c, (1 - p) c)`` with ``c = (1 - rho) / rho``: ``n``
+    candidates whose validity rate is drawn from a Beta of mean ``p`` and intra-class
+    correlation ``rho`` (clipped to ``[MIN_DISPERSION, 1 - 1e-6]``).
+
+    Example
+    -------
+    >>> from jax.scipy.stats import binom
+    >>> lp = betabinomial_logpmf(3.0, 10.0, 0.4, MIN_DISPERSION)
+    >>> bool(abs(lp - binom.logpmf(3, 10, 0.4)) < 0.02)
+    True
+    """
+    node, rest = _betabinomial_parts(k, n, p, _concentration(rho))
+    return node + rest
+
+
 def emission_loglik(
     s: Array, params: DynamicsParams, effects: SettingEffects, rows: Array, data: RunsData,
     *, n_valid: Array | None = None, use_accuracy: bool = True, use_novelty: bool = False,
+    bursts: bool = False,
 ) -> tuple[Array, Array]:
     """Log emission densities on the runs' grids, split into a state-dependent and a
     constant part.
@@ -608,9 +738,14 @@ def emission_loglik(
     intercepts and slopes are read off the :mod:`~llmnas_transfer.sim.dynamics` functions
     at ``s = 0`` and ``s = 1``).
 
+    With ``bursts`` the validity count is beta-binomial
+    (:func:`betabinomial_logpmf`, dispersion ``params.validity_dispersion``) node by node,
+    and ``log_em`` has a regime axis: healthy (the state's validity rate) and collapsed
+    (``sigmoid(collapse_validity)`` at every node).
+
     Returns
     -------
-    log_em : (T, N, G)
+    log_em : (T, N, G), or (T, N, 2, G) with ``bursts``
     const : (N, T)
     """
     nv = data.n_valid if n_valid is None else n_valid
@@ -621,10 +756,14 @@ def emission_loglik(
     log_p = -jax.nn.softplus(-eta)
     eta0 = validity_logit(0.0, params, delta)  # (N,) intercepts
     eta_slope = validity_logit(1.0, params, 0.0) - validity_logit(0.0, params, 0.0)
-    lin = -(ng - nv) * eta_slope  # coefficient of s, (N, T)
+    if bursts:  # the validity part is evaluated node by node below
+        lin = jnp.zeros_like(ng)
+        const = jnp.zeros_like(ng)
+    else:
+        lin = -(ng - nv) * eta_slope  # coefficient of s, (N, T)
+        const = gammaln(ng + 1.0) - gammaln(nv + 1.0) - gammaln(ng - nv + 1.0) \
+            - (ng - nv) * eta0[:, None]
     quad = jnp.zeros_like(lin)  # coefficient of s^2
-    const = gammaln(ng + 1.0) - gammaln(nv + 1.0) - gammaln(ng - nv + 1.0) \
-        - (ng - nv) * eta0[:, None]
 
     def normal_part(st: NormalStats, mean_fn, offset, scale):
         # sum over values of log N(z; c + m s, scale^2) = fixed + lin * s + quad * s^2
@@ -643,8 +782,16 @@ def emission_loglik(
         f, a, b = normal_part(data.novelty, novelty_logit, effects.novelty_offset,
                               params.novelty_noise)
         const, lin, quad = const + f, lin + a, quad + b
-    log_em = ng.T[..., None] * log_p + lin.T[..., None] * s + quad.T[..., None] * s * s
-    return log_em, const
+    if not bursts:
+        log_em = ng.T[..., None] * log_p + lin.T[..., None] * s + quad.T[..., None] * s * s
+        return log_em, const
+    rest = lin.T[..., None] * s + quad.T[..., None] * s * s  # accuracy and novelty
+    c = _concentration(params.validity_dispersion)
+    k, n = nv.T, ng.T  # (T, N)
+    healthy, common = _betabinomial_parts(k[..., None], n[..., None], jax.nn.sigmoid(eta), c)
+    collapsed, _ = _betabinomial_parts(k, n, jax.nn.sigmoid(params.collapse_validity), c)
+    const = const + common[..., 0].T
+    return jnp.stack([healthy + rest, collapsed[..., None] + rest], axis=-2), const
 
 
 def run_grid(params: DynamicsParams, effects: SettingEffects, data: RunsData,
@@ -683,9 +830,9 @@ def runs_loglik(
     grid = run_grid(params, effects, data, spec, n_valid)
     log_em, const = emission_loglik(
         grid.s, params, effects, grid.rows, data, n_valid=n_valid,
-        use_accuracy=spec.has_accuracy, use_novelty=spec.has_novelty,
+        use_accuracy=spec.has_accuracy, use_novelty=spec.has_novelty, bursts=spec.bursts,
     )
-    ll, _ = forward_filter(grid, log_em)
+    ll, _ = forward_filter(grid, log_em, burst_regimes(params) if spec.bursts else None)
     return ll + const
 
 
@@ -740,7 +887,11 @@ class MarginalRuns(dist.Distribution):
         eff = _run_effects(self.effects, self.data, self.spec)
         ng = jnp.moveaxis(jnp.broadcast_to(self.data.n_generated, shape), -1, 0)
         z_next = jnp.concatenate([z[1:], jnp.zeros_like(z[:1])], axis=0)
-        counts = _simulate_counts(k_b, p.init_sd * z[0], z_next, ng, p, eff)
+        collapsed0 = None
+        if self.spec.bursts:  # the regime of the first iteration, from the stationary start
+            collapsed0 = jax.random.uniform(jax.random.fold_in(k_s, 1), z.shape[1:]) \
+                < collapse_stationary(p)
+        counts = _simulate_counts(k_b, p.init_sd * z[0], z_next, ng, p, eff, collapsed0)
         return jnp.moveaxis(counts, 0, -1)
 
 
@@ -910,7 +1061,8 @@ def derived_quantities(raw: dict, spec: ModelSpec, full: bool = True) -> dict:
     # identified by data)
     params = DynamicsParams(raw["kappa"], raw["state_noise"], raw["init_sd"],
                             jnp.zeros_like(raw["kappa"]), raw["validity_slope"], lam, sig_a,
-                            nu0, nus, sig_n, fb_v, fb_a)
+                            nu0, nus, sig_n, fb_v, fb_a,
+                            **_burst_params(raw, spec))
     chance = jnp.asarray(spec.chance_grid())
     effects = SettingEffects(delta.reshape(-1), alpha.reshape(-1), nu.reshape(-1),
                              rate.reshape(-1), asym.reshape(-1), chance.reshape(-1))
@@ -919,6 +1071,16 @@ def derived_quantities(raw: dict, spec: ModelSpec, full: bool = True) -> dict:
     out.update(setting_summaries(params, effects, spec))
     out["params"], out["effects"] = params, effects
     return out
+
+
+def _burst_params(sample: dict, spec: ModelSpec) -> dict:
+    """The :data:`BURST_SITES` of a draw as float32 (their off values without bursts)."""
+    return {name: jnp.asarray(sample[name] if spec.bursts else off, jnp.float32)
+            for name, off in zip(BURST_SITES, _BURSTS_OFF, strict=True)}
+
+
+#: values of the burst fields that switch them off (the simulator's defaults)
+_BURSTS_OFF: tuple[float, ...] = tuple(DynamicsParams._field_defaults[n] for n in BURST_SITES)
 
 
 def setting_summaries(params: DynamicsParams, effects: SettingEffects,
@@ -1044,6 +1206,10 @@ def _build_scalar_priors() -> dict[str, dist.Distribution]:
         "asymptote_sd_setting": dist.HalfNormal(0.5),
         "feedback_validity": dist.Normal(0.0, 0.5),
         "feedback_accuracy": dist.Normal(0.0, 0.5),
+        "collapse_enter": dist.Beta(1.0, 9.0),
+        "collapse_exit": dist.Beta(2.0, 2.0),
+        "collapse_validity": dist.Normal(-4.0, 1.5),
+        "validity_dispersion": dist.Beta(1.0, 4.0),
     }
 
 
@@ -1174,6 +1340,9 @@ def runs_model(data: RunsData, *, spec: ModelSpec, n_valid: Array | None = None,
         site("feedback_validity", scalar_priors()["feedback_validity"])
         if spec.has_accuracy:
             site("feedback_accuracy", scalar_priors()["feedback_accuracy"])
+    if spec.bursts:  # collapse episodes and overdispersed counts
+        for name in BURST_SITES:
+            site(name, scalar_priors()[name])
 
     det = derived_quantities(raw, spec, full=deterministic)
     if deterministic:
@@ -1197,7 +1366,8 @@ def params_from_sample(sample: dict, spec: ModelSpec) -> tuple[DynamicsParams, S
 
     ``sample`` must hold the scalar sites and the ``validity_offset``/``accuracy_offset``
     deterministics; novelty, the feedback strengths and the ``rate_offset``/``asymptote``
-    deterministics are taken from the draw when modelled (else 0, 0 and 0, 1).
+    deterministics are taken from the draw when modelled (else 0, 0 and 0, 1), the
+    :data:`BURST_SITES` when ``spec.bursts``.
     """
     f = jnp.float32
     get = sample.get
@@ -1207,7 +1377,7 @@ def params_from_sample(sample: dict, spec: ModelSpec) -> tuple[DynamicsParams, S
         get("accuracy_slope", f(0.0)), get("accuracy_noise", f(1.0)),
         get("novelty_intercept", f(0.0)), get("novelty_slope", f(0.0)),
         get("novelty_noise", f(1.0)), get("feedback_validity", f(0.0)),
-        get("feedback_accuracy", f(0.0)),
+        get("feedback_accuracy", f(0.0)), **_burst_params(sample, spec),
     )
     nd, nk = len(spec.datasets), len(spec.tasks)
     nu = sample.get("novelty_offset", jnp.zeros((nd, nk), f))
@@ -1231,7 +1401,8 @@ def forecast_runs(
 
     The states of the ``T`` observed iterations are drawn from their conditional
     distribution given the run's data (forward filtering, backward sampling on the runs'
-    grids, with the observed feedback), and counts are drawn at them. The ``K`` forecast
+    grids, with the observed feedback; with bursts jointly with the regimes), and counts
+    are drawn at them (beta-binomial with bursts). The ``K`` forecast
     iterations are simulated forward from the last state: the transition out of
     iteration ``T`` uses its observed feedback, each later one the feedback of the counts
     drawn at that iteration (valid fraction) and the expected mean chance-normalised
@@ -1243,35 +1414,46 @@ def forecast_runs(
     grid = run_grid(params, effects, data, spec)
     log_em, _ = emission_loglik(
         grid.s, params, effects, grid.rows, data,
-        use_accuracy=spec.has_accuracy, use_novelty=spec.has_novelty,
+        use_accuracy=spec.has_accuracy, use_novelty=spec.has_novelty, bursts=spec.bursts,
     )
-    _, filt = forward_filter(grid, log_em)  # (T, N, G)
-    n, g = filt.shape[1:]
+    regimes = burst_regimes(params) if spec.bursts else None
+    _, filt = forward_filter(grid, log_em, regimes)  # (T, N, G) or (T, N, 2, G)
+    if regimes is None:  # one regime: the same code, with a regime axis of one
+        filt, regimes = filt[:, :, None], Regimes(jnp.ones(1), jnp.ones((1, 1)))
+    n, r, g = filt.shape[1:]
     keys = jax.random.split(key, T + 3)
-    j_last = jax.random.categorical(keys[T], jnp.log(filt[-1] + 1e-30), axis=-1)
+    flat = jax.random.categorical(keys[T], jnp.log(filt[-1] + 1e-30).reshape(n, r * g),
+                                  axis=-1)  # node of (regime, state), regime-major
 
-    def back(j_next, inp):
+    def back(k_next, inp):
+        # p(regime, node at t | data to t, regime and node at t + 1)
         f_t, trans_t, k = inp
         tr = jnp.broadcast_to(_run_transitions(trans_t, grid.rows), (n, g, g))
-        col = jnp.take_along_axis(tr, j_next[:, None, None], axis=2)[..., 0]  # (N, G)
-        logits = jnp.log(f_t + 1e-30) + jnp.log(col + 1e-30)
-        j = jax.random.categorical(k, logits, axis=-1)
-        return j, j
+        col = jnp.take_along_axis(tr, (k_next % g)[:, None, None], axis=2)[..., 0]  # (N, G)
+        into = regimes.trans[:, k_next // g].T  # (N, R): from each regime to the next one
+        logits = (jnp.log(f_t + 1e-30) + jnp.log(col + 1e-30)[:, None]
+                  + jnp.log(into + 1e-30)[..., None])
+        k_t = jax.random.categorical(k, logits.reshape(n, r * g), axis=-1)
+        return k_t, k_t
 
-    _, js = jax.lax.scan(back, j_last, (filt[:-1], grid.trans, keys[: T - 1]),
-                         reverse=True)
-    idx = jnp.concatenate([js, j_last[None]], axis=0)  # (T, N)
-    s = jnp.take_along_axis(grid.s, idx[..., None], axis=2)[..., 0]  # (T, N)
+    _, ks = jax.lax.scan(back, flat, (filt[:-1], grid.trans, keys[: T - 1]), reverse=True)
+    idx = jnp.concatenate([ks, flat[None]], axis=0)  # (T, N)
+    s = jnp.take_along_axis(grid.s, (idx % g)[..., None], axis=2)[..., 0]  # (T, N)
+    collapsed = (idx // g == 1) if spec.bursts else None
     eff = _run_effects(effects, data, spec)
-    prob = jax.nn.sigmoid(validity_logit(s, params, eff.validity_offset))
-    counts = binomial_counts(keys[T + 1], n_generated[:, :T].T, prob)  # (T, N)
+    prob = _validity_rate(s, collapsed, params, eff)
+    counts = _draw_counts(keys[T + 1], n_generated[:, :T].T, prob, params,
+                          spec.bursts)  # (T, N)
     if K:
         fb = observed_feedback(data)
         last = Feedback(fb.valid_fraction[:, -1], fb.accuracy[:, -1])
         z = jax.random.normal(keys[T + 2], (K + 1, n), jnp.float32)
         s_next = transition_mean(s[-1], params, eff, last) + params.state_noise * z[0]
+        after = None
+        if spec.bursts:
+            after = _next_regime(jax.random.fold_in(keys[T + 2], 2), collapsed[-1], params)
         ahead = _simulate_counts(jax.random.fold_in(keys[T + 2], 1), s_next, z[1:],
-                                 n_generated[:, T:].T, params, eff)
+                                 n_generated[:, T:].T, params, eff, after)
         counts = jnp.concatenate([counts, ahead], axis=0)
     return counts.T
 

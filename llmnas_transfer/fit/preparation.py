@@ -19,6 +19,7 @@ Example
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,13 @@ from llmnas_transfer.validate import check_choice, check_int, did_you_mean
 NEW_DATASET_FIELDS: tuple[str, ...] = ("modality", "resolution", "num_classes")
 #: chance-normalised accuracies at or below this are clipped to it before the logit
 ACCURACY_FLOOR = 0.01
+#: the bursts choices of :func:`prepare`
+BURSTS: tuple[str, ...] = ("auto", "on", "off")
+#: ``bursts="auto"`` switches bursts on when successive iteration rates differ this many
+#: times as much as binomial noise allows (:func:`burst_dispersion`)
+BURST_THRESHOLD = 3.0
+#: fewer observed iterations than this in every run: too short to tell collapses apart
+MIN_BURST_ITERATIONS = 8
 _ATTRS_HINT = ("give its attributes with --dataset-attrs "
                "NAME:modality=...,resolution=...,num_classes=... or --levels FILE "
                "(dataset_attrs in Python)")
@@ -267,19 +275,21 @@ def normalise_accuracy(stats: NormalStats, chance: np.ndarray
 
 
 def run_bucket(n: int) -> int:
-    """The padded number of runs for ``n`` runs: ``n`` rounded up to a multiple of a
-    quarter of the power of two below it (at least 8), so at most 25% padding.
+    """The padded number of runs for ``n`` runs: up to 8 the next power of two, above
+    ``n`` rounded up to a multiple of a quarter of the power of two below it, so at most
+    25% padding beyond 8 (a single long run is not padded: its filter's cost is all
+    sampling).
 
     Fits whose run counts share a bucket share the compiled sampler and Laplace start.
 
     Example
     -------
-    >>> [run_bucket(n) for n in (1, 8, 9, 45, 90, 100, 1000)]
-    [8, 8, 10, 48, 96, 112, 1024]
+    >>> [run_bucket(n) for n in (1, 3, 8, 9, 45, 90, 100, 1000)]
+    [1, 4, 8, 10, 48, 96, 112, 1024]
     """
     n = max(int(n), 1)
     if n <= 8:
-        return 8
+        return 1 << (n - 1).bit_length()
     step = max(2, (1 << (n.bit_length() - 1)) // 4)
     return -(-n // step) * step
 
@@ -297,7 +307,7 @@ def pad_runs(data: RunsData, size: int | None = None) -> RunsData:
     >>> d = RunsData(jnp.zeros(3, jnp.int32), jnp.zeros(3, jnp.int32), z + 10, z + 4,
     ...              NormalStats(z, z, z, z, z), NormalStats(z, z, z, z, z))
     >>> pad_runs(d).n_generated.shape, float(pad_runs(d).n_generated[3:].sum())
-    ((8, 2), 0.0)
+    ((4, 2), 0.0)
     """
     n = int(data.n_generated.shape[0])
     size = run_bucket(n) if size is None else int(size)
@@ -320,6 +330,67 @@ def pad_runs(data: RunsData, size: int | None = None) -> RunsData:
     )
 
 
+def burst_dispersion(n_valid: np.ndarray, n_generated: np.ndarray) -> float:
+    """How much more successive iteration rates differ than binomial noise allows.
+
+    Over every pair of consecutive observed iterations of every run, the sum of
+    squared rate differences ``(r_{t+1} - r_t)^2`` over the sum of their binomial
+    variances ``rbar (1 - rbar) (1/n_t + 1/n_{t+1})`` at the run's pooled rate ``rbar``.
+    About 1 for binomial noise about a slowly moving rate (a trend adds its squared
+    steps); NaN without such a pair.
+
+    Example
+    -------
+    >>> ng = np.full((1, 4), 50.0)
+    >>> round(burst_dispersion(np.asarray([[25.0, 0, 50, 0]]), ng), 1)
+    50.0
+    """
+    nv, ng = np.asarray(n_valid, float), np.asarray(n_generated, float)
+    seen = ng > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(seen, nv / np.where(seen, ng, 1.0), 0.0)
+        rbar = nv.sum(1, keepdims=True) / ng.sum(1, keepdims=True)
+        pair = seen[:, 1:] & seen[:, :-1]
+        inv = np.where(seen, 1.0 / np.where(seen, ng, 1.0), 0.0)
+    sq = np.where(pair, np.diff(rate, axis=1) ** 2, 0.0).sum()
+    var = np.where(pair, np.nan_to_num(rbar * (1 - rbar)) * (inv[:, 1:] + inv[:, :-1]),
+                   0.0).sum()
+    return float(sq / var) if var > 0 else math.nan
+
+
+def choose_bursts(bursts: str, data_nv: np.ndarray, n_gen: np.ndarray,
+                   notes: list[str]) -> bool:
+    """Whether the model has bursts (``"auto"``: :data:`BURST_THRESHOLD`); appends to
+    ``notes`` what ``"auto"`` chose and why, and when the runs are too short to say much.
+
+    Example
+    -------
+    >>> notes = []
+    >>> choose_bursts("auto", np.asarray([[25.0, 0, 50, 0]]), np.full((1, 4), 50.0), notes)
+    False
+    >>> notes[0].startswith("bursts off (auto)")
+    True
+    """
+    ratio = burst_dispersion(data_nv, n_gen)
+    longest = int((n_gen > 0).sum(1).max()) if n_gen.size else 0
+    said = "n/a" if math.isnan(ratio) else f"{ratio:.1f}"
+    if bursts == "auto":
+        on = (not math.isnan(ratio) and ratio > BURST_THRESHOLD
+              and longest >= MIN_BURST_ITERATIONS)
+        notes.append(
+            f"bursts {'on' if on else 'off'} (auto): successive iteration rates differ "
+            f"{said}x as much as binomial noise allows (on above {BURST_THRESHOLD:g}, "
+            f"with a run of {MIN_BURST_ITERATIONS} or more iterations; this data's "
+            f"longest run has {longest}); --bursts on or off overrides")
+    else:
+        on = bursts == "on"
+    if on and longest < MIN_BURST_ITERATIONS:
+        notes.append(
+            f"bursts on, but no run has more than {longest} iterations: too few to tell "
+            "collapses apart, so the collapse parameters mostly follow their priors")
+    return on
+
+
 def prepare(
     runs: ObservedRuns,
     *,
@@ -330,6 +401,7 @@ def prepare(
     num_forecast: int = 0,
     grid_size: int = GRID_SIZE,
     trend: str = "setting",
+    bursts: str = "auto",
 ) -> Prepared:
     """Build the :class:`~llmnas_transfer.fit.model.ModelSpec` and arrays for observed runs.
 
@@ -338,6 +410,11 @@ def prepare(
     the model; those without data are predicted through the hierarchy. ``trend`` is
     the trend model (:attr:`~llmnas_transfer.fit.model.ModelSpec.trend`). Accuracies
     enter relative to each setting's chance level (:func:`normalise_accuracy`).
+    ``bursts`` (:data:`BURSTS`) gives the model collapse episodes and overdispersed
+    counts (:attr:`~llmnas_transfer.fit.model.ModelSpec.bursts`): ``"on"``, ``"off"``, or
+    ``"auto"`` (default), on when the data's successive iteration rates vary more than
+    :data:`BURST_THRESHOLD` times what binomial noise allows (:func:`burst_dispersion`)
+    and some run has :data:`MIN_BURST_ITERATIONS` iterations; the notes say which.
 
     Example
     -------
@@ -352,6 +429,7 @@ def prepare(
     num_forecast = check_int("forecast", num_forecast, 0, 1000)
     grid_size = check_int("grid_size", grid_size, 8, 512)
     trend = check_choice("trend", trend, TRENDS)
+    bursts = check_choice("bursts", bursts, BURSTS)
     notices: list[str] = list(runs.notices)
     ref = check_levels(runs, reference=reference, datasets=datasets, tasks=tasks,
                        dataset_attrs=dataset_attrs)
@@ -418,6 +496,7 @@ def prepare(
         jnp.asarray(feedback) if runs.has_accuracy else None,
     )
     seen = n_gen[n_gen > 0]
+    with_bursts = choose_bursts(bursts, np.asarray(data.n_valid), n_gen, notes)
     spec = ModelSpec(
         tuple(d_names), tuple(t_names), tuple(e.modality for e in entries),
         tuple(tuple(float(x) for x in e.features()) for e in entries), tuple(observed),
@@ -425,11 +504,13 @@ def prepare(
         grid_size, notes=tuple(notes), trend=trend,
         chance=tuple(tuple(float(x) for x in row) for row in chance),
         num_candidates=max(1, int(round(float(np.median(seen))))) if seen.size else 20,
+        bursts=with_bursts,
     )
     notices.extend(notes)
     return Prepared(spec, data, tuple(r[0] for r in order), tuple(r[1] for r in order),
                     tuple(str(r[2]) for r in order), tuple(notices))
 
 
-__all__ = ["ACCURACY_FLOOR", "NEW_DATASET_FIELDS", "Prepared", "check_levels",
+__all__ = ["ACCURACY_FLOOR", "BURSTS", "BURST_THRESHOLD", "MIN_BURST_ITERATIONS",
+           "burst_dispersion", "choose_bursts", "NEW_DATASET_FIELDS", "Prepared", "check_levels",
            "normalise_accuracy", "pad_runs", "parse_reference", "prepare", "run_bucket"]

@@ -157,6 +157,7 @@ def chunk_kernel(
     per_candidate: bool = False,
     path: str = "candidates",
     feedback: bool = False,
+    bursts: bool = True,
 ) -> tuple[IterationSummary, Candidates | None]:
     """The kernel of a chunk: settings (vmap) x trials (lanes) x iterations (scan).
 
@@ -170,6 +171,10 @@ def chunk_kernel(
     summaries directly (:mod:`llmnas_transfer.sim.summary`); it has no per-candidate
     output. ``feedback`` (static) tells the summary path whether the feedback strengths
     may be nonzero (:func:`has_feedback`); the candidate path always feeds back.
+    ``bursts`` (static) tells the summary path whether collapse or dispersion may be on
+    (:func:`has_bursts`; ``False`` runs the program of earlier versions, ``True`` is right
+    for any parameters); the candidate path always draws them (at the cost of one hash
+    per trial and iteration when they are off, with unchanged numbers).
 
     Example
     -------
@@ -184,7 +189,7 @@ def chunk_kernel(
     if path == "summary":
         return summary_chunk(key, params, effects, setting_ids, trial_ids,
                              num_iterations=num_iterations, num_candidates=num_candidates,
-                             bins=bins, feedback=feedback), None
+                             bins=bins, feedback=feedback, bursts=bursts), None
 
     # The scan over iterations runs outside the trials: each step works on all trials of
     # the chunk at once (trials on the minor axis), and the stacked per-candidate output
@@ -203,7 +208,7 @@ def chunk_kernel(
 simulate_chunk = jax.jit(
     chunk_kernel,
     static_argnames=("num_iterations", "num_candidates", "bins", "per_candidate", "path",
-                     "feedback"),
+                     "feedback", "bursts"),
 )
 
 
@@ -218,6 +223,21 @@ def has_feedback(params: DynamicsParams) -> bool:
     """
     return bool(np.asarray(params.feedback_validity) != 0
                 or np.asarray(params.feedback_accuracy) != 0)
+
+
+def has_bursts(params: DynamicsParams) -> bool:
+    """Whether collapse regimes or validity dispersion are on (concrete parameters only):
+    ``collapse_enter > 0`` or ``validity_dispersion > 0``.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> p = load_defaults().dynamics_params()
+    >>> has_bursts(p), has_bursts(p._replace(collapse_enter=0.1))
+    (False, True)
+    """
+    return bool(np.asarray(params.collapse_enter) > 0
+                or np.asarray(params.validity_dispersion) > 0)
 
 
 def simulate(
@@ -318,7 +338,7 @@ def simulate(
                 key, params, effects, jnp.asarray(sids), jnp.asarray(ids),
                 num_iterations=num_iterations, num_candidates=num_candidates,
                 bins=bins, per_candidate=per_candidate, path=path,
-                feedback=has_feedback(params),
+                feedback=has_feedback(params), bursts=has_bursts(params),
             )
             n_keep = min(chunk_size, num_trials - c * chunk_size)
             summaries.append(jax.tree.map(lambda x, n=n_keep: np.asarray(x[:, :n]), summ))

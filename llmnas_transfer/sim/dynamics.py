@@ -14,17 +14,37 @@ the scenarios (:mod:`llmnas_transfer.study.scenarios`) run it. The NumPyro model
 Model (one trial of setting ``s``; ``t = 1..T``)::
 
     s_1       ~ N(0, init_sd^2)
-    valid_tj  ~ Bernoulli(sigmoid(b0 + b_s s_t - delta))
+    c_1       ~ Bernoulli(pi),   pi = enter / (enter + exit)          (collapse regime)
+    p_t       = sigmoid(b0 + b_s s_t - delta)   if healthy (c_t = 0)
+              = sigmoid(collapse_validity)      if collapsed (c_t = 1)
+    q_t       ~ Beta(p_t (1 - rho) / rho, (1 - p_t) (1 - rho) / rho)  (q_t = p_t if rho = 0)
+    valid_tj  ~ Bernoulli(q_t)
     acc_tj    = c + (1 - c) sigmoid(alpha + lambda s_t + sigma_a z_tj),   z_tj ~ N(0, 1)
     nov_tj    = sigmoid(nu0 + nu + nu_s s_t + sigma_n z'_tj),             z'_tj ~ N(0, 1)
     s_{t+1}   = s_t + kappa_s (mu_s - s_t)
                 + phi_v (v_t - 1/2) + phi_a (a_t - 1/2) + state_noise * e_t,  e_t ~ N(0, 1)
+    c_{t+1}   ~ Bernoulli(1 - exit) if c_t = 1, Bernoulli(enter) if c_t = 0
 
 with the setting's rate ``kappa_s = sigmoid(logit kappa + r_s)``, asymptote ``mu_s`` and
 chance level ``c`` (``1/num_classes`` for an accuracy, 0 for metrics without one), and the
 iteration's feedback: ``v_t`` its valid fraction and ``a_t`` the mean chance-normalised
 accuracy ``(acc - c) / (1 - c)`` of its valid candidates (``1/2`` if none is valid).
 ``r_s = 0``, ``mu_s = 1`` and ``phi_v = phi_a = 0`` give one drift shared by every setting.
+
+Bursts (``enter = collapse_enter``, ``exit = collapse_exit``, ``rho =
+validity_dispersion``; off by default: ``enter = 0``, ``rho = 0``). The regime ``c_t`` is
+a two-state Markov chain started in its stationary distribution
+(:func:`collapse_stationary`) and independent of the state; while collapsed the
+generator's validity is ``sigmoid(collapse_validity)`` whatever the state, and accuracy
+and novelty of valid candidates stay the functions of ``s_t`` above. The state moves on
+as usual: its feedback is whatever the iteration drew, so a collapse also pulls the state
+down through ``phi_v``. ``rho`` is the correlation of the validity of candidates of one
+iteration: the valid count is beta-binomial, ``Var = N p (1 - p) (1 + (N - 1) rho)``, with
+mean ``N p`` unchanged. ``p_valid`` (:class:`Candidates`) reports ``p_t``, the rate given
+the state and the regime, not the drawn ``q_t``. Bursts draw from streams of their own
+(:data:`~llmnas_transfer.sim.keys.STREAM_REGIME`,
+:data:`~llmnas_transfer.sim.keys.STREAM_DISPERSION`), so with them off every number is
+that of the model without them.
 
 Example
 -------
@@ -48,6 +68,8 @@ import jax
 import jax.numpy as jnp
 
 from llmnas_transfer.sim.keys import (
+    STREAM_DISPERSION,
+    STREAM_REGIME,
     bits_to_normal,
     bits_to_uniform,
     init_key,
@@ -56,15 +78,19 @@ from llmnas_transfer.sim.keys import (
     normal_per_key,
     split_iteration_key,
     stream_bits,
+    stream_key,
+    stream_uniform,
 )
 from llmnas_transfer.sim.params import DynamicsParams, SettingEffects
 from llmnas_transfer.sim.types import Array, PRNGKey
 
 
 class SimState(NamedTuple):
-    """Latent refinement state ``s_t`` of one trial (a scalar) or of a lane of trials."""
+    """Latent refinement state ``s_t`` of one trial (a scalar) or of a lane of trials, and
+    its collapse regime ``c_t`` (bool, ``True`` while collapsed; healthy if left out)."""
 
     refinement: Array
+    collapsed: Array = False
 
 
 class Feedback(NamedTuple):
@@ -90,15 +116,112 @@ class Candidates(NamedTuple):
 
 
 def init_state(key: PRNGKey, params: DynamicsParams) -> SimState:
-    """Draw ``s_1 ~ N(0, init_sd^2)``, one per key (state shape = key shape).
+    """Draw ``s_1 ~ N(0, init_sd^2)`` and the regime ``c_1`` from its stationary
+    distribution, one per key (state shape = key shape).
+
+    The regime reads word 0 of stream :data:`~llmnas_transfer.sim.keys.STREAM_REGIME` of
+    the key (healthy whenever bursts are off), the state the key's own normal.
 
     Example
     -------
     >>> from llmnas_transfer.sim.params import load_defaults
-    >>> init_state(jax.random.key(0), load_defaults().dynamics_params()).refinement.shape
-    ()
+    >>> s = init_state(jax.random.key(0), load_defaults().dynamics_params())
+    >>> s.refinement.shape, bool(s.collapsed)
+    ((), False)
     """
-    return SimState(params.init_sd * normal_per_key(key))
+    u = stream_uniform(key, STREAM_REGIME)
+    return SimState(params.init_sd * normal_per_key(key), u < collapse_stationary(params))
+
+
+def next_regime(key: PRNGKey, collapsed: Array, params: DynamicsParams) -> Array:
+    """The regime of the next iteration: collapsed ``c_t`` stays collapsed with
+    probability ``1 - collapse_exit``, healthy collapses with ``collapse_enter``.
+
+    Reads word 0 of stream :data:`~llmnas_transfer.sim.keys.STREAM_REGIME` of ``key``
+    (the iteration's state key); shape of ``key``.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> p = load_defaults().dynamics_params()._replace(collapse_exit=jnp.float32(0.0))
+    >>> bool(next_regime(jax.random.key(0), jnp.bool_(True), p))
+    True
+    """
+    u = stream_uniform(key, STREAM_REGIME)
+    return jnp.where(collapsed, u >= params.collapse_exit, u < params.collapse_enter)
+
+
+def regime_validity(p: Array, collapsed: Array | None, params: DynamicsParams) -> Array:
+    """P(valid) given the regime: ``sigmoid(collapse_validity)`` while collapsed, else
+    ``p`` (exactly ``p`` when ``collapsed`` is ``None`` or false).
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> p = load_defaults().dynamics_params()._replace(collapse_validity=jnp.float32(0.0))
+    >>> regime_validity(jnp.array([0.9, 0.9]), jnp.array([False, True]), p).tolist()
+    [0.8999999761581421, 0.5]
+    """
+    if collapsed is None:
+        return p
+    low = jax.nn.sigmoid(jnp.asarray(params.collapse_validity, jnp.float32))
+    return jnp.where(collapsed, low, p)
+
+
+def dispersed_rate(k0: Array, k1: Array, p: Array, params: DynamicsParams) -> Array:
+    """The iteration's validity rate ``q ~ Beta(p (1 - rho) / rho, (1 - p) (1 - rho) / rho)``
+    (``rho = validity_dispersion``); exactly ``p`` when ``rho = 0``.
+
+    ``(k0, k1)`` are the words of each lane's candidate key
+    (:func:`~llmnas_transfer.sim.keys.key_words`); the Beta draw is keyed by
+    :func:`~llmnas_transfer.sim.keys.stream_key` on stream
+    :data:`~llmnas_transfer.sim.keys.STREAM_DISPERSION`, one ``jax.random.beta`` per lane
+    (the same program for one lane as for many, so a lane draws the same ``q`` either
+    way). A ``lax.cond`` on ``rho > 0`` skips the draw when dispersion is off.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> p = load_defaults().dynamics_params()
+    >>> k0, k1 = key_words(jax.random.split(jax.random.key(0), 4))
+    >>> q = dispersed_rate(k0, k1, jnp.full(4, 0.3), p._replace(validity_dispersion=0.5))
+    >>> q.shape, bool(((q >= 0) & (q <= 1)).all())
+    ((4,), True)
+    >>> bool((dispersed_rate(k0, k1, jnp.full(4, 0.3), p) == 0.3).all())
+    True
+    """
+    rho = jnp.asarray(params.validity_dispersion, jnp.float32)
+    shape = jnp.broadcast_shapes(jnp.shape(k0), jnp.shape(p))
+    p = jnp.broadcast_to(jnp.asarray(p, jnp.float32), shape)
+
+    def draw(p):
+        r = jnp.where(rho > 0, rho, 0.5)  # a safe value where the draw is not used
+        tiny = jnp.finfo(jnp.float32).tiny
+        scale = (1.0 - r) / r
+        a = jnp.maximum(p * scale, tiny).reshape(-1)
+        b = jnp.maximum((1.0 - p) * scale, tiny).reshape(-1)
+        keys = stream_key(jnp.broadcast_to(k0, shape), jnp.broadcast_to(k1, shape),
+                          STREAM_DISPERSION).reshape(-1)
+        q = jax.vmap(lambda k, x, y: jax.random.beta(k, x, y, (), jnp.float32))(keys, a, b)
+        return q.reshape(shape)
+
+    return jax.lax.cond(rho > 0, draw, lambda p: p, p)
+
+
+def collapse_stationary(params: DynamicsParams) -> Array:
+    """Stationary probability of the collapsed regime,
+    ``collapse_enter / (collapse_enter + collapse_exit)`` (0 when bursts are off).
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> p = load_defaults().dynamics_params()
+    >>> float(collapse_stationary(p._replace(collapse_enter=0.1, collapse_exit=0.3)))
+    0.25
+    """
+    enter = jnp.asarray(params.collapse_enter, jnp.float32)
+    total = enter + jnp.asarray(params.collapse_exit, jnp.float32)
+    return jnp.where(enter > 0, enter / jnp.where(enter > 0, total, 1.0), 0.0)
 
 
 def setting_rate(params: DynamicsParams, effects: SettingEffects | None = None) -> Array:
@@ -175,7 +298,8 @@ def transition(
     key: PRNGKey, state: SimState, params: DynamicsParams,
     effects: SettingEffects | None = None, feedback: Feedback | None = None,
 ) -> SimState:
-    """One noisy state-space transition (one normal per key; key shape = state shape).
+    """One noisy state-space transition (one normal per key; key shape = state shape),
+    and the regime's step (:func:`next_regime`, from the same key's regime stream).
 
     Example
     -------
@@ -186,7 +310,8 @@ def transition(
     """
     eps = normal_per_key(key)
     mean = transition_mean(state.refinement, params, effects, feedback)
-    return SimState(mean + params.state_noise * eps)
+    return SimState(mean + params.state_noise * eps,
+                    next_regime(key, state.collapsed, params))
 
 
 def fixed_sum0(x: Array) -> Array:
@@ -338,7 +463,8 @@ def candidate_noise(key: PRNGKey, num_candidates: int) -> tuple[Array, Array]:
 
 
 def draw_candidates(
-    key: PRNGKey, s: Array, params: DynamicsParams, effects: SettingEffects, num_candidates: int
+    key: PRNGKey, s: Array, params: DynamicsParams, effects: SettingEffects,
+    num_candidates: int, collapsed: Array | None = None,
 ) -> Candidates:
     """Draw ``num_candidates`` candidates at state ``s`` (one uniform, two normals each).
 
@@ -346,7 +472,11 @@ def draw_candidates(
     are scalars or of shape ``L``); ``valid``, ``accuracy`` and ``novelty`` have shape
     ``(num_candidates,) + L``. Each lane's draws depend only on its own key and state, so
     a batch of lanes draws what one call per lane draws. The noise comes from
-    :func:`candidate_noise`.
+    :func:`candidate_noise`. ``collapsed`` (bool, shape ``L``; healthy if ``None``) is the
+    regime: collapsed lanes are valid with probability ``sigmoid(collapse_validity)``
+    (:func:`regime_validity`). With ``validity_dispersion > 0`` the lane's rate is first
+    drawn around that probability (:func:`dispersed_rate`, from the key's dispersion
+    stream); a candidate is valid if its uniform is below the rate.
 
     Example
     -------
@@ -365,8 +495,9 @@ def draw_candidates(
         x = jnp.asarray(x)
         return x.reshape((1,) + x.shape)
 
-    p = jax.nn.sigmoid(validity_logit(s, params, effects.validity_offset))
-    valid = u < lead(p)
+    p = regime_validity(jax.nn.sigmoid(validity_logit(s, params, effects.validity_offset)),
+                        collapsed, params)
+    valid = u < lead(dispersed_rate(*key_words(key), p, params))
     acc = to_accuracy(jax.nn.sigmoid(lead(accuracy_logit(s, params, effects.accuracy_offset))
                                      + params.accuracy_noise * z[0]),
                       lead(jnp.broadcast_to(effects.chance, s.shape)))
@@ -385,8 +516,9 @@ def step(
     *,
     num_candidates: int,
 ) -> tuple[SimState, Candidates]:
-    """Generate one iteration's candidates from ``state``, then transition (with the
-    setting's rate and asymptote and the candidates' :class:`Feedback`).
+    """Generate one iteration's candidates from ``state`` (its refinement and regime), then
+    transition (with the setting's rate and asymptote and the candidates'
+    :class:`Feedback`; the regime steps too).
 
     ``key`` is the iteration key (:func:`~llmnas_transfer.sim.keys.iteration_key`), split
     into the candidate and the state key by
@@ -407,7 +539,8 @@ def step(
     ((6,), (4, 6))
     """
     k_cand, k_state = split_iteration_key(key)
-    cands = draw_candidates(k_cand, state.refinement, params, effects, num_candidates)
+    cands = draw_candidates(k_cand, state.refinement, params, effects, num_candidates,
+                            state.collapsed)
     fb = candidate_feedback(cands, effects.chance)
     return transition(k_state, state, params, effects, fb), cands
 

@@ -9,6 +9,15 @@ emissions are one- or two-dimensional Gaussian integrals, computed here by Gauss
 quadrature. They are what the calibration fits and what the Monte Carlo tests compare
 against.
 
+Bursts (:mod:`llmnas_transfer.sim.dynamics`): a trial starts in the stationary regime
+distribution, so every iteration is collapsed with probability
+``pi = collapse_stationary(params)``, and without feedback the regime is independent of
+the state: the expected validity is exactly ``(1 - pi) E[sigmoid(eta(s_t))] + pi
+sigmoid(collapse_validity)``, and the pooled accuracy and novelty weight the two regimes
+by their expected valid counts. Dispersion changes no mean. With feedback the regime
+enters the state's moments as a mixture (see :func:`expected_state_moments` for what that
+leaves out).
+
 Example
 -------
 >>> from llmnas_transfer.sim.params import load_defaults
@@ -29,6 +38,7 @@ import numpy as np
 
 from llmnas_transfer.sim.dynamics import (
     accuracy_logit,
+    collapse_stationary,
     novelty_logit,
     setting_rate,
     validity_logit,
@@ -82,6 +92,32 @@ def logitnormal_mean(mu: Array, sd: Array) -> Array:
     return gauss_normal_mean(jax.nn.sigmoid, mu, jnp.broadcast_to(sd, jnp.shape(mu)))
 
 
+def _none_valid(p: Array, n: Array, rho: Array) -> Array:
+    """P(no valid candidate among ``n``) at rate ``p``: ``(1 - p)^n``, or with dispersion
+    ``rho > 0`` the beta-binomial ``B(a, b + n) / B(a, b)``, ``a = p (1 - rho) / rho``,
+    ``b = (1 - p) (1 - rho) / rho`` (safe to differentiate on either side)."""
+    plain = (1.0 - p) ** n
+    r = jnp.where(rho > 0, rho, 0.5)
+    scale = (1.0 - r) / r
+    q = jnp.clip(p, 1e-7, 1.0 - 1e-7)
+    a, b = q * scale, (1.0 - q) * scale
+    lg = jax.scipy.special.gammaln
+    bb = jnp.exp(lg(b + n) + lg(a + b) - lg(b) - lg(a + b + n))
+    return jnp.where(rho > 0, bb, plain)
+
+
+def _regime_feedback(p, x1, x2, n, rho, phi_v, phi_a):
+    """Mean and sampling variance of the feedback shift given the state, in one regime of
+    validity rate ``p`` (the valid fraction has variance ``p (1 - p) (1 + (n - 1) rho) / n``:
+    beta-binomial)."""
+    none = _none_valid(p, n, rho)
+    f = phi_v * (p - 0.5) + phi_a * ((1.0 - none) * x1 + none * 0.5 - 0.5)
+    over = jnp.where(rho > 0, 1.0 + (n - 1.0) * rho, 1.0)
+    sampling = (phi_v**2 * p * (1.0 - p) / n * over + phi_a**2
+                * jnp.maximum(x2 - x1 * x1, 0.0) / jnp.maximum(n * p, 1.0))
+    return f, sampling
+
+
 def expected_state_moments(
     params: DynamicsParams, effects: SettingEffects, num_iterations: int,
     num_candidates: int = 20,
@@ -94,6 +130,17 @@ def expected_state_moments(
     ``Var[x | s] / (N p)``. The next mean and variance follow by quadrature over
     ``s ~ N(m_t, v_t)``. Without feedback every feedback term is exactly 0 and these are
     the exact moments of :func:`~llmnas_transfer.sim.dynamics.state_moments`.
+
+    Bursts: the feedback's conditional mean is the mixture ``(1 - pi) f_h(s) + pi f_c(s)``
+    of the healthy regime's and the collapsed regime's (valid fraction
+    ``sigmoid(collapse_validity)`` whatever ``s``), and its conditional variance adds the
+    regime's ``pi (1 - pi) (f_h - f_c)^2``; dispersion ``rho`` inflates the valid
+    fraction's variance by ``1 + (N - 1) rho`` and sets the chance that nothing is valid
+    to the beta-binomial one. Approximate, beyond the Gaussian moment matching: the
+    regime is taken as independent of the current state, whereas with feedback a collapse
+    at ``t - 1`` both lowers ``s_t`` and (when ``collapse_exit < 1 - collapse_enter``)
+    makes a collapse at ``t`` likelier; and the mean accuracy's variance keeps its
+    ``1 / (N p)`` form under dispersion.
 
     Example
     -------
@@ -111,6 +158,9 @@ def expected_state_moments(
     vo, ao = effects.validity_offset[..., None], effects.accuracy_offset[..., None]
     n = jnp.float32(num_candidates)
     phi_v, phi_a = params.feedback_validity, params.feedback_accuracy
+    pi = collapse_stationary(params)
+    p_low = jax.nn.sigmoid(jnp.asarray(params.collapse_validity, jnp.float32))
+    rho = jnp.asarray(params.validity_dispersion, jnp.float32)
 
     def body(carry, _):
         m, v = carry
@@ -121,14 +171,16 @@ def expected_state_moments(
         x1 = logitnormal_mean(mu, params.accuracy_noise)
         x2 = gauss_normal_mean(lambda y: jax.nn.sigmoid(y) ** 2, mu,
                                jnp.broadcast_to(params.accuracy_noise, jnp.shape(mu)))
-        none = (1.0 - p) ** n
-        f = phi_v * (p - 0.5) + phi_a * ((1.0 - none) * x1 + none * 0.5 - 0.5)
+        f_h, samp_h = _regime_feedback(p, x1, x2, n, rho, phi_v, phi_a)
+        f_c, samp_c = _regime_feedback(p_low, x1, x2, n, rho, phi_v, phi_a)
+        # exactly the healthy terms when bursts are off (pi = 0)
+        f = jnp.where(pi > 0, (1.0 - pi) * f_h + pi * f_c, f_h)
+        samp = jnp.where(pi > 0, (1.0 - pi) * samp_h + pi * samp_c
+                         + pi * (1.0 - pi) * (f_h - f_c) ** 2, samp_h)
         ef = jnp.sum(weights * f, axis=-1)
         cov = jnp.sum(weights * (s - m[..., None]) * (f - ef[..., None]), axis=-1)
         var_f = jnp.sum(weights * (f - ef[..., None]) ** 2, axis=-1)
-        sampling = jnp.sum(weights * (phi_v**2 * p * (1.0 - p) / n + phi_a**2
-                                      * jnp.maximum(x2 - x1 * x1, 0.0)
-                                      / jnp.maximum(n * p, 1.0)), axis=-1)
+        sampling = jnp.sum(weights * samp, axis=-1)
         keep = 1.0 - rate
         nxt = (m + rate * (target - m) + ef,
                keep**2 * v + 2.0 * keep * cov + var_f + sampling + params.state_noise**2)
@@ -144,6 +196,12 @@ def expected(params: DynamicsParams, effects: SettingEffects, num_iterations: in
     """Expected validity, pooled accuracy and pooled novelty, shape ``(S, T)``.
 
     ``num_candidates`` matters only with feedback (the noise of what an iteration shows).
+    With bursts the validity is ``(1 - pi) E[p(s_t)] + pi sigmoid(collapse_validity)``
+    (``pi``: :func:`~llmnas_transfer.sim.dynamics.collapse_stationary`), and accuracy
+    and novelty are pooled over both regimes, each weighted by its expected valid count:
+    ``E[acc | valid] = ((1 - pi) E[p A] + pi p_c E[A]) / validity``. Exact without
+    feedback (given the quadrature); with feedback the state moments are approximate
+    (:func:`expected_state_moments`).
 
     Example
     -------
@@ -169,6 +227,12 @@ def expected(params: DynamicsParams, effects: SettingEffects, num_iterations: in
     ep = jnp.sum(weights * p, axis=-1)
     epa = jnp.sum(weights * p * a, axis=-1)
     epn = jnp.sum(weights * p * n, axis=-1)
+    # bursts: collapsed iterations (probability pi) are valid at p_low whatever the state
+    pi = collapse_stationary(params)
+    p_low = jax.nn.sigmoid(jnp.asarray(params.collapse_validity, jnp.float32))
+    ep = jnp.where(pi > 0, (1.0 - pi) * ep + pi * p_low, ep)
+    epa = jnp.where(pi > 0, (1.0 - pi) * epa + pi * p_low * jnp.sum(weights * a, axis=-1), epa)
+    epn = jnp.where(pi > 0, (1.0 - pi) * epn + pi * p_low * jnp.sum(weights * n, axis=-1), epn)
     norm = epa / ep
     c = jnp.asarray(effects.chance)[..., None]
     return Expected(ep, c + (1.0 - c) * norm, epn / ep, norm)

@@ -9,6 +9,16 @@ Every random draw of the package comes from keys derived here (all with
     iteration key = fold_in(trial key, t),  t = 1..T
     (candidate key, state key) = split(iteration key)        candidates of t, s_t -> s_{t+1}
 
+Bursts (:mod:`llmnas_transfer.sim.dynamics`) read their own streams of these keys
+(:func:`stream_uniform`, :func:`stream_key`), counters that no other draw uses::
+
+    regime of t = 1      word 0 of stream STREAM_REGIME of the init key
+    regime of t + 1      word 0 of stream STREAM_REGIME of the state key of t
+    validity rate of t   Beta draw under stream_key(candidate key of t, STREAM_DISPERSION)
+
+With bursts off these words are read but change nothing, so the numbers of runs without
+bursts are those of earlier versions.
+
 A trial's outcome therefore depends only on the seed, the setting's names and the trial
 index: adding settings, trials or iterations, or changing the chunk size, never changes
 numbers already produced. Every function here works on keys with any leading lane shape
@@ -191,6 +201,12 @@ def normal_per_key(key: PRNGKey) -> Array:
 # second for ``j >= m`` (see :func:`stream_bits`).
 
 _THREEFRY = "threefry2x32"
+#: stream (threefry counter ``hi``) of the collapse regime's uniform, read from a trial's
+#: init key and from each iteration's state key; no other draw reads it
+STREAM_REGIME = 3 << 20
+#: stream of each iteration's candidate key whose first block keys the Beta draw of the
+#: iteration's validity rate (``validity_dispersion``); no other draw reads it
+STREAM_DISPERSION = 4 << 20
 _SQRT2 = np.float32(np.sqrt(2.0))
 _NORMAL_LO = np.nextafter(np.float32(-1.0), np.float32(0.0))
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -280,6 +296,35 @@ def stream_bits(k0: Array, k1: Array, stream: int | Sequence[int], n: int) -> Ar
     b1, b2 = threefry_block(k0.reshape(lead + k0.shape), k1.reshape(lead + k1.shape), hi, lo)
     axis = len(lead) - 1
     return jax.lax.slice_in_dim(jnp.concatenate([b1, b2], axis=axis), 0, n, axis=axis)
+
+
+def stream_uniform(key: PRNGKey, stream: int) -> Array:
+    """One float32 uniform per key: word 0 of stream ``stream`` (shape of ``key``).
+
+    Example
+    -------
+    >>> u = stream_uniform(jax.random.split(as_key(0), 3), STREAM_REGIME)
+    >>> u.shape, bool(((u >= 0) & (u < 1)).all())
+    ((3,), True)
+    """
+    k0, k1 = key_words(key)
+    return bits_to_uniform(threefry_block(k0, k1, stream, 0)[0])
+
+
+def stream_key(k0: Array, k1: Array, stream: int) -> PRNGKey:
+    """A threefry key per lane of key words: the block ``(stream, 0)`` of ``(k0, k1)``.
+
+    It keys draws made with ``jax.random`` (e.g. ``jax.random.beta``) inside a stream of
+    their own.
+
+    Example
+    -------
+    >>> k0, k1 = key_words(jax.random.split(as_key(0), 3))
+    >>> stream_key(k0, k1, STREAM_DISPERSION).shape
+    (3,)
+    """
+    w0, w1 = threefry_block(k0, k1, stream, 0)
+    return jax.random.wrap_key_data(jnp.stack([w0, w1], axis=-1), impl=_THREEFRY)
 
 
 def bits_to_uniform(bits: Array) -> Array:

@@ -56,6 +56,16 @@ class DynamicsParams(NamedTuple):
     accuracy ``c + (1 - c) sigmoid(alpha + accuracy_slope s_t + accuracy_noise z)`` with
     the setting's chance level ``c``,
     ``logit novelty = nu + novelty_slope s_t + novelty_noise z'``.
+
+    Bursts (all off by default). A trial is healthy or collapsed at each iteration, a
+    two-state Markov chain: healthy to collapsed with probability ``collapse_enter``,
+    collapsed to healthy with ``collapse_exit``, starting from its stationary
+    distribution (:func:`~llmnas_transfer.sim.dynamics.collapse_stationary`). While
+    collapsed, ``logit P(valid) = collapse_validity`` whatever the state; the state moves
+    on as usual. ``validity_dispersion`` ``rho`` in ``[0, 1)`` is the correlation of the
+    candidates of one iteration: the iteration's validity rate is drawn from
+    ``Beta(p (1 - rho) / rho, (1 - p) (1 - rho) / rho)`` around the rate ``p`` above, so
+    its valid count is beta-binomial (binomial at ``rho = 0``).
     """
 
     kappa: Array
@@ -70,10 +80,18 @@ class DynamicsParams(NamedTuple):
     novelty_noise: Array
     feedback_validity: Array = 0.0
     feedback_accuracy: Array = 0.0
+    collapse_enter: Array = 0.0
+    collapse_exit: Array = 1.0
+    collapse_validity: Array = -4.0
+    validity_dispersion: Array = 0.0
 
 
-#: dynamics fields a parameters file may omit (files written before feedback existed)
-OPTIONAL_DYNAMICS: dict[str, float] = {"feedback_validity": 0.0, "feedback_accuracy": 0.0}
+#: dynamics fields a parameters file may omit, with the values that switch them off
+#: (files written before feedback or bursts existed)
+OPTIONAL_DYNAMICS: dict[str, float] = {
+    "feedback_validity": 0.0, "feedback_accuracy": 0.0, "collapse_enter": 0.0,
+    "collapse_exit": 1.0, "collapse_validity": -4.0, "validity_dispersion": 0.0,
+}
 
 
 class SettingEffects(NamedTuple):

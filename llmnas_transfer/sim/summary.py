@@ -4,9 +4,13 @@ The per-candidate path draws every candidate and reduces. When only summaries ar
 this module draws the summaries themselves, so the cost grows with the number of
 (trial, iteration) pairs and not with the number of candidates ``N``:
 
-* **validity count** ``n ~ Binomial(N, p_t)`` - exact
+* **validity count** ``n ~ Binomial(N, q_t)`` - exact
   (:func:`llmnas_transfer.sim.samplers.binomial`: inversion for small means, Hormann's
-  BTRS transformed rejection otherwise, both vectorised with per-lane random streams);
+  BTRS transformed rejection otherwise, both vectorised with per-lane random streams).
+  ``q_t`` is the candidate path's rate: ``p_t`` given the state and the collapse regime
+  (:func:`~llmnas_transfer.sim.dynamics.regime_validity`), drawn from its Beta law when
+  ``validity_dispersion > 0`` (:func:`~llmnas_transfer.sim.dynamics.dispersed_rate`,
+  with the same key and stream as there), which makes the count beta-binomial;
 * **histograms** of accuracy and novelty over ``bins`` fixed bins on [0, 1] - exact
   ``Multinomial(n, pi)`` by conditional binomials from the median bin outwards
   (:func:`llmnas_transfer.sim.samplers.logitnormal_hist`), ``pi_b`` from the normal CDF at
@@ -22,7 +26,8 @@ The latent state, ``p_valid`` and the key scheme (:mod:`llmnas_transfer.sim.keys
 shared with the per-candidate path: the key of iteration ``t`` is split into
 ``(k_cand, k_state)`` by :func:`~llmnas_transfer.sim.keys.split_iteration_key`, as in
 :func:`llmnas_transfer.sim.dynamics.step`, so both paths follow the same state trajectory for
-the same seed; only ``k_cand``'s use differs. Statistic ``x`` of a pair reads its own
+the same seed (and the same collapse regimes: the regime chain reads the init and state
+keys, :func:`trial_path`); only ``k_cand``'s use differs. Statistic ``x`` of a pair reads its own
 stream of ``k_cand`` (``STREAM_*`` below), so every pair's result depends only on its own
 key: chunking, sharding and batch composition never change a number.
 
@@ -54,9 +59,11 @@ import numpy as np
 from llmnas_transfer.sim.dynamics import (
     SimState,
     accuracy_logit,
+    dispersed_rate,
     feedback_from_sums,
     init_state,
     novelty_logit,
+    regime_validity,
     transition,
     validity_logit,
 )
@@ -214,11 +221,17 @@ def summarize_pairs(
     *,
     num_candidates: int,
     bins: int = 20,
+    collapsed: Array | None = None,
+    bursts: bool = True,
 ) -> IterationSummary:
     """Summaries of (trial, iteration) pairs at states ``s`` with candidate key words.
 
-    All arguments broadcast elementwise (``effects`` fields against ``s``). Returns an
-    :class:`IterationSummary`.
+    All arguments broadcast elementwise (``effects`` fields against ``s``). ``collapsed``
+    (bool, healthy if ``None``) is each pair's regime. ``bursts`` (static) ``False``
+    leaves out the regime and the dispersion draw: for parameters without bursts it is the
+    same law, run by exactly the program of earlier versions. Returns an
+    :class:`IterationSummary` (``p_valid`` is the rate given state and regime, before the
+    dispersion draw).
 
     Example
     -------
@@ -233,7 +246,12 @@ def summarize_pairs(
     (3, 5)
     """
     p = jax.nn.sigmoid(validity_logit(s, params, effects.validity_offset))
-    n = binomial(k0, k1, STREAM_VALID, jnp.int32(num_candidates), p)
+    if bursts:
+        p = regime_validity(p, collapsed, params)
+        n = binomial(k0, k1, STREAM_VALID, jnp.int32(num_candidates),
+                     dispersed_rate(k0, k1, p, params))
+    else:
+        n = binomial(k0, k1, STREAM_VALID, jnp.int32(num_candidates), p)
     # accuracy and novelty side by side on a leading axis of 2: one traced copy of each
     # sampler and twice the lanes per vectorised step
     shape = jnp.shape(n)
@@ -264,14 +282,38 @@ def summarize_pairs(
     return IterationSummary(n, acc1, acc2, sums[0][1], sums[1][1], s, p, hist[0], hist[1])
 
 
-def trial_states(key: PRNGKey, params: DynamicsParams, num_iterations: int,
-                 effects: SettingEffects | None = None) -> tuple[PRNGKey, Array]:
-    """Candidate keys and latent states of one trial: ``(k_cand (T,), s (T,))``.
+def trial_path(key: PRNGKey, params: DynamicsParams, num_iterations: int,
+               effects: SettingEffects | None = None) -> tuple[PRNGKey, Array, Array]:
+    """Candidate keys, latent states and collapse regimes of one trial without feedback:
+    ``(k_cand (T,), s (T,), collapsed (T,))``.
 
     Uses the key scheme of :mod:`llmnas_transfer.sim.keys` and the same
+    :func:`~llmnas_transfer.sim.dynamics.init_state` and
     :func:`~llmnas_transfer.sim.dynamics.transition` as
-    :func:`~llmnas_transfer.sim.dynamics.run_trials`, so the states equal the per-candidate
-    path's.
+    :func:`~llmnas_transfer.sim.dynamics.run_trials`, so the states and regimes equal the
+    per-candidate path's.
+
+    Example
+    -------
+    >>> from llmnas_transfer.sim.params import load_defaults
+    >>> kc, s, c = trial_path(jax.random.key(0), load_defaults().dynamics_params(), 4)
+    >>> s.shape, bool(c.any())
+    ((4,), False)
+    """
+    state = init_state(init_key(key), params)
+    k_cand, k_state = split_iteration_key(iteration_keys(key, num_iterations))
+
+    def body(carry: SimState, ks):
+        return transition(ks, carry, params, effects), (carry.refinement, carry.collapsed)
+
+    _, (states, collapsed) = jax.lax.scan(body, state, k_state)
+    return k_cand, states, collapsed
+
+
+def trial_states(key: PRNGKey, params: DynamicsParams, num_iterations: int,
+                 effects: SettingEffects | None = None) -> tuple[PRNGKey, Array]:
+    """Candidate keys and latent states of one trial: ``(k_cand (T,), s (T,))``, the first
+    two parts of :func:`trial_path` (which also gives the collapse regimes).
 
     Example
     -------
@@ -280,13 +322,7 @@ def trial_states(key: PRNGKey, params: DynamicsParams, num_iterations: int,
     >>> s.shape
     (4,)
     """
-    state = init_state(init_key(key), params)
-    k_cand, k_state = split_iteration_key(iteration_keys(key, num_iterations))
-
-    def body(carry: SimState, ks):
-        return transition(ks, carry, params, effects), carry.refinement
-
-    _, states = jax.lax.scan(body, state, k_state)
+    k_cand, states, _ = trial_path(key, params, num_iterations, effects)
     return k_cand, states
 
 
@@ -301,6 +337,7 @@ def summary_chunk(
     num_candidates: int,
     bins: int = 20,
     feedback: bool = False,
+    bursts: bool = True,
 ) -> IterationSummary:
     """Summary-path kernel with leaves of shape ``(setting, trial, iteration, ...)``.
 
@@ -310,6 +347,10 @@ def summary_chunk(
     the states are drawn first and every (trial, iteration) pair is summarised in one
     flat call; with feedback each iteration's summaries feed its transition, so the
     pairs are summarised iteration by iteration inside a scan (same keys and streams).
+    ``bursts`` (static; :func:`llmnas_transfer.sim.candidates.has_bursts`) ``False``
+    promises that collapse and dispersion are off and runs the program without them (the
+    numbers are those of the general program up to an ulp of ``p_valid``, and exactly
+    those of earlier versions); ``True`` is right for any parameters.
 
     Example
     -------
@@ -324,9 +365,9 @@ def summary_chunk(
     tkeys = trial_keys(key, setting_ids, trial_ids)  # (S, C)
     if feedback:
         return _summary_chunk_feedback(tkeys, params, effects, num_iterations,
-                                       num_candidates, bins)
-    kc, states = jax.vmap(jax.vmap(
-        lambda k, e: trial_states(k, params, num_iterations, e),
+                                       num_candidates, bins, bursts)
+    kc, states, collapsed = jax.vmap(jax.vmap(
+        lambda k, e: trial_path(k, params, num_iterations, e),
         in_axes=(0, None)))(tkeys, effects)  # (S, C, T)
     shape = states.shape
     k0, k1 = key_words(kc)
@@ -334,11 +375,13 @@ def summary_chunk(
     eff = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x)[:, None, None], shape).ravel(),
                        effects)
     out = summarize_pairs(k0.ravel(), k1.ravel(), states.ravel(), params, eff,
-                          num_candidates=num_candidates, bins=bins)
+                          num_candidates=num_candidates, bins=bins,
+                          collapsed=collapsed.ravel(), bursts=bursts)
     return jax.tree.map(lambda x: x.reshape(shape + x.shape[1:]), out)
 
 
-def _summary_chunk_feedback(tkeys, params, effects, num_iterations, num_candidates, bins):
+def _summary_chunk_feedback(tkeys, params, effects, num_iterations, num_candidates, bins,
+                            bursts):
     """The summary path with feedback: a scan over iterations, lanes = (setting, trial)."""
     S, C = tkeys.shape
     flat = tkeys.ravel()
@@ -352,7 +395,8 @@ def _summary_chunk_feedback(tkeys, params, effects, num_iterations, num_candidat
         kc, kst = ks
         k0, k1 = key_words(kc)
         out = summarize_pairs(k0, k1, state.refinement, params, eff,
-                              num_candidates=num_candidates, bins=bins)
+                              num_candidates=num_candidates, bins=bins,
+                              collapsed=state.collapsed, bursts=bursts)
         c = eff.chance
         span = jnp.where(c < 1.0, 1.0 - c, 1.0)
         norm_sum = (out.accuracy_sum - c * out.n_valid.astype(jnp.float32)) / span

@@ -524,8 +524,8 @@ def _provenance_of_entries(defaults_dict: dict, calibrated: dict[str, tuple]) ->
     """``determined_by`` for every entry of a parameters file: the calibrated entries as
     :func:`_determined_by` found; the LEMUR spread (``dynamics.accuracy_noise``) is data;
     everything else (novelty assumptions, the reference's zeros, the trend tables, the
-    cells' own validity levels and the feedback strengths, which the targets do not
-    reach) is prior."""
+    cells' own validity levels, the feedback strengths and the bursts, which the targets
+    do not reach) is prior."""
     body = {k: v for k, v in defaults_dict.items() if k != "provenance"}
     out = {}
     for name in _all_entries(body):
@@ -754,7 +754,9 @@ def _low_high(r) -> tuple[float, float]:
 def _to_defaults(raw, sigma_a, targets, anchors, loss, steps, target_set="paper",
                  calibrated=None) -> ModelDefaults:
     c = {k: float(v) for k, v in _constrain(raw, sigma_a).items()}
-    c.update(OPTIONAL_DYNAMICS)  # no feedback: the paper reports a shared trend only
+    # no feedback (the paper reports a shared trend only) and no bursts (none of its
+    # targets speaks of collapsed iterations or of spread beyond the binomial's)
+    c.update(OPTIONAL_DYNAMICS)
     dn, tn = registry.BUILTIN_DATASET_NAMES, registry.BUILTIN_TASK_NAMES
     inter = {"image": {t: 0.0 for t in tn}}
     for m, row in zip(CROSS_MODALITIES, np.asarray(jax.nn.softplus(raw.interaction)),

@@ -800,6 +800,81 @@ def plot_trend_gains(
 
 
 # ------------------------------------------------------------------ saving
+def plot_backtest(scores: pd.DataFrame, observed: pd.DataFrame, *, run: str | None = None,
+                  baseline: str = "replay", max_panels: int = 6) -> Figure:
+    """Fan chart of a rolling-origin backtest: one panel per origin (at most
+    ``max_panels``, evenly spread) of one run (default: the first scored).
+
+    Each panel shows the run's observed validity rates, the model's median forecast with
+    its central 50% and 90% predictive intervals over the horizon, and the ``baseline``'s
+    90% interval, from the score table of
+    :func:`~llmnas_transfer.study.backtest.backtest` (its ``q*`` columns) and its
+    observed rates.
+
+    Example
+    -------
+    >>> sc = pd.DataFrame({"method": ["model", "replay"], "origin": 2, "run": "r",
+    ...                    "iteration": 3, "q0.05": 0.1, "q0.25": 0.3, "q0.5": 0.5,
+    ...                    "q0.75": 0.7, "q0.95": 0.9})
+    >>> ob = pd.DataFrame({"run": "r", "iteration": [1, 2, 3],
+    ...                    "observed_rate": [0.2, 0.4, 0.6]})
+    >>> plot_backtest(sc, ob).axes[0].get_title()
+    'origin 2: fitted on iterations 1-2'
+    """
+    need = {"method", "origin", "run", "iteration", "q0.05", "q0.25", "q0.5", "q0.75",
+            "q0.95"}
+    missing = need - set(scores.columns)
+    if missing:
+        raise UserInputError(f"backtest scores lack the columns {sorted(missing)}")
+    runs = list(dict.fromkeys(scores["run"]))
+    if not runs:
+        raise UserInputError("the backtest has no scored forecast to draw")
+    run = runs[0] if run is None else str(run)
+    if run not in runs:
+        raise UserInputError(f"run {run!r} was not scored; scored runs: {', '.join(runs)}")
+    sc = scores[scores["run"] == run]
+    origins = sorted(set(sc["origin"]))
+    if len(origins) > max_panels:
+        pick = np.unique(np.linspace(0, len(origins) - 1, max_panels).round().astype(int))
+        origins = [origins[i] for i in pick]
+    ob = observed[observed["run"] == run].sort_values("iteration")
+    ncol = min(3, len(origins))
+    nrow = -(-len(origins) // ncol)
+    fig = _figure(4.0 * ncol, 2.9 * nrow + 0.9)
+    axes = fig.subplots(nrow, ncol, squeeze=False, sharey=True)
+    for ax, k in zip(axes.flat, origins, strict=False):
+        ax.plot(ob["iteration"], ob["observed_rate"], "o-", color="black", ms=3, lw=0.8,
+                label="observed rate")
+        m = sc[(sc["origin"] == k) & (sc["method"] == "model")].sort_values("iteration")
+        x = m["iteration"].to_numpy()
+        ax.fill_between(x, m["q0.05"], m["q0.95"], color="#9ecae1", alpha=0.6, lw=0,
+                        label="model 90% interval")
+        ax.fill_between(x, m["q0.25"], m["q0.75"], color="#3182bd", alpha=0.6, lw=0,
+                        label="model 50% interval")
+        ax.plot(x, m["q0.5"], color="#08519c", lw=1.4, label="model median")
+        b = sc[(sc["origin"] == k) & (sc["method"] == baseline)].sort_values("iteration")
+        if len(b):
+            for col in ("q0.05", "q0.95"):
+                ax.plot(b["iteration"], b[col], ls="--", color="#d95f02", lw=1.0,
+                        label=f"{baseline} 90% interval" if col == "q0.05" else None)
+        ax.axvline(k + 0.5, color="grey", ls=":", lw=0.8)
+        ax.set_title(f"origin {k}: fitted on iterations 1-{k}", fontsize=9)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("validity rate (valid / generated)")
+    for ax in list(axes.flat)[len(origins):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=min(5, len(labels)),
+               fontsize=8, frameon=False)
+    _caption(fig, f"Run {run}. Forecasts of the observed validity rate at the run's "
+                  "candidate count. Uncertainty: central 50% and 90% posterior predictive "
+                  "intervals (binomial noise, and bursts where modelled, included); dashed: "
+                  f"the {baseline} baseline's central 90% interval. The dotted line marks "
+                  "the last iteration each fit saw.")
+    return fig
+
+
 def save_figure(fig: Figure, stem: str | os.PathLike, *, dpi: int = 150,
                 bbox_inches: str | None = None) -> list[Path]:
     """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (each written atomically).

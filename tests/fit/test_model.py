@@ -263,3 +263,100 @@ def test_model_structure_partial_grid():
     tr = handlers.trace(handlers.seed(runs_model, 0)).get_trace(data, spec=sub)
     assert "accuracy_noise" not in tr and "combined_gap" not in tr
     assert tr["n_valid"]["value"].shape == (4, 3)
+
+
+# --------------------------------------------------------------------------- bursts
+_BURSTS = {"collapse_enter": 0.2, "collapse_exit": 0.5, "collapse_validity": -3.0,
+           "validity_dispersion": 0.15}
+
+
+def _bursty_params(d):
+    return d.dynamics_params()._replace(**{k: jnp.float32(v) for k, v in _BURSTS.items()})
+
+
+def _betabinom_logpmf(k, n, p, rho):
+    c = (1 - rho) / rho
+    return stats.betabinom.logpmf(k, n, p * c, (1 - p) * c)
+
+
+def _paths(p, M, T, rng):
+    """Prior state paths (M, T) and collapse indicators (M, T) of the bursts' chain."""
+    s = np.zeros((M, T))
+    s[:, 0] = float(p.init_sd) * rng.normal(size=M)
+    pi = _BURSTS["collapse_enter"] / (_BURSTS["collapse_enter"] + _BURSTS["collapse_exit"])
+    col = np.zeros((M, T), bool)
+    col[:, 0] = rng.uniform(size=M) < pi
+    for t in range(1, T):
+        s[:, t] = s[:, t - 1] + float(p.kappa) * (1 - s[:, t - 1]) \
+            + float(p.state_noise) * rng.normal(size=M)
+        stay = np.where(col[:, t - 1], 1 - _BURSTS["collapse_exit"], _BURSTS["collapse_enter"])
+        col[:, t] = rng.uniform(size=M) < stay
+    return s, col
+
+
+def test_bursts_filter_matches_monte_carlo():
+    """Regimes and beta-binomial counts: the marginal likelihood of the product filter
+    against Monte Carlo over regime and state paths (tolerance: 6 Monte Carlo SE plus
+    the grid's 1e-3)."""
+    d = load_defaults()
+    p, e = _bursty_params(d), d.effects(["audioset"], ["generation"])
+    T = 6
+    n_gen = np.full((1, T), 20.0)
+    n_valid = np.asarray([[4.0, 0, 1, 9, 12, 3]])
+    spec = _spec(("audioset",), ("generation",), T, has_accuracy=False, bursts=True)
+    ll = float(runs_loglik(p, e, _data(n_gen, n_valid), spec).sum())
+    rng = np.random.default_rng(3)
+    M = 200_000
+    s, col = _paths(p, M, T, rng)
+    prob = 1 / (1 + np.exp(-(float(p.validity_intercept) + float(p.validity_slope) * s
+                             - float(e.validity_offset[0]))))
+    prob = np.where(col, 1 / (1 + np.exp(-_BURSTS["collapse_validity"])), prob)
+    lik = np.exp(_betabinom_logpmf(n_valid, n_gen, prob,
+                                   _BURSTS["validity_dispersion"]).sum(-1))
+    mc, se = np.log(lik.mean()), lik.std() / lik.mean() / np.sqrt(M)
+    assert abs(ll - mc) < 6 * se + 1e-3, (ll, mc, se)
+
+
+def test_bursts_switched_off_give_the_binomial_model():
+    """No collapses: the collapse level and recovery chance do not matter; at the smallest
+    dispersion each (run, iteration) is within 0.15 of the binomial model's
+    log-likelihood: the beta-binomial at rho = 1e-3 has 1.019x the binomial's variance at
+    20 candidates, which moves the log-density of a count z sd out by about
+    z^2 / 2 x 0.019 (0.12 at z = 3.5; the least likely count here is near that)."""
+    d = load_defaults()
+    e = d.effects(["cifar-10"], ["classification"])
+    p = d.dynamics_params()._replace(validity_dispersion=jnp.float32(0.0))
+    rng = np.random.default_rng(0)
+    n_valid = rng.binomial(20, 0.4, size=(3, 5)).astype(np.float32)
+    data = _data(np.full((3, 5), 20.0), n_valid)
+    plain = runs_loglik(p, e, data, _spec(T=5, has_accuracy=False))
+    spec = _spec(T=5, has_accuracy=False, bursts=True)
+    burst = runs_loglik(p, e, data, spec)
+    assert float(jnp.abs(plain - burst).max()) < 0.15
+    other = runs_loglik(p._replace(collapse_validity=jnp.float32(-1.0),
+                                   collapse_exit=jnp.float32(0.1)), e, data, spec)
+    np.testing.assert_allclose(np.asarray(other), np.asarray(burst), rtol=1e-6)
+
+
+def test_bursts_forecast_without_data_is_the_prior_predictive():
+    """Forecasts of runs without data: mean rate and share of empty iterations per
+    iteration against Monte Carlo of the same chain (6 combined SE)."""
+    d = load_defaults()
+    p, e = _bursty_params(d), d.effects(["svhn"], ["detection"])
+    T, K, N, C = 3, 4, 4000, 20
+    spec = _spec(("svhn",), ("detection",), T, num_forecast=K, has_accuracy=False,
+                 bursts=True)
+    data = _data(np.zeros((N, T)), np.zeros((N, T)))
+    x = np.asarray(jax.jit(forecast_runs, static_argnames="spec")(
+        jax.random.key(5), p, e, data, spec, jnp.full((N, T + K), float(C))))
+    rng = np.random.default_rng(4)
+    s, col = _paths(p, N, T + K, rng)
+    prob = 1 / (1 + np.exp(-(float(p.validity_intercept) + float(p.validity_slope) * s
+                             - float(e.validity_offset[0]))))
+    prob = np.where(col, 1 / (1 + np.exp(-_BURSTS["collapse_validity"])), prob)
+    c = (1 - _BURSTS["validity_dispersion"]) / _BURSTS["validity_dispersion"]
+    ref = rng.binomial(C, rng.beta(prob * c, (1 - prob) * c)).astype(float)
+    for stat in (lambda v: v / C, lambda v: (v == 0).astype(float)):
+        a, b = stat(x), stat(ref)
+        se = np.sqrt(a.var(0) / N + b.var(0) / N)
+        assert np.all(np.abs(a.mean(0) - b.mean(0)) < 6 * se + 1e-9)

@@ -205,3 +205,131 @@ def test_setting_rate_value_and_gradient_at_and_off_zero():
             p._replace(kappa=kk), e._replace(rate_offset=jnp.full((1,), r, jnp.float32)))[0])(
             jnp.float32(k)))
         assert got_k == pytest.approx(want_k, rel=1e-4), (r, got_k, want_k)
+
+
+# ----------------------------------------------------------------------------- bursts
+BURSTS = dict(collapse_enter=0.2, collapse_exit=0.5, collapse_validity=-6.0)
+
+
+def _with(p, **kw):
+    return p._replace(**{k: jnp.float32(v) for k, v in kw.items()})
+
+
+def _scan_steps(tkeys, p, e, num_iterations, num_candidates):
+    """Scan :func:`dynamics.step` as run_trials does, keeping the regimes: per iteration
+    ``(collapsed, n_valid, p_valid)``, each ``(T,) + lanes``."""
+    state0 = dynamics.init_state(keys.init_key(tkeys), p)
+
+    def body(state, t):
+        nxt, c = dynamics.step(keys.iteration_key(tkeys, t), state, p, e,
+                               num_candidates=num_candidates)
+        return nxt, (state.collapsed, jnp.sum(c.valid, 0, dtype=jnp.int32), c.p_valid)
+
+    t = jnp.arange(1, num_iterations + 1, dtype=jnp.uint32)
+    return jax.lax.scan(body, state0, t)[1]
+
+
+def test_bursts_off_keep_every_trial_healthy(setup):
+    p, e = setup
+    tk = jax.random.split(jax.random.key(2), 64)
+    col, _, pv = jax.jit(lambda k: _scan_steps(k, p, e, 5, 4))(tk)
+    assert not np.asarray(col).any()
+    # the regime of t = 1 and of t + 1 read word 0 of STREAM_REGIME (init / state key)
+    k0, k1 = keys.key_words(keys.init_key(tk))
+    u = keys.bits_to_uniform(threefry2x32_p.bind(
+        k0, k1, jnp.full(k0.shape, keys.STREAM_REGIME, jnp.uint32),
+        jnp.zeros(k0.shape, jnp.uint32))[0])
+    pb = _with(p, collapse_enter=0.3, collapse_exit=0.7)
+    s = dynamics.init_state(keys.init_key(tk), pb)
+    np.testing.assert_array_equal(s.collapsed, np.asarray(u) < 0.3)
+
+
+def test_collapse_regime_is_the_stationary_markov_chain(setup):
+    """Fraction collapsed = enter / (enter + exit), lag-1 persistence = 1 - exit,
+    P(collapse | healthy) = enter, validity while collapsed = sigmoid(collapse_validity),
+    each within 4 standard errors (trials independent; the transitions out of a given
+    regime are independent Bernoulli draws given the past, so their binomial SE holds;
+    the collapsed fraction's SE comes from the spread of per-trial means)."""
+    p, e = setup
+    p = _with(p, **BURSTS)
+    R, T, N = 20_000, 8, 10
+    tk = jax.random.split(jax.random.key(4), R)
+    col, nv, pv = (np.asarray(x) for x in jax.jit(lambda k: _scan_steps(k, p, e, T, N))(tk))
+    pi = float(dynamics.collapse_stationary(p))
+    assert pi == pytest.approx(0.2 / 0.7)
+    per_trial = col.mean(0)
+    assert abs(per_trial.mean() - pi) < 4 * per_trial.std(ddof=1) / np.sqrt(R)
+    # every iteration, not only on average: the chain starts stationary
+    assert np.all(np.abs(col.mean(1) - pi) < 4 * np.sqrt(pi * (1 - pi) / R))
+    prev, nxt = col[:-1], col[1:]
+    stay = nxt[prev].mean()
+    assert abs(stay - 0.5) < 4 * np.sqrt(0.25 / prev.sum())
+    enter = nxt[~prev].mean()
+    assert abs(enter - 0.2) < 4 * np.sqrt(0.16 / (~prev).sum())
+    low = float(jax.nn.sigmoid(jnp.float32(-6.0)))
+    assert np.all(pv[col] == np.float32(low))
+    k = nv[col].sum()
+    n = col.sum() * N
+    assert abs(k / n - low) < 4 * np.sqrt(low * (1 - low) / n)
+    # healthy iterations keep the state's rate
+    healthy = float(nv[~col].sum()) / ((~col).sum() * N)
+    assert healthy > 0.2
+
+
+@pytest.mark.parametrize("s", [0.0, 1.0])
+def test_dispersion_makes_the_valid_count_beta_binomial(setup, s):
+    """Candidate path at a fixed state: mean N p and variance N p (1 - p) (1 + (N - 1) rho)
+    within 4 SE (SE of a sample variance: sqrt((m4 - v^2) / R) from the sample's own
+    fourth central moment)."""
+    p, e = setup
+    rho, N, R = 0.3, 20, 40_000
+    p = _with(p, validity_dispersion=rho)
+    ks = jax.random.split(jax.random.key(9), R)
+    c = jax.jit(lambda k: dynamics.draw_candidates(k, jnp.full(R, s, jnp.float32), p, e, N))(ks)
+    n = np.asarray(c.valid.sum(0), np.float64)
+    q = float(jax.nn.sigmoid(dynamics.validity_logit(jnp.float32(s), p, e.validity_offset)))
+    np.testing.assert_allclose(np.asarray(c.p_valid), q, rtol=1e-6)
+    want = N * q * (1 - q) * (1 + (N - 1) * rho)
+    assert abs(n.mean() - N * q) < 4 * np.sqrt(want / R)
+    v = n.var(ddof=1)
+    m4 = np.mean((n - n.mean()) ** 4)
+    assert abs(v - want) < 4 * np.sqrt((m4 - v * v) / R), (v, want)
+    # rho = 0 is exactly the binomial path: valid iff the candidate's uniform < p
+    c0 = dynamics.draw_candidates(ks[:50], jnp.full(50, s, jnp.float32),
+                                  _with(p, validity_dispersion=0.0), e, N)
+    u, _ = dynamics.candidate_noise(ks[:50], N)
+    np.testing.assert_array_equal(c0.valid, np.asarray(u) < np.asarray(c0.p_valid)[None])
+
+
+def test_a_lane_of_trials_draws_what_each_trial_draws_alone_with_bursts(setup):
+    """Lane form = one-trial form with collapse and dispersion on, regimes included."""
+    p, e = setup
+    p = _with(p, validity_dispersion=0.3, **BURSTS)
+    ks = jax.random.split(jax.random.key(13), 33)
+    s = jnp.linspace(-0.5, 1.5, 33, dtype=jnp.float32)
+    col = jnp.arange(33) % 3 == 0
+    axes = dynamics.Candidates(1, 1, 1, 0, 0)
+    lanes = jax.jit(lambda k, x, c: dynamics.draw_candidates(k, x, p, e, 7, c))(ks, s, col)
+    one = jax.jit(jax.vmap(lambda k, x, c: dynamics.draw_candidates(k, x, p, e, 7, c),
+                           out_axes=axes))(ks, s, col)
+    _assert_same_draws(lanes, one)
+    assert np.all(np.asarray(lanes.p_valid)[np.asarray(col)]
+                  == np.float32(jax.nn.sigmoid(jnp.float32(-6.0))))
+    st = dynamics.SimState(s, col)
+    nxt, c = jax.jit(lambda k, x: dynamics.step(k, x, p, e, num_candidates=7))(ks, st)
+    nxt1, c1 = jax.jit(jax.vmap(lambda k, x: dynamics.step(k, x, p, e, num_candidates=7),
+                                out_axes=(0, axes)))(ks, st)
+    _assert_same_draws((nxt, c), (nxt1, c1))
+    # whole trials: a lane of trials scanned at once = each trial scanned alone
+    tk = jax.random.split(jax.random.key(14), 40)
+    run = jax.jit(lambda k: _scan_steps(k, p, e, 6, 9))
+    a = run(tk)
+    b = jax.jit(jax.vmap(lambda k: _scan_steps(k, p, e, 6, 9), out_axes=1))(tk)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert np.asarray(a[0]).any() and not np.asarray(a[0]).all()
+    # run_trials follows the same chain
+    n = jax.jit(lambda k: dynamics.run_trials(
+        k, p, e, num_iterations=6, num_candidates=9,
+        reduce=lambda c: jnp.sum(c.valid, 0, dtype=jnp.int32)))(tk)
+    np.testing.assert_array_equal(n, a[1])

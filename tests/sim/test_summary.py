@@ -192,3 +192,99 @@ def test_feedback_paths_agree_in_distribution_and_do_not_depend_on_chunks(trend_
     c = simulate(5, num_trials=7, path="summary", chunk_size=3, **kw)
     np.testing.assert_array_equal(c["n_valid"].values, a["n_valid"].values[:, :, :7])
     np.testing.assert_array_equal(c["state"].values, a["state"].values[:, :, :7])
+
+
+# ----------------------------------------------------------------------------- bursts
+def _bursty(defaults, **extra):
+    import dataclasses
+
+    dyn = {**defaults.dynamics, "collapse_enter": 0.2, "collapse_exit": 0.5,
+           "collapse_validity": -6.0, "validity_dispersion": 0.3, **extra}
+    return dataclasses.replace(defaults, dynamics=dyn)
+
+
+def test_count_path_dispersion_is_beta_binomial():
+    """Counts at a fixed state with rho = 0.3: mean N p and variance
+    N p (1 - p) (1 + (N - 1) rho) within 4 SE (SE of a sample variance from the sample's
+    fourth central moment); rho = 0 (or bursts=False) gives the binomial counts."""
+    d = load_defaults()
+    p = d.dynamics_params()._replace(validity_dispersion=jnp.float32(0.3))
+    e = jax.tree.map(lambda x: x[0], d.effects(["cifar-10"], ["classification"]))
+    R, N, rho = 40_000, 20, 0.3
+    k0, k1 = _lanes(17, R)
+    s = jnp.full(R, 0.5, jnp.float32)
+    run = jax.jit(lambda p, b: sf.summarize_pairs(k0, k1, s, p, e, num_candidates=N, bins=0,
+                                                  bursts=b).n_valid, static_argnums=1)
+    n = np.asarray(run(p, True), np.float64)
+    q = float(jax.nn.sigmoid(p.validity_intercept + p.validity_slope * 0.5 - e.validity_offset))
+    want = N * q * (1 - q) * (1 + (N - 1) * rho)
+    assert abs(n.mean() - N * q) < 4 * np.sqrt(want / R)
+    v, m4 = n.var(ddof=1), np.mean((n - n.mean()) ** 4)
+    assert abs(v - want) < 4 * np.sqrt((m4 - v * v) / R), (v, want)
+    p0 = p._replace(validity_dispersion=jnp.float32(0.0))
+    np.testing.assert_array_equal(run(p0, True), run(p0, False))
+
+
+@pytest.fixture(scope="module")
+def bursty_paths():
+    d = _bursty(load_defaults())
+    kw = dict(datasets="cifar-10,audioset", tasks="classification", num_iterations=4,
+              num_candidates=30, bins=0, defaults=d)
+    R = 4000
+    return (simulate(23, num_trials=R, path="summary", **kw),
+            simulate(23, num_trials=R, path="candidates", **kw), kw)
+
+
+def test_bursty_paths_share_regimes_and_agree_in_distribution(bursty_paths):
+    """Without feedback both paths draw the same states and regimes (p_valid equal up to
+    an ulp); the mean valid count per (setting, iteration) agrees within 4 SE (two
+    independent samples of R trials), and so does its variance (SE from fourth moments)."""
+    a, b, _ = bursty_paths
+    np.testing.assert_array_equal(a["state"].values, b["state"].values)
+    np.testing.assert_allclose(a["p_valid"].values, b["p_valid"].values, rtol=3e-7)
+    low = np.float32(special.expit(-6.0))
+    collapsed = np.isclose(a["p_valid"].values, low, rtol=1e-5, atol=0)
+    pi = 0.2 / 0.7
+    assert abs(collapsed.mean() - pi) < 4 * np.sqrt(pi * (1 - pi) / collapsed[..., 0].size)
+    x, y = (r["n_valid"].values.astype(np.float64) for r in (a, b))  # (D, K, R, T)
+    R = x.shape[2]
+    se = np.sqrt(x.var(2, ddof=1) / R + y.var(2, ddof=1) / R)
+    assert np.all(np.abs(x.mean(2) - y.mean(2)) < 4 * se)
+
+    def var_se(z):
+        c = z - z.mean(2, keepdims=True)
+        return np.sqrt((np.mean(c**4, 2) - z.var(2, ddof=1) ** 2) / R)
+
+    assert np.all(np.abs(x.var(2, ddof=1) - y.var(2, ddof=1))
+                  < 4 * np.sqrt(var_se(x) ** 2 + var_se(y) ** 2))
+    # collapsed iterations are valid at sigmoid(-6) on both paths
+    for r in (a, b):
+        nv = r["n_valid"].values[collapsed]
+        n = nv.size * 30
+        assert abs(nv.sum() / n - low) < 4 * np.sqrt(low * (1 - low) / n)
+
+
+def test_bursty_feedback_paths_agree_and_do_not_depend_on_chunks(trend_defaults,
+                                                                 bursty_paths):
+    """With feedback and bursts the paths draw different states; the mean valid count and
+    state agree within 4 SE. A trial's numbers depend only on (seed, setting, trial)."""
+    d = _bursty(trend_defaults)
+    kw = dict(datasets="cifar-10,audioset", tasks="classification,generation",
+              num_iterations=4, num_candidates=20, bins=0, defaults=d)
+    R = 3000
+    a = simulate(5, num_trials=R, path="summary", **kw)
+    b = simulate(5, num_trials=R, path="candidates", **kw)
+    for var in ("n_valid", "state"):
+        x, y = a[var].values.astype(np.float64), b[var].values.astype(np.float64)
+        se = np.sqrt(x.var(2, ddof=1) / R + y.var(2, ddof=1) / R)
+        assert np.all(np.abs(x.mean(2) - y.mean(2)) < 4 * se), var
+    for path, full in (("summary", a), ("candidates", b)):
+        c = simulate(5, num_trials=7, path=path, chunk_size=3, **kw)
+        for var in ("n_valid", "state", "p_valid"):
+            np.testing.assert_array_equal(c[var].values, full[var].values[:, :, :7])
+    # and without feedback, on both paths
+    s_full, c_full, kw0 = bursty_paths
+    for path, full in (("summary", s_full), ("candidates", c_full)):
+        c = simulate(23, num_trials=5, path=path, chunk_size=2, **kw0)
+        for var in ("n_valid", "state", "p_valid"):
+            np.testing.assert_array_equal(c[var].values, full[var].values[:, :, :5])
