@@ -87,8 +87,10 @@ def _backtest(args) -> int:
         print(f"note: fewer JAX devices than {args.chains} chains; the chains run one "
               "after another", file=sys.stderr)
     from llmnas_transfer.io.atomic import atomic_write
-    from llmnas_transfer.study.backtest import backtest
+    from llmnas_transfer.study.backtest import backtest, check_origins
     from llmnas_transfer.summarize.posterior import format_table
+
+    check_origins(args.origin, args.horizon, args.step, int(runs.cells["iteration"].max()))
 
     progress = show_progress(args)
 

@@ -163,6 +163,21 @@ def origins_of(origin: int, horizon: int, step: int, num_iterations: int) -> lis
     return list(range(origin, num_iterations, step))
 
 
+def check_origins(origin: int, horizon: int, step: int, num_iterations: int) -> list[int]:
+    """:func:`origins_of`, or a one-line error when no origin leaves an iteration.
+
+    Example
+    -------
+    >>> check_origins(16, 8, 4, 24)
+    [16, 20]
+    """
+    ks = origins_of(origin, horizon, step, num_iterations)
+    if not ks:
+        raise UserInputError(f"origin {origin} leaves no iteration to forecast: the runs "
+                             f"have {num_iterations} iterations")
+    return ks
+
+
 def _inside(draws: np.ndarray, y: float, level: float) -> bool:
     return interval_coverage(draws, np.asarray(y), level) == 1.0
 
@@ -271,10 +286,7 @@ def backtest(
         runs = read_runs(runs)
     full = prepare(runs, trend=trend, bursts="off")
     T = full.spec.num_iterations
-    ks = origins_of(origin, horizon, step, T)
-    if not ks:
-        raise UserInputError(
-            f"origin {origin} leaves no iteration to forecast: the runs have {T} iterations")
+    ks = check_origins(origin, horizon, step, T)
     nv = np.asarray(full.data.n_valid, np.float64)
     ng = np.asarray(full.data.n_generated, np.float64)
     notes: list[str] = []
@@ -340,5 +352,5 @@ def backtest(
 
 
 __all__ = ["Backtest", "COVERAGE_LEVELS", "FAN_LEVELS", "MODEL", "OriginFit",
-           "SCORE_COLUMNS", "SUMMARY_COLUMNS", "backtest", "mask_after", "origins_of",
-           "summarize_scores", "truncate"]
+           "SCORE_COLUMNS", "SUMMARY_COLUMNS", "backtest", "check_origins", "mask_after",
+           "origins_of", "summarize_scores", "truncate"]

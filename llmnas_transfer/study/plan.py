@@ -9,7 +9,8 @@ that reach the goal is the design's **assurance**.
 Design prior
     ``defaults`` (a parameter set: ``paper``, ``lemur`` or a file) is a point prior on
     the parameters; the spread between studies is then the model's own trial-to-trial
-    spread (initial state, state noise) and the binomial noise of the candidates. A pilot
+    spread (initial state, state noise) and the binomial noise of the candidates (with
+    bursts on, also the collapse regimes and the beta-binomial spread). A pilot
     fit (``pilot``: a fit file or its ``DataTree``) gives one posterior draw per study.
 
 Simulation
@@ -87,8 +88,13 @@ from llmnas_transfer.fit.model import params_from_sample
 from llmnas_transfer.fit.preparation import parse_reference
 from llmnas_transfer.progress import progress_bar
 from llmnas_transfer.sim import registry
-from llmnas_transfer.sim.candidates import MAX_CANDIDATES, MAX_ITERATIONS, has_feedback
-from llmnas_transfer.sim.dynamics import validity_logit
+from llmnas_transfer.sim.candidates import (
+    MAX_CANDIDATES,
+    MAX_ITERATIONS,
+    has_bursts,
+    has_feedback,
+)
+from llmnas_transfer.sim.dynamics import dispersed_rate, regime_validity, validity_logit
 from llmnas_transfer.sim.expectation import expected, expected_state_moments
 from llmnas_transfer.sim.gaps import (
     DEFAULT_THRESHOLDS,
@@ -100,7 +106,7 @@ from llmnas_transfer.sim.gaps import (
 from llmnas_transfer.sim.keys import as_key, key_words, trial_keys
 from llmnas_transfer.sim.params import DynamicsParams, ModelDefaults, SettingEffects, load_defaults
 from llmnas_transfer.sim.samplers import binomial
-from llmnas_transfer.sim.summary import STREAM_VALID, summary_chunk, trial_states
+from llmnas_transfer.sim.summary import STREAM_VALID, summary_chunk, trial_path
 from llmnas_transfer.sim.types import Array, PRNGKey
 from llmnas_transfer.study.distributed import (
     agree_all,
@@ -340,39 +346,47 @@ def _analyse_study(n_valid: Array, accuracy_sum: Array, p: DynamicsParams, e: Se
 
 
 def _counts(key: PRNGKey, params: DynamicsParams, effects: SettingEffects, setting_ids: Array,
-            r_max: int, t_max: int, num_candidates: Array) -> Array:
+            r_max: int, t_max: int, num_candidates: Array, bursts: bool = True) -> Array:
     """Valid counts ``(S, R, T)`` only: the ``n_valid`` of
-    :func:`~llmnas_transfer.sim.summary.summary_chunk` without feedback (same keys, states
-    and validity stream), without drawing accuracies or novelties."""
+    :func:`~llmnas_transfer.sim.summary.summary_chunk` without feedback (same keys, states,
+    collapse regimes, dispersion and validity streams), without drawing accuracies or
+    novelties. ``bursts`` (static) as there: ``False`` promises that collapse and
+    dispersion are off and leaves them out."""
     tkeys = trial_keys(key, setting_ids, jnp.arange(r_max, dtype=jnp.int32))  # (S, R)
-    kc, states = jax.vmap(jax.vmap(lambda k, e: trial_states(k, params, t_max, e),
-                                   in_axes=(0, None)))(tkeys, effects)  # (S, R, T)
+    kc, states, collapsed = jax.vmap(jax.vmap(lambda k, e: trial_path(k, params, t_max, e),
+                                              in_axes=(0, None)))(tkeys, effects)  # (S, R, T)
     k0, k1 = key_words(kc)
     prob = jax.nn.sigmoid(validity_logit(states, params,
                                          jnp.asarray(effects.validity_offset)[:, None, None]))
+    if bursts:
+        prob = dispersed_rate(k0, k1, regime_validity(prob, collapsed, params), params)
     return binomial(k0, k1, STREAM_VALID, jnp.asarray(num_candidates, jnp.int32), prob)
 
 
-@partial(jax.jit, static_argnames=("component", "r_max", "t_max", "feedback", "method"))
+@partial(jax.jit,
+         static_argnames=("component", "r_max", "t_max", "feedback", "bursts", "method"))
 def _study_kernel(keys: PRNGKey, params: DynamicsParams, effects: SettingEffects,
                   setting_ids: Array, trials: Array, iterations: Array, num_candidates: Array,
-                  *, component: str, r_max: int, t_max: int, feedback: bool, method: str):
+                  *, component: str, r_max: int, t_max: int, feedback: bool, bursts: bool,
+                  method: str):
     """Simulate and analyse a batch of studies (leading axis of ``keys``, ``params``,
     ``effects``); setting 0 is the reference. The design grids ``trials``, ``iterations``
     and the candidate count are traced: one compile serves every grid with the same
     largest design. Validity and trend need only the valid counts (:func:`_counts`) when
-    there is no feedback. Returns ``(estimate, var_s, var_r, truth)`` of shape
+    there is no feedback. ``feedback`` and ``bursts`` (static) tell the simulation whether
+    the prior may have feedback strengths or bursts (:func:`_prior`). Returns
+    ``(estimate, var_s, var_r, truth)`` of shape
     ``(B, nR, nT, S - 1)`` (truth ``(B, nT, S - 1)``)."""
     counts_only = component in ("validity", "trend") and not feedback
 
     def one(key, p, e):
         if counts_only:
-            nv = _counts(key, p, e, setting_ids, r_max, t_max, num_candidates)
+            nv = _counts(key, p, e, setting_ids, r_max, t_max, num_candidates, bursts)
             acc = jnp.zeros(nv.shape, jnp.float32)
         else:
             summ = summary_chunk(key, p, e, setting_ids, jnp.arange(r_max, dtype=jnp.int32),
                                  num_iterations=t_max, num_candidates=num_candidates,
-                                 bins=0, feedback=feedback)
+                                 bins=0, feedback=feedback, bursts=bursts)
             nv, acc = summ.n_valid, summ.accuracy_sum
         est, vs, vr = _analyse_study(nv, acc, p, e, trials, iterations, num_candidates,
                                      component=component, method=method)
@@ -415,7 +429,8 @@ def _pilot_draws(pilot, settings: list[tuple[str, str]]):
 
 
 def _prior(reference, compare, defaults, pilot):
-    """Settings (reference first), the design prior and whether it has feedback."""
+    """Settings (reference first), the design prior, whether it has feedback and whether
+    it has bursts (in any draw of a pilot fit)."""
     ref = parse_setting(reference, "reference")
     comp = _settings(compare)
     if ref in comp:
@@ -427,7 +442,9 @@ def _prior(reference, compare, defaults, pilot):
         params, effects = _pilot_draws(pilot, settings)
         feedback = bool(np.any(np.asarray(params.feedback_validity) != 0)
                         or np.any(np.asarray(params.feedback_accuracy) != 0))
-        return settings, (params, effects, int(params.kappa.shape[0])), feedback
+        bursts = bool(np.any(np.asarray(params.collapse_enter) > 0)
+                      or np.any(np.asarray(params.validity_dispersion) > 0))
+        return settings, (params, effects, int(params.kappa.shape[0])), feedback, bursts
     defaults = defaults or load_defaults()
     params = defaults.dynamics_params()
     dsets = list(dict.fromkeys(d for d, _ in settings))
@@ -435,7 +452,7 @@ def _prior(reference, compare, defaults, pilot):
     grid = defaults.effects(dsets, tasks)  # dataset-major grid; keep our settings
     flat = np.array([dsets.index(d) * len(tasks) + tasks.index(t) for d, t in settings])
     effects = jax.tree.map(lambda x: jnp.asarray(x)[flat] if jnp.ndim(x) else x, grid)
-    return settings, (params, effects, None), has_feedback(params)
+    return settings, (params, effects, None), has_feedback(params), has_bursts(params)
 
 
 def _study_params(key: PRNGKey, ids: np.ndarray, prior, n_settings: int):
@@ -554,7 +571,8 @@ def simulate_studies(
     if (coordinator, num_processes, process_id) != (None, None, None):
         initialize(resolve_options(coordinator, num_processes, process_id))
     # every process reads the prior (a pilot file missing on one host stops them all)
-    settings, prior, feedback = agree_all(lambda: _prior(reference, compare, defaults, pilot))
+    settings, prior, feedback, bursts = agree_all(
+        lambda: _prior(reference, compare, defaults, pilot))
     comp = settings[1:]
     n_set = len(settings)
     component = check_choice("component", component, COMPONENTS)
@@ -580,7 +598,7 @@ def simulate_studies(
     n_dev = len(devices)
     run = _chunk_runner(devices, as_key(seed), prior, n_set, sids, grid_r, grid_t,
                         component=component, r_max=r_max, t_max=t_max, feedback=feedback,
-                        method=method)
+                        bursts=bursts, method=method)
     shape = (studies, len(trials_g), len(iters_g), len(cands_g), n_set - 1)
     est, vs, vr = (np.empty(shape) for _ in range(3))
     truth = np.empty((studies, len(iters_g), len(cands_g), n_set - 1))
@@ -882,7 +900,7 @@ def study_runs(
     >>> list(df.columns), len(df)
     (['dataset', 'task', 'trial', 'iteration', 'n_generated', 'n_valid'], 8)
     """
-    settings, prior, feedback = _prior(reference, compare, defaults, pilot)
+    settings, prior, feedback, bursts = _prior(reference, compare, defaults, pilot)
     trials = check_int("trials", trials, 1, MAX_TRIALS)
     iterations = check_int("iterations", iterations, 1, MAX_ITERATIONS)
     candidates = check_int("candidates", candidates, 1, MAX_CANDIDATES)
@@ -892,7 +910,8 @@ def study_runs(
     sids = jnp.asarray(np.array([registry.setting_id(d, t) for d, t in settings], np.uint32))
     summ = _runs_kernel(keys[0], jax.tree.map(lambda x: x[0], p),
                         jax.tree.map(lambda x: x[0], e), sids, trials=trials,
-                        iterations=iterations, num_candidates=candidates, feedback=feedback)
+                        iterations=iterations, num_candidates=candidates, feedback=feedback,
+                        bursts=bursts)
     nv = np.asarray(summ.n_valid)  # (S, R, T)
     s_idx, r_idx, t_idx = np.meshgrid(np.arange(len(settings)), np.arange(trials),
                                       np.arange(iterations), indexing="ij")
@@ -914,12 +933,14 @@ def study_runs(
     return df
 
 
-@partial(jax.jit, static_argnames=("trials", "iterations", "num_candidates", "feedback"))
+@partial(jax.jit,
+         static_argnames=("trials", "iterations", "num_candidates", "feedback", "bursts"))
 def _runs_kernel(key, params, effects, setting_ids, *, trials, iterations, num_candidates,
-                 feedback):
+                 feedback, bursts):
     return summary_chunk(key, params, effects, setting_ids,
                          jnp.arange(trials, dtype=jnp.int32), num_iterations=iterations,
-                         num_candidates=num_candidates, bins=0, feedback=feedback)
+                         num_candidates=num_candidates, bins=0, feedback=feedback,
+                         bursts=bursts)
 
 
 def plot_assurance(df: pd.DataFrame, *, ci: float = 0.94):

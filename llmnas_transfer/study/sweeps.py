@@ -66,6 +66,7 @@ from llmnas_transfer.sim.candidates import (
     MAX_ITERATIONS,
     PATHS,
     chunk_kernel,
+    has_bursts,
     has_feedback,
 )
 from llmnas_transfer.sim.keys import as_key
@@ -141,14 +142,15 @@ def _block_partials(summ, mask: Array, num_candidates: int):
 
 
 def _chunk_partials(key, params, effects, setting_ids, trial_ids, mask, *, num_iterations,
-                    num_candidates, bins, path, feedback):
+                    num_candidates, bins, path, feedback, bursts):
     summ, _ = chunk_kernel(key, params, effects, setting_ids, trial_ids,
                            num_iterations=num_iterations, num_candidates=num_candidates,
-                           bins=bins, per_candidate=False, path=path, feedback=feedback)
+                           bins=bins, per_candidate=False, path=path, feedback=feedback,
+                           bursts=bursts)
     return _block_partials(summ, mask, num_candidates)
 
 
-_STATIC = ("num_iterations", "num_candidates", "bins", "path", "feedback")
+_STATIC = ("num_iterations", "num_candidates", "bins", "path", "feedback", "bursts")
 
 
 @partial(jax.jit, static_argnames=_STATIC)
@@ -429,7 +431,7 @@ def sweep(
     write_ckpt = ckpt is not None and primary
 
     kw = dict(num_iterations=num_iterations, num_candidates=num_candidates, bins=bins,
-              path=path, feedback=has_feedback(params))
+              path=path, feedback=has_feedback(params), bursts=has_bursts(params))
     if n_dev == 1 and not multi:
         dev = devs[0]
 

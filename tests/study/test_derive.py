@@ -7,7 +7,7 @@ import pytest
 from llmnas_transfer import simulate
 from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.sim import registry
-from llmnas_transfer.sim.params import load_defaults, load_param_set
+from llmnas_transfer.sim.params import OPTIONAL_DYNAMICS, load_defaults, load_param_set
 from llmnas_transfer.study.derive import (
     HELDOUT_GROUPS,
     calibrate,
@@ -193,6 +193,10 @@ def test_shipped_files_record_provenance_of_every_entry():
         assert all(d.trend[k] == {} for k in d.trend)  # shared trend, as the paper reports
         assert d.dynamics["feedback_validity"] == d.dynamics["feedback_accuracy"] == 0.0
         assert db["trend.rate_dataset"] == db["dynamics.feedback_accuracy"] == "prior"
+        # the bursts are listed, off and the prior's: no target speaks of them
+        for f in ("collapse_enter", "collapse_exit", "collapse_validity",
+                  "validity_dispersion"):
+            assert d.dynamics[f] == OPTIONAL_DYNAMICS[f] and db[f"dynamics.{f}"] == "prior"
         # the interactions the calibration left at their prior mean are labelled prior
         for m, row in d.interaction.items():
             for t, v in row.items():

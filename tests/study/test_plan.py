@@ -150,6 +150,49 @@ def test_study_runs_are_the_analysed_data(final_grid):
         shorter.n_valid, df[(df.trial < 6) & (df.iteration <= 4)].n_valid)
 
 
+def test_counts_with_bursts_match_the_candidate_path():
+    """With collapse and dispersion on, the valid counts the planner draws (its counts-only
+    kernel) have the mean and variance of the simulator's per-candidate path, iteration by
+    iteration, within 4 Monte Carlo SEs (independent seeds, so independent samples of R
+    trials each; SE of a sample variance from the fourth central moment). The same draws
+    without bursts (a plain binomial at the state's rate) miss by far more."""
+    import jax
+    import jax.numpy as jnp
+
+    from llmnas_transfer.sim import registry
+    from llmnas_transfer.sim.candidates import simulate
+    from llmnas_transfer.sim.keys import as_key
+    from llmnas_transfer.study.plan import _counts
+
+    d = load_defaults()
+    bursty = dataclasses.replace(d, dynamics={
+        **d.dynamics, "collapse_enter": 0.2, "collapse_exit": 0.5, "collapse_validity": -6.0,
+        "validity_dispersion": 0.2})
+    R, T, N = 10_000, 3, 20
+    p = bursty.dynamics_params()
+    e = bursty.effects(["cifar-10"], ["classification"])
+    sids = jnp.asarray([registry.setting_id("cifar-10", "classification")], jnp.uint32)
+    counts = jax.jit(_counts, static_argnums=(4, 5, 7))
+    planned = np.asarray(counts(as_key(7), p, e, sids, R, T, jnp.int32(N), True))[0]
+    plain = np.asarray(counts(as_key(7), p, e, sids, R, T, jnp.int32(N), False))[0]
+    sim = simulate(8, datasets="cifar-10", tasks="classification", num_trials=R,
+                   num_iterations=T, num_candidates=N, bins=0, defaults=bursty,
+                   path="candidates")["n_valid"].values.reshape(R, T)
+
+    def moments(x):  # per iteration: mean, variance and their squared SEs
+        x = x.astype(float)
+        m, v = x.mean(0), x.var(0, ddof=1)
+        m4 = ((x - m) ** 4).mean(0)
+        return m, v, v / R, (m4 - v**2) / R
+
+    m_s, v_s, sm_s, sv_s = moments(sim)
+    for x, ok in ((planned, True), (plain, False)):
+        m, v, sm, sv = moments(x)
+        z = np.concatenate([np.abs(m - m_s) / np.sqrt(sm + sm_s),
+                            np.abs(v - v_s) / np.sqrt(sv + sv_s)])
+        assert (z < 4).all() if ok else (z > 4).any(), z
+
+
 def test_plan_table_and_recommendation():
     df = plan(REF, CMP, **SMALL, width=0.5, candidates=(10, 20), studies=7, seed=0,
               cost_per_candidate=0.5)
