@@ -7,18 +7,13 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import atexit  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-
-# Commands the tests run compile into a persistent-cache folder of this process (each
-# xdist worker its own), empty at the start, as on a fresh CI machine: the tests never
-# read or write the user's ~/.cache. With a cache left by earlier runs,
-# tests/test_init.py::test_sweep_can_be_called_twice crashed (segmentation fault in JAX's
-# cache reader) under pytest -n 2; the cause is not known.
-_CACHE = tempfile.mkdtemp(prefix="llmnas-test-cache-")
-os.environ["LLMNAS_TRANSFER_CACHE"] = _CACHE
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# The commands the tests run keep JAX's persistent compilation cache off: the tests never
+# read or write the user's ~/.cache, and JAX has crashed (segmentation fault) in its cache
+# reader and writer under pytest -n 2: test_init.py::test_sweep_can_be_called_twice with a
+# cache left by earlier runs, and the fit of test_posterior.py's small_fit writing an
+# entry into a fresh per-process folder (clean-clone CI, twice in a row). The cause is not
+# known. tests/test_cache.py turns it on in its own tests and restores it.
+os.environ["LLMNAS_TRANSFER_CACHE"] = "off"
 
 import contextlib  # noqa: E402
 
