@@ -40,7 +40,7 @@ from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.fit.assemble import run_forecasts
 from llmnas_transfer.fit.laplace import laplace_start
 from llmnas_transfer.fit.model import RunsData
-from llmnas_transfer.fit.preparation import Prepared, choose_bursts, prepare
+from llmnas_transfer.fit.preparation import BURSTS, Prepared, choose_bursts, prepare
 from llmnas_transfer.fit.sampling import sample_nuts
 from llmnas_transfer.io.runs import ObservedRuns, read_runs
 from llmnas_transfer.sim.keys import as_key
@@ -103,6 +103,14 @@ class Backtest(NamedTuple):
     notes: tuple[str, ...]
 
 
+def _with_columns(d: RunsData, cut: Callable, feedback: Callable) -> RunsData:
+    """``d`` with ``cut`` applied to every (run, iteration) array and ``feedback`` to the
+    accuracy feedback (when there is one)."""
+    fb = None if d.accuracy_feedback is None else feedback(d.accuracy_feedback)
+    return RunsData(d.dataset_idx, d.task_idx, cut(d.n_generated), cut(d.n_valid),
+                    jax.tree.map(cut, d.accuracy), jax.tree.map(cut, d.novelty), fb)
+
+
 def mask_after(prep: Prepared, k: int) -> Prepared:
     """``prep`` with every iteration after ``k`` unobserved (same shapes and spec).
 
@@ -113,28 +121,15 @@ def mask_after(prep: Prepared, k: int) -> Prepared:
     >>> np.asarray(p.data.n_generated)[0].tolist()[2:]
     [0.0, 0.0]
     """
-    d = prep.data
-    keep = jnp.arange(d.n_generated.shape[1]) < k
-
-    def cut(x):
-        return jnp.where(keep, x, jnp.zeros_like(x))
-
-    fb = None if d.accuracy_feedback is None else jnp.where(keep, d.accuracy_feedback, 0.5)
-    data = RunsData(d.dataset_idx, d.task_idx, cut(d.n_generated), cut(d.n_valid),
-                    jax.tree.map(cut, d.accuracy), jax.tree.map(cut, d.novelty), fb)
+    keep = jnp.arange(prep.data.n_generated.shape[1]) < k
+    data = _with_columns(prep.data, lambda x: jnp.where(keep, x, jnp.zeros_like(x)),
+                         lambda fb: jnp.where(keep, fb, 0.5))
     return dataclasses.replace(prep, data=data)
 
 
 def truncate(prep: Prepared, k: int, horizon: int) -> Prepared:
     """``prep`` cut to its first ``k`` iterations, forecasting ``horizon`` more."""
-    d = prep.data
-
-    def cut(x):
-        return x[:, :k]
-
-    fb = None if d.accuracy_feedback is None else cut(d.accuracy_feedback)
-    data = RunsData(d.dataset_idx, d.task_idx, cut(d.n_generated), cut(d.n_valid),
-                    jax.tree.map(cut, d.accuracy), jax.tree.map(cut, d.novelty), fb)
+    data = _with_columns(prep.data, lambda x: x[:, :k], lambda fb: fb[:, :k])
     spec = dataclasses.replace(prep.spec, num_iterations=k, num_forecast=horizon,
                                gap_iteration=k)
     return dataclasses.replace(prep, spec=spec, data=data)
@@ -281,7 +276,7 @@ def backtest(
     seed = check_int("seed", seed, 0, 2**63 - 1)
     ci = check_float("ci", ci, 0.0, 1.0, low_open=True, high_open=True)
     baseline_draws = check_int("baseline_draws", baseline_draws, 10, 10**7)
-    bursts = check_choice("bursts", bursts, ("auto", "on", "off"))
+    bursts = check_choice("bursts", bursts, BURSTS)
     if not isinstance(runs, ObservedRuns):
         runs = read_runs(runs)
     full = prepare(runs, trend=trend, bursts="off")
