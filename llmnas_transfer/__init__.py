@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 
 #: public name -> module that defines it (loaded on first use)
 _PUBLIC = {
+    "release_compiled": "llmnas_transfer.cache",
     "DynamicsParams": "llmnas_transfer.sim.params",
     "ModelDefaults": "llmnas_transfer.sim.params",
     "SettingEffects": "llmnas_transfer.sim.params",

@@ -13,6 +13,12 @@ entry in place, so without the lock a process that reads it while another one wr
 crash. A process killed mid-write can still leave a damaged entry: delete the folder if
 a command crashes inside JAX's cache reader.
 
+Compiled programs also live in the process: JAX keeps every one it built, and so do the
+package's own program caches. Each XLA CPU executable holds memory mappings of its own,
+and a process that builds thousands of them (a long notebook session, a test run) can pass
+the kernel's limit on mappings (``vm.max_map_count``, 65530 by default on Linux) and
+crash in the next compile. :func:`release_compiled` frees them all.
+
 Example
 -------
 >>> cache_folder().name
@@ -22,7 +28,12 @@ Example
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+#: the ``clear`` functions of the package's in-process program caches (see
+#: :func:`register_program_cache`)
+_PROGRAM_CACHES: list[Callable[[], None]] = []
 
 ENV_VAR = "LLMNAS_TRANSFER_CACHE"
 #: programs that compile faster than this are not worth a disk entry (seconds)
@@ -82,3 +93,32 @@ def enable_compilation_cache() -> Path | None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return folder
+
+
+def register_program_cache(clear: Callable[[], None]) -> Callable[[], None]:
+    """Record ``clear``, the function that empties one in-process cache of compiled
+    programs, so that :func:`release_compiled` empties it too. Returns ``clear``.
+
+    Example
+    -------
+    >>> programs = {}
+    >>> _ = register_program_cache(programs.clear)
+    """
+    _PROGRAM_CACHES.append(clear)
+    return clear
+
+
+def release_compiled() -> None:
+    """Free the compiled programs this process holds: the package's program caches and
+    JAX's own (:func:`jax.clear_caches`). The next call of each program compiles it again
+    (or loads it from the persistent cache). Results do not change.
+
+    Example
+    -------
+    >>> release_compiled()
+    """
+    for clear in _PROGRAM_CACHES:
+        clear()
+    import jax
+
+    jax.clear_caches()

@@ -7,15 +7,13 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-# The commands the tests run keep JAX's persistent compilation cache off: the tests never
-# read or write the user's ~/.cache, and JAX has crashed (segmentation fault) in its cache
-# reader and writer under pytest -n 2: test_init.py::test_sweep_can_be_called_twice with a
-# cache left by earlier runs, and the fit of test_posterior.py's small_fit writing an
-# entry into a fresh per-process folder (clean-clone CI, twice in a row). The cause is not
-# known. tests/test_cache.py turns it on in its own tests and restores it.
+# The commands the tests run keep JAX's persistent compilation cache off, so the tests
+# never read or write the user's ~/.cache. tests/test_cache.py turns it on in its own
+# tests and restores it.
 os.environ["LLMNAS_TRANSFER_CACHE"] = "off"
 
 import contextlib  # noqa: E402
+import gc  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -28,6 +26,39 @@ jax.config.update("jax_num_cpu_devices", 2)
 def key():
     """A fresh key per test, derived with fold_in from a fixed root."""
     return jax.random.fold_in(jax.random.key(20261126), 1)
+
+
+#: memory mappings of a test worker above which its compiled programs are freed
+MAX_MAPPINGS = 30_000
+
+
+def _mappings() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux
+        return 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """Free every compiled program after a test module when the worker holds many.
+
+    Each XLA CPU executable holds memory mappings of its own, and a pytest worker that
+    keeps every program of the suite alive passes the kernel's limit of 65530 mappings
+    (``vm.max_map_count``) about 70 % of the way through ``pytest -n 2``; the next
+    compile then dies with a segmentation fault. Measured by counting the lines of
+    ``/proc/<worker>/maps``: about 26 000 after 20 % of the suite, 63 000 at 72 %, then
+    the crash. Freeing after every module instead slowed the suite down (45 % done after
+    13 minutes against 54 % after 10: the shared programs compile again), so it happens
+    past :data:`MAX_MAPPINGS`.
+    """
+    yield
+    if _mappings() > MAX_MAPPINGS:
+        from llmnas_transfer import release_compiled
+
+        release_compiled()
+        gc.collect()
 
 
 @pytest.fixture

@@ -57,3 +57,35 @@ def test_unusable_folder_or_off_leaves_the_cache_alone(monkeypatch, tmp_path,
     monkeypatch.setenv(cache.ENV_VAR, "off")
     assert cache.enable_compilation_cache() is None
     assert jax.config.jax_compilation_cache_dir == before
+
+
+def _mappings() -> int:
+    with open("/proc/self/maps", "rb") as f:
+        return sum(1 for _ in f)
+
+
+def test_release_compiled_empties_the_registered_caches_and_jax(monkeypatch):
+    import gc
+    import os
+
+    import jax.numpy as jnp
+
+    emptied = []
+    monkeypatch.setattr(cache, "_PROGRAM_CACHES", [])
+    cache.register_program_cache(lambda: emptied.append(True))
+    if not os.path.exists("/proc/self/maps"):
+        cache.release_compiled()
+        assert emptied == [True]
+        return
+    before = _mappings()
+    fns = [jax.jit(lambda x, i=i: jnp.sin(x) * i) for i in range(60)]
+    for i, f in enumerate(fns):
+        f(jnp.ones(i + 1)).block_until_ready()
+    grown = _mappings() - before
+    assert grown > 60  # every compiled program maps memory of its own
+    del fns
+    cache.release_compiled()
+    gc.collect()
+    assert emptied == [True]
+    # JAX's caches held the programs: freeing them gives back most of their mappings
+    assert _mappings() - before < grown / 2

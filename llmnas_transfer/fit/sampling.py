@@ -28,6 +28,7 @@ from numpyro.infer import (
 )
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal
 
+from llmnas_transfer.cache import register_program_cache
 from llmnas_transfer.fit.laplace import LaplaceStart
 from llmnas_transfer.fit.model import (
     DETERMINISTIC_DIMS,
@@ -219,6 +220,9 @@ def nuts_program(prog: NutsProgram):
                            (jax.random.split(key, prog.chains), init_params))
 
     return run_seq
+
+
+register_program_cache(nuts_program.cache_clear)
 
 
 def sample_nuts(

@@ -56,6 +56,7 @@ import numpy as np
 import xarray as xr
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from llmnas_transfer.cache import register_program_cache
 from llmnas_transfer.errors import UserInputError
 from llmnas_transfer.io.atomic import atomic_write
 from llmnas_transfer.progress import progress_bar
@@ -159,6 +160,7 @@ def _single_device_kernel(key, params, effects, setting_ids, trial_ids, mask, **
 
 
 _SHARDED_CACHE: dict[tuple, Callable] = {}
+register_program_cache(_SHARDED_CACHE.clear)
 
 
 def _sharded_kernel(devices: tuple, **kw) -> tuple[Callable, Callable, Mesh]:
