@@ -4,6 +4,10 @@
 ``k = K, K + S, ...`` (below the last iteration), forecasts the next ``H`` iterations at
 the runs' own candidate counts, and scores the forecasts of the observed rates with the
 quantile (pinball) score over 19 levels, the CRPS and the coverage of central intervals.
+The rates are counts over candidate counts, so a forecast's quantiles often tie with the
+outcome (at 0 and 1 on bursty runs); coverage is counted by the randomized PIT
+(:func:`~llmnas_transfer.summarize.scores.pit_coverage`), whose mean is the nominal level
+for a calibrated forecast.
 The naive baselines of :mod:`llmnas_transfer.study.baselines` are scored on the same
 targets.
 
@@ -47,8 +51,8 @@ from llmnas_transfer.sim.keys import as_key
 from llmnas_transfer.study.baselines import BASELINES
 from llmnas_transfer.summarize.scores import (
     crps_from_samples,
-    interval_coverage,
     pinball_losses,
+    pit_coverage,
     quantile_levels,
     sample_quantiles,
 )
@@ -88,8 +92,9 @@ class Backtest(NamedTuple):
     """Scores of every method on every target, their summary, and the fits' diagnostics.
 
     ``scores`` has :data:`SCORE_COLUMNS` (one row per method, origin, run and forecast
-    iteration with an observed rate; ``in_ci`` is the coverage of the central ``ci``
-    interval, ``q*`` the predictive quantiles the fan chart draws); ``summary`` has
+    iteration with an observed rate; ``in_50``, ``in_90`` and ``in_ci`` the probability that
+    the target's randomized PIT lies in the central 50%, 90% and ``ci`` interval, ``q*``
+    the predictive quantiles the fan chart draws); ``summary`` has
     :data:`SUMMARY_COLUMNS` (``relative_score``: the method's quantile score over the
     model's, lower is better); ``observed`` the observed rate per run and iteration;
     ``settings`` the arguments and the bursts choice.
@@ -173,8 +178,8 @@ def check_origins(origin: int, horizon: int, step: int, num_iterations: int) -> 
     return ks
 
 
-def _inside(draws: np.ndarray, y: float, level: float) -> bool:
-    return interval_coverage(draws, np.asarray(y), level) == 1.0
+def _inside(draws: np.ndarray, y: float, level: float) -> float:
+    return float(pit_coverage(draws, np.asarray(y), level))
 
 
 def _score_rows(method: str, k: int, run: str, draws: np.ndarray, y: np.ndarray,

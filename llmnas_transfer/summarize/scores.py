@@ -9,6 +9,9 @@ have the leading shape.
 * :func:`crps_from_samples` - the fair (unbiased) CRPS ``E|X - y| - E|X - X'| / 2`` from
   draws, in ``O(S log S)`` by sorting.
 * :func:`interval_coverage` - the share of ``y`` inside central intervals.
+* :func:`pit_coverage` - the same for discrete outcomes (counts, rates of counts), by the
+  randomized probability integral transform, so that a calibrated forecast covers
+  ``level`` on average even where its quantiles tie with the outcome (at 0 or 1).
 
 Example
 -------
@@ -227,3 +230,48 @@ def interval_coverage(samples_or_quantiles, y, level: float, *,
         lo_hi = a[..., idx]
     inside = (yy >= lo_hi[..., 0]) & (yy <= lo_hi[..., 1])
     return float(np.mean(inside))
+
+
+def pit_coverage(samples, y, level: float) -> np.ndarray:
+    """Per element, the probability that the randomized PIT of ``y`` falls in the central
+    interval ``[(1 - level)/2, (1 + level)/2]``: the coverage of a discrete forecast.
+
+    With ``F`` the predictive CDF of the draws, the randomized PIT is uniform on
+    ``[F(y-), F(y)]`` (Czado, Gneiting and Held 2009, *Biometrics* 65), and it is uniform
+    on [0, 1] when the forecast is calibrated, so the mean of this over targets has
+    expectation ``level``. For draws without ties at ``y`` it is 0 or 1, as
+    :func:`interval_coverage`. The closed quantile interval instead counts every ``y`` at a
+    tied end as covered: a forecast of rates whose 5% and 95% quantiles are 0 and 1, as a
+    calibrated one of bursty runs is, covers every target by that count.
+
+    Parameters
+    ----------
+    samples : array_like
+        ``(..., S)`` predictive draws.
+    y : array_like
+        ``(...)`` observed values.
+    level : float
+        Central probability in (0, 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(...)`` values in [0, 1].
+
+    Example
+    -------
+    >>> draws = np.array([[0.0, 0.0, 0.5, 1.0]])  # F(0-) = 0, F(0) = 1/2
+    >>> float(pit_coverage(draws, np.array([0.0]), 0.9)[0])  # |[0.05, 0.5]| / 0.5
+    0.9
+    """
+    level = check_float("level", level, 0.0, 1.0, low_open=True, high_open=True)
+    a = _finite("samples", samples)
+    yy = _finite("y", y)
+    _check_pair(a, yy, "samples")
+    lo, hi = (1.0 - level) / 2.0, (1.0 + level) / 2.0
+    below = np.mean(a < yy[..., None], axis=-1)
+    upto = np.mean(a <= yy[..., None], axis=-1)
+    mass = upto - below
+    overlap = np.clip(np.minimum(upto, hi) - np.maximum(below, lo), 0.0, None)
+    point = ((upto >= lo) & (upto <= hi)).astype(float)
+    return np.where(mass > 0, overlap / np.where(mass > 0, mass, 1.0), point)
