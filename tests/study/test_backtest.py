@@ -85,8 +85,12 @@ def _bursty_backtest(num_runs: int, seed: int):
 def test_bursty_runs_forecasts_cover_and_beat_the_baselines():
     """Six bursty runs, origins 16 and 20, 4 iterations ahead: 48 targets per method.
     The 90% intervals cover 80-97% of the targets (the binomial SE of a 90% coverage over
-    48 targets is 0.043: the range is about -2.3 to +1.6 SE), and the model's quantile
-    score is below every naive baseline's."""
+    48 targets is 0.043: the range is about -2.3 to +1.6 SE; coverage is counted by the
+    randomized PIT), and the model's quantile score is below every naive baseline's.
+    Measured (the same backtest as the fitting page's table): coverage 0.909, quantile
+    scores 0.107 (model), 0.114 (replay), 0.113 (beta_binomial), 0.180 (last4_binomial),
+    max r_hat 1.021. The margins over replay and beta_binomial are about 1 SE of the
+    paired differences, so this claim holds for this seed, not in general."""
     bt = _bursty_backtest(6, 11)
     s = bt.summary.set_index("method")
     assert s.loc[MODEL, "targets"] == 48
