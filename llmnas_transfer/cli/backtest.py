@@ -20,7 +20,6 @@ from llmnas_transfer.cli.options import (
     add_progress_option,
     add_seed_option,
     ci_arg,
-    float_arg,
     int_arg,
     show_progress,
 )
@@ -29,7 +28,7 @@ from llmnas_transfer.io.atomic import check_writable
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``backtest`` to the CLI."""
-    from llmnas_transfer.cli.fit import add_bursts_option
+    from llmnas_transfer.cli.fit import add_bursts_option, add_nuts_options
 
     p = add_command(
         subparsers, "backtest", _backtest, out="FILE", out_required=False,
@@ -48,14 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="iterations scored after each origin")
     p.add_argument("--step", type=int_arg(1, 10**6), default=1, metavar="S",
                    help="iterations between origins (default: 1)")
-    p.add_argument("--chains", type=int_arg(1, 64), default=4,
-                   help="NUTS chains per fit, in parallel on as many CPU devices")
-    p.add_argument("--draws", type=int_arg(1, 10**6), default=1000,
-                   help="posterior draws per chain")
-    p.add_argument("--warmup", type=int_arg(1, 10**6), default=1000,
-                   help="NUTS warmup steps per chain")
-    p.add_argument("--target-accept", type=float_arg(0.5, 1.0, high_open=True),
-                   default=0.9, help="NUTS target acceptance probability, in [0.5, 1)")
+    add_nuts_options(p)
     p.add_argument("--trend", choices=("setting", "shared"), default="setting",
                    help="refinement trend, as for 'fit' (default: setting)")
     add_bursts_option(p)

@@ -70,12 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("runs", help="observed runs file (.csv, .parquet, .jsonl)")
     p.add_argument("--method", choices=("nuts", "svi"), default="nuts",
                    help="NUTS (MCMC) or SVI (variational, faster)")
-    p.add_argument("--chains", type=int_arg(1, 64), default=4,
-                   help="NUTS chains, run in parallel on as many CPU devices (1-64)")
-    p.add_argument("--draws", type=int_arg(1, 10**6), default=1000,
-                   help="posterior draws per chain (SVI: draws from the fitted guide)")
-    p.add_argument("--warmup", type=int_arg(0, 10**6), default=1000,
-                   help="NUTS warmup steps per chain (at least 1 for NUTS)")
+    add_nuts_options(p, svi=True)
     add_seed_option(p)
     p.add_argument("--reference", default="cifar-10:classification",
                    help="DATASET:TASK the gaps are relative to (in the data or the registry)")
@@ -95,9 +90,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--levels", metavar="FILE",
                    help="side file (CSV/JSONL) with columns name,modality,resolution,"
                         "num_classes for new datasets (default: none)")
-    p.add_argument("--target-accept",
-                   type=float_arg(0.5, 1.0, high_open=True), default=0.9,
-                   help="NUTS target acceptance probability, in [0.5, 1)")
     p.add_argument("--dense-mass", action=argparse.BooleanOptionalAction, default=True,
                    help="NUTS dense or diagonal (--no-dense-mass) mass matrix")
     p.add_argument("--svi-steps", type=int_arg(1, 10**7), default=2000,
@@ -263,6 +255,20 @@ def _load(path: str):
     from llmnas_transfer.fit.fitfile import load_fit
 
     return load_fit(path)
+
+
+def add_nuts_options(p: argparse.ArgumentParser, *, svi: bool = False) -> None:
+    """``--chains``, ``--draws``, ``--warmup`` and ``--target-accept`` (shared by ``fit``
+    and ``backtest``); with ``svi`` the draws and warmup also serve ``--method svi``."""
+    p.add_argument("--chains", type=int_arg(1, 64), default=4,
+                   help="NUTS chains, run in parallel on as many CPU devices (1-64)")
+    p.add_argument("--draws", type=int_arg(1, 10**6), default=1000,
+                   help="posterior draws per chain"
+                        + (" (SVI: draws from the fitted guide)" if svi else ""))
+    p.add_argument("--warmup", type=int_arg(0 if svi else 1, 10**6), default=1000,
+                   help="NUTS warmup steps per chain" + (" (at least 1 for NUTS)" if svi else ""))
+    p.add_argument("--target-accept", type=float_arg(0.5, 1.0, high_open=True), default=0.9,
+                   help="NUTS target acceptance probability, in [0.5, 1)")
 
 
 def add_bursts_option(p: argparse.ArgumentParser) -> None:

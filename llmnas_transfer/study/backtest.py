@@ -178,10 +178,6 @@ def check_origins(origin: int, horizon: int, step: int, num_iterations: int) -> 
     return ks
 
 
-def _inside(draws: np.ndarray, y: float, level: float) -> float:
-    return float(pit_coverage(draws, np.asarray(y), level))
-
-
 def _score_rows(method: str, k: int, run: str, draws: np.ndarray, y: np.ndarray,
                 ng: np.ndarray, its: np.ndarray, ci: float, levels: np.ndarray) -> list[dict]:
     """One row per target of one method's draws (S, H) of a run's rates."""
@@ -190,6 +186,7 @@ def _score_rows(method: str, k: int, run: str, draws: np.ndarray, y: np.ndarray,
     pin = pinball_losses(q, levels, y)
     crps = crps_from_samples(cols, y)
     fan = sample_quantiles(cols, np.asarray(FAN_LEVELS))
+    inside = {c: pit_coverage(cols, y, c) for c in (*COVERAGE_LEVELS, ci)}
     rows = []
     for h in range(len(y)):
         row = {"method": method, "origin": k, "run": run, "iteration": int(its[h]),
@@ -197,8 +194,8 @@ def _score_rows(method: str, k: int, run: str, draws: np.ndarray, y: np.ndarray,
                "observed_rate": float(y[h]), "quantile_score": float(pin[h]),
                "crps": float(crps[h])}
         for c in COVERAGE_LEVELS:
-            row[f"in_{round(100 * c)}"] = _inside(cols[h], y[h], c)
-        row["in_ci"] = _inside(cols[h], y[h], ci)
+            row[f"in_{round(100 * c)}"] = float(inside[c][h])
+        row["in_ci"] = float(inside[ci][h])
         for lv, v in zip(FAN_LEVELS, fan[h], strict=True):
             row[f"q{lv:g}"] = float(v)
         rows.append(row)

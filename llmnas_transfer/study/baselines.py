@@ -55,7 +55,8 @@ def _counts(name: str, x, *, low: int) -> np.ndarray:
     return a
 
 
-def _inputs(n_valid, n_generated, n_future, num_draws: int, rng):
+def _past(n_valid, n_generated) -> tuple[np.ndarray, np.ndarray]:
+    """The past counts, checked: of equal length, valid counts within generated ones."""
     nv = _counts("n_valid", n_valid, low=0)
     ng = _counts("n_generated", n_generated, low=1)
     if nv.shape != ng.shape:
@@ -63,6 +64,11 @@ def _inputs(n_valid, n_generated, n_future, num_draws: int, rng):
                              f"got {nv.size} and {ng.size}")
     if np.any(nv > ng):
         raise UserInputError("n_valid must not exceed n_generated")
+    return nv, ng
+
+
+def _inputs(n_valid, n_generated, n_future, num_draws: int, rng):
+    nv, ng = _past(n_valid, n_generated)
     nf = _counts("n_future", n_future, low=1)
     check_size("num_draws", num_draws, _MAX_DRAWS)
     if num_draws * nf.size > _MAX_DRAWS:
@@ -136,13 +142,7 @@ def fit_beta_binomial(n_valid, n_generated) -> tuple[float, float]:
     >>> round(a / (a + b), 3), a + b > 1e4
     (0.5, True)
     """
-    nv = _counts("n_valid", n_valid, low=0)
-    ng = _counts("n_generated", n_generated, low=1)
-    if nv.shape != ng.shape:
-        raise UserInputError(f"n_valid and n_generated must have the same length, "
-                             f"got {nv.size} and {ng.size}")
-    if np.any(nv > ng):
-        raise UserInputError("n_valid must not exceed n_generated")
+    nv, ng = _past(n_valid, n_generated)
     lo, hi = LOG_PARAM_BOUNDS
     m = float(np.clip((nv.sum() + 0.5) / (ng.sum() + 1.0), 1e-3, 1 - 1e-3))
     best = None

@@ -124,16 +124,21 @@ def test_expected_with_bursts_is_the_regime_mixture():
     assert np.isfinite(float(g)) and float(g) < 0  # more collapses, lower validity
 
 
+def _bursty_gap(d, seed: int, T: int):
+    """Monte Carlo minus expected() over 6000 trials of 2 x 2 settings, 20 candidates."""
+    R = 6000
+    ds, ts = ["cifar-10", "audioset"], ["classification", "generation"]
+    r = simulate(seed, datasets=ds, tasks=ts, num_trials=R, num_iterations=T,
+                 num_candidates=20, bins=0, defaults=d, path="summary")
+    ev = expected(d.dynamics_params(), d.effects(ds, ts), T, 20)
+    return _mc_gap(r, ev, R, T)
+
+
 def test_expected_with_bursts_matches_monte_carlo():
     """No feedback: exact up to quadrature, so |MC - expected| < 4 SE for validity and
     pooled accuracy (SEs over independent trials; delta method for the ratio)."""
     d = _bursty(load_defaults())
-    R, T = 6000, 5
-    ds, ts = ["cifar-10", "audioset"], ["classification", "generation"]
-    r = simulate(12, datasets=ds, tasks=ts, num_trials=R, num_iterations=T,
-                 num_candidates=20, bins=0, defaults=d, path="summary")
-    ev = expected(d.dynamics_params(), d.effects(ds, ts), T, 20)
-    gv, se, ga, se_a = _mc_gap(r, ev, R, T)
+    gv, se, ga, se_a = _bursty_gap(d, 12, 5)
     assert np.all(np.abs(gv) < 4 * se), gv / se
     assert np.all(np.abs(ga) < 4 * se_a), ga / se_a
 
@@ -145,11 +150,6 @@ def test_expected_with_bursts_and_feedback_matches_monte_carlo(trend_defaults):
     paths (up to 2.2 points of validity and 0.94 of accuracy; without bursts the same
     fixture leaves 0.7 and 0.25), with a margin: 3 and 1.3 points."""
     d = _bursty(trend_defaults)
-    R, T = 6000, 6
-    ds, ts = ["cifar-10", "audioset"], ["classification", "generation"]
-    r = simulate(11, datasets=ds, tasks=ts, num_trials=R, num_iterations=T,
-                 num_candidates=20, bins=0, defaults=d, path="summary")
-    ev = expected(d.dynamics_params(), d.effects(ds, ts), T, 20)
-    gv, se, ga, se_a = _mc_gap(r, ev, R, T)
+    gv, se, ga, se_a = _bursty_gap(d, 11, 6)
     assert np.all(np.abs(gv) < 4 * se + 0.03), gv
     assert np.all(np.abs(ga) < 4 * se_a + 0.013), ga
