@@ -412,6 +412,8 @@ BURST_SITES: tuple[str, ...] = ("collapse_enter", "collapse_exit", "collapse_val
 #: 999, within 5% of the binomial's variance at 50 candidates; below it float32 loses
 #: the differences of log-gamma terms)
 MIN_DISPERSION = 1e-3
+#: smallest Beta shape of the beta-binomial log-pmf (see :func:`betabinomial_logpmf`)
+MIN_SHAPE = 1e-20
 
 #: event dims of deterministic sites (they are created outside plates)
 DETERMINISTIC_DIMS: dict[str, list[str]] = {
@@ -694,10 +696,17 @@ def _concentration(rho: Array) -> Array:
     return (1.0 - rho) / rho
 
 
-def _betabinomial_parts(k: Array, n: Array, p: Array, c: Array) -> tuple[Array, Array]:
-    """The beta-binomial log-pmf as (the part that depends on ``p``, the rest), so the
-    rest is evaluated once per count when ``p`` varies over grid nodes."""
-    a, b = p * c, (1.0 - p) * c
+def _betabinomial_parts(k: Array, n: Array, logit_p: Array, c: Array) -> tuple[Array, Array]:
+    """The beta-binomial log-pmf as (the part that depends on the rate, the rest), so the
+    rest is evaluated once per count when the rate varies over grid nodes.
+
+    The rate comes as its logit: the Beta's shapes are ``c sigmoid(logit_p)`` and
+    ``c sigmoid(-logit_p)``, each accurate where the other rounds to ``c`` in float32, and
+    floored at :data:`MIN_SHAPE` (far grid nodes of a steep validity slope have rates
+    that round to 0 or 1, where ``gammaln(0)`` would make the log-pmf and its gradient
+    NaN)."""
+    a = jnp.maximum(c * jax.nn.sigmoid(logit_p), MIN_SHAPE)
+    b = jnp.maximum(c * jax.nn.sigmoid(-logit_p), MIN_SHAPE)
     node = gammaln(k + a) - gammaln(a) + gammaln(n - k + b) - gammaln(b)
     rest = (gammaln(n + 1.0) - gammaln(k + 1.0) - gammaln(n - k + 1.0)
             + gammaln(c) - gammaln(n + c))
@@ -716,7 +725,8 @@ def betabinomial_logpmf(k: Array, n: Array, p: Array, rho: Array) -> Array:
     >>> bool(abs(lp - binom.logpmf(3, 10, 0.4)) < 0.02)
     True
     """
-    node, rest = _betabinomial_parts(k, n, p, _concentration(rho))
+    p = jnp.asarray(p, jnp.float32)
+    node, rest = _betabinomial_parts(k, n, jnp.log(p) - jnp.log1p(-p), _concentration(rho))
     return node + rest
 
 
@@ -788,8 +798,8 @@ def emission_loglik(
     rest = lin.T[..., None] * s + quad.T[..., None] * s * s  # accuracy and novelty
     c = _concentration(params.validity_dispersion)
     k, n = nv.T, ng.T  # (T, N)
-    healthy, common = _betabinomial_parts(k[..., None], n[..., None], jax.nn.sigmoid(eta), c)
-    collapsed, _ = _betabinomial_parts(k, n, jax.nn.sigmoid(params.collapse_validity), c)
+    healthy, common = _betabinomial_parts(k[..., None], n[..., None], eta, c)
+    collapsed, _ = _betabinomial_parts(k, n, params.collapse_validity, c)
     const = const + common[..., 0].T
     return jnp.stack([healthy + rest, collapsed[..., None] + rest], axis=-2), const
 
