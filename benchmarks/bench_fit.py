@@ -15,6 +15,12 @@ Questions answered (numbers go to ``--out DIR/bench_fit.json``):
    and a second fit in the same process (the compiled programs reused), with the
    compile time (first minus second fit of one process) and the diagnostics (max r_hat,
    divergences, minimum bulk ESS per draw). Targets: cold <= 30 s, second fit <= 10 s.
+5. The cost of one gradient of the model's potential (``--gradient-only``, key
+   ``gradient``): microseconds per value-and-gradient, in a compiled loop of 1000, on
+   ``examples/runs_counts.csv`` and ``examples/runs_bursty.csv``, with the scans over
+   iterations written out (``llmnas_transfer.sim.dynamics.scan_unroll``, the default)
+   and, as the baseline in the same run, rolled (one step per loop step); the ratio and
+   the compile time of each.
 
 Compilation is timed separately: the fit is first run for 2 warmup + 2 draws
 (``first_call_s``: compiling the model's functions and the sampler), then for real
@@ -29,6 +35,7 @@ Usage::
     python benchmarks/bench_fit.py --quick --out results/  # small smoke run
     python benchmarks/bench_fit.py --skip-pymc --skip-svi
     python benchmarks/bench_fit.py --speed-only --out results/  # only question 4
+    python benchmarks/bench_fit.py --gradient-only --out results/  # only question 5
 """
 
 from __future__ import annotations
@@ -82,9 +89,22 @@ def main(argv=None) -> int:
     ap.add_argument("--grid-check", action="store_true",
                     help="only print the grid filter's log-likelihood error against a "
                          "192-point grid, for several grid sizes and state noises")
+    ap.add_argument("--gradient-only", action="store_true",
+                    help="only the gradient cost, scans written out against rolled "
+                         "(question 5)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed loops per case of --gradient-only (the median is kept)")
     args = ap.parse_args(argv)
     if args.grid_check:
         return _grid_check(args)
+    if args.gradient_only:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        res = _gradient_speed(args)
+        path = out / "bench_fit_gradient.json"
+        path.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {path}")
+        return 0
     if args.speed_only:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -259,6 +279,64 @@ for i in range(int(sys.argv[2])):
         "load_avg_before": load, "load_avg_after": [round(x, 2) for x in os.getloadavg()]})
 print("RESULT " + json.dumps(out))
 """
+
+
+def _gradient_speed(args) -> dict:
+    """Microseconds per value-and-gradient of the potential, scans written out
+    (``scan_unroll``) against rolled (``MAX_UNROLL = 1``), each compiled anew."""
+    import statistics
+
+    import jax
+    import jax.numpy as jnp
+    from _common import devices, machine, versions
+    from numpyro.infer.util import potential_energy
+
+    from llmnas_transfer.fit.laplace import _unconstrained_init
+    from llmnas_transfer.fit.model import prior_medians, runs_model
+    from llmnas_transfer.fit.preparation import pad_runs, prepare
+    from llmnas_transfer.io.runs import read_runs
+    from llmnas_transfer.sim import dynamics
+
+    env = {**versions(), "devices": devices(), **machine()}
+    print(json.dumps(env), flush=True)
+    root = Path(__file__).resolve().parents[1]
+    res: dict = {"env": env, "loop": 1000, "repeats": args.repeats, "cases": []}
+    default_unroll = dynamics.MAX_UNROLL
+    for name in ("examples/runs_counts.csv", "examples/runs_bursty.csv"):
+        prep = prepare(read_runs(root / name))
+        data = pad_runs(prep.data)
+        kw = {"spec": prep.spec, "n_valid": data.n_valid, "deterministic": False}
+        z = _unconstrained_init(jax.random.key(0), data, prep.spec,
+                                tuple(sorted(prior_medians().items())))
+        row = {"file": name, "runs": int(data.n_generated.shape[0]),
+               "iterations": prep.spec.num_iterations, "bursts": prep.spec.bursts}
+        for label, cap in (("rolled", 1), ("unrolled", default_unroll)):
+            dynamics.MAX_UNROLL = cap
+            jax.clear_caches()  # runs_loglik is jitted: trace it again with the new cap
+            vg = jax.value_and_grad(lambda z, d: potential_energy(runs_model, (d,), kw, z))
+
+            def loop(z, d, vg=vg):
+                def body(i, c):
+                    v, g = vg(jax.tree.map(lambda a: a + 1e-6 * c, z), d)
+                    return c + 1e-9 * (v + sum(jnp.sum(x) for x in jax.tree.leaves(g)))
+                return jax.lax.fori_loop(0, 1000, body, 0.0)
+
+            t = time.perf_counter()
+            compiled = jax.jit(loop).lower(z, data).compile()
+            row[f"{label}_compile_s"] = round(time.perf_counter() - t, 2)
+            jax.block_until_ready(compiled(z, data))
+            times = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                jax.block_until_ready(compiled(z, data))
+                times.append((time.perf_counter() - t) * 1e3)  # us per gradient
+            row[f"{label}_us"] = round(statistics.median(times), 1)
+            row[f"{label}_load_avg"] = _load()
+        dynamics.MAX_UNROLL = default_unroll
+        row["ratio_rolled_over_unrolled"] = round(row["rolled_us"] / row["unrolled_us"], 2)
+        print(json.dumps(row), flush=True)
+        res["cases"].append(row)
+    return res
 
 
 def _fit_speed(args) -> dict:

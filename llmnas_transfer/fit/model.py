@@ -85,6 +85,7 @@ from llmnas_transfer.sim.dynamics import (
     accuracy_logit,
     collapse_stationary,
     novelty_logit,
+    scan_unroll,
     setting_rate,
     state_moments,
     transition_mean,
@@ -683,7 +684,8 @@ def forward_filter(grid: StateGrid, log_em: Array,
         alpha, ll = update(pred + 1e-30, e)  # the floor keeps far outliers finite
         return alpha, (alpha, ll)
 
-    _, (alphas, lls) = jax.lax.scan(step, a1, (grid.trans, log_em[1:]))
+    _, (alphas, lls) = jax.lax.scan(step, a1, (grid.trans, log_em[1:]),
+                                    unroll=scan_unroll(log_em.shape[0] - 1))
     filtered = jnp.concatenate([a1[None], alphas], axis=0)
     loglik = jnp.concatenate([l1[None], lls], axis=0)
     return loglik.T, filtered
