@@ -80,8 +80,8 @@ def _backtest(args) -> int:
     from llmnas_transfer.fit.sampling import set_cpu_devices
 
     if args.chains > 1 and set_cpu_devices(args.chains) < args.chains:
-        print(f"note: fewer JAX devices than {args.chains} chains; the chains run one "
-              "after another", file=sys.stderr)
+        print(f"note: fewer JAX devices than {args.chains} chains; the chains share "
+              "them, one after another on each", file=sys.stderr)
     from llmnas_transfer.io.atomic import atomic_write
     from llmnas_transfer.study.backtest import backtest
     from llmnas_transfer.summarize.posterior import format_table

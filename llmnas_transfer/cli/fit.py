@@ -197,7 +197,7 @@ def _fit(args) -> int:
             attrs.setdefault(k, {}).update(v)
     runs = read_runs(args.runs)
     # ... then the JAX devices, one per chain, before JAX's backend starts: the chains run
-    # in parallel
+    # in parallel (at most one device per core, sampling_devices)
     from llmnas_transfer.fit.preparation import check_levels
     from llmnas_transfer.fit.sampling import set_cpu_devices
 
@@ -206,7 +206,7 @@ def _fit(args) -> int:
         n_dev = set_cpu_devices(args.chains)
         if n_dev < args.chains:
             device_note = (f"note: {n_dev} JAX device(s) for {args.chains} chains; the "
-                           "chains run one after another")
+                           "chains share them, one after another on each")
     # ... then the names the fit will use (still before any compiling or sampling); a
     # mistake there is the only line printed
     check_levels(runs, reference=args.reference, datasets=args.datasets, tasks=args.tasks,

@@ -86,9 +86,10 @@ def fit_runs(
     ----------
     runs : validated :class:`~llmnas_transfer.io.runs.ObservedRuns` or a file path.
     method : ``"nuts"`` (default) or ``"svi"`` (full-rank Gaussian guide, optax Adam).
-    chains, draws, warmup : NUTS settings; chains run in parallel when there are enough
-        JAX devices (``jax_num_cpu_devices``), else one after another. For SVI, ``draws``
-        is the number of draws taken from the fitted guide.
+    chains, draws, warmup : NUTS settings; the chains are spread over the JAX devices
+        (``jax_num_cpu_devices``; on the CPU at most one per core), each device running
+        its chains one after another. For SVI, ``draws`` is the number of draws taken
+        from the fitted guide.
     seed : integer seed; the same seed gives the same numbers.
     reference : ``"dataset:task"`` the gaps are relative to.
     forecast : number of iterations to forecast past the data.
