@@ -73,15 +73,10 @@ def _backtest(args) -> int:
     from llmnas_transfer.io.runs import read_runs
 
     runs = read_runs(args.runs)
-    # the origins, then the JAX devices (one per chain) before JAX's backend starts
+    # the origins, before any work
     from llmnas_transfer.study.backtest import check_origins
 
     check_origins(args.origin, args.horizon, args.step, int(runs.cells["iteration"].max()))
-    from llmnas_transfer.fit.sampling import set_cpu_devices
-
-    if args.chains > 1 and set_cpu_devices(args.chains) < args.chains:
-        print(f"note: fewer JAX devices than {args.chains} chains; the chains share "
-              "them, one after another on each", file=sys.stderr)
     from llmnas_transfer.io.atomic import atomic_write
     from llmnas_transfer.study.backtest import backtest
     from llmnas_transfer.summarize.posterior import format_table

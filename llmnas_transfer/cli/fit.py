@@ -196,23 +196,12 @@ def _fit(args) -> int:
         for k, v in parse_dataset_attrs(spec).items():
             attrs.setdefault(k, {}).update(v)
     runs = read_runs(args.runs)
-    # ... then the JAX devices, one per chain, before JAX's backend starts: the chains run
-    # in parallel (at most one device per core, sampling_devices)
     from llmnas_transfer.fit.preparation import check_levels
-    from llmnas_transfer.fit.sampling import set_cpu_devices
 
-    device_note = None
-    if args.method == "nuts" and args.chains > 1:
-        n_dev = set_cpu_devices(args.chains)
-        if n_dev < args.chains:
-            device_note = (f"note: {n_dev} JAX device(s) for {args.chains} chains; the "
-                           "chains share them, one after another on each")
     # ... then the names the fit will use (still before any compiling or sampling); a
     # mistake there is the only line printed
     check_levels(runs, reference=args.reference, datasets=args.datasets, tasks=args.tasks,
                  dataset_attrs=attrs)
-    if device_note:
-        print(device_note, file=sys.stderr)
     from llmnas_transfer.fit.fitfile import fit_info, notices_of, save_fit
     from llmnas_transfer.fit.inference import fit_runs
     from llmnas_transfer.summarize.posterior import diagnostics

@@ -1,7 +1,7 @@
 """Sample the posterior of prepared runs: NUTS (NumPyro's NUTS kernel) or SVI (a Gaussian guide).
 
 :func:`sample_nuts` runs NUTS from a :class:`~llmnas_transfer.fit.laplace.LaplaceStart`
-(the chains spread over the JAX devices, see :func:`set_cpu_devices`) as one
+(up to one chain per core at a time, see :func:`sampling_threads`) as one
 compiled program per model, padded data shape and sampler settings (:func:`nuts_program`),
 which later fits in the process reuse and later processes find in JAX's persistent cache;
 :func:`sample_svi` fits a full-rank (or, above 200 latent dimensions, low-rank) Gaussian
@@ -13,6 +13,7 @@ every site as ``(chain, draw, ...)`` arrays, deterministic sites included
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache, partial
 from typing import NamedTuple
 
@@ -77,7 +78,8 @@ class Sampled(NamedTuple):
 
 
 def set_cpu_devices(n: int) -> int:
-    """Ask JAX for ``n`` CPU devices (parallel chains); must run before the first JAX op.
+    """Ask JAX for ``n`` CPU devices (NumPyro's parallel chains of the LEMUR fit,
+    :func:`llmnas_transfer.study.lemur.fit_lemur`); must run before the first JAX op.
 
     Returns the number of devices available afterwards.
 
@@ -93,20 +95,20 @@ def set_cpu_devices(n: int) -> int:
     return jax.local_device_count()
 
 
-def sampling_devices(chains: int) -> int:
-    """How many devices :func:`sample_nuts` spreads ``chains`` over: one per chain, up to
-    the devices JAX has and, on the CPU, the cores. XLA compiles the sampler once per
-    device, and CPU devices beyond the cores would share them without sampling faster.
+def sampling_threads(chains: int) -> int:
+    """How many chains :func:`sample_nuts` runs at the same time: one per chain, up to the
+    cores.
+
+    Every chain is a call of one compiled program on the default device, made from its
+    own thread, so the chains run in parallel with one compilation. (One JAX CPU device
+    per chain compiled the sampler once per device: 4 times for 4 chains.)
 
     Example
     -------
-    >>> 1 <= sampling_devices(4) <= 4
+    >>> 1 <= sampling_threads(4) <= 4
     True
     """
-    n = min(int(chains), jax.local_device_count())
-    if jax.default_backend() == "cpu":
-        n = min(n, os.cpu_count() or 1)
-    return max(1, n)
+    return max(1, min(int(chains), os.cpu_count() or 1))
 
 
 @partial(jax.jit, static_argnames=("spec",))
@@ -154,7 +156,7 @@ class NutsProgram(NamedTuple):
     target_accept: float
     dense_mass: bool
     adapt_metric: bool
-    devices: int
+    threads: int
 
 
 def _model_kwargs(data: RunsData, spec: ModelSpec) -> dict:
@@ -192,18 +194,6 @@ def _nuts_chain(key, z0: dict, data: RunsData, inverse_mass_matrix, prog: NutsPr
     return latent, stats
 
 
-def chain_groups(chains: int, devices: int) -> list[np.ndarray]:
-    """The chains each device runs, in order: contiguous groups whose sizes differ by at
-    most one (chain ``i`` keeps its key and start whatever the device count).
-
-    Example
-    -------
-    >>> [g.tolist() for g in chain_groups(4, 2)], [g.tolist() for g in chain_groups(3, 2)]
-    ([[0, 1], [2, 3]], [[0, 1], [2]])
-    """
-    return np.array_split(np.arange(chains), max(1, min(devices, chains)))
-
-
 @lru_cache(maxsize=32)
 def nuts_program(prog: NutsProgram):
     """The compiled NUTS run for a model and sampler settings, built once per process.
@@ -218,32 +208,36 @@ def nuts_program(prog: NutsProgram):
 
     The data are arguments, never constants of the program: fits of data of the same
     shapes share it in a process, and across processes JAX's persistent compilation
-    cache (:mod:`llmnas_transfer.cache`) finds it. The chains are split into
-    ``prog.devices`` groups (:func:`chain_groups`); each device runs the chains of its
-    group one after another, and the devices run at the same time. XLA compiles the
-    program once per device, so more devices than cores would only add compilations:
-    :func:`sampling_devices` gives at most one per core.
+    cache (:mod:`llmnas_transfer.cache`) finds it. Every chain is one call of the same
+    program, compiled once per data shape; ``prog.threads`` chains run at the same time,
+    each called from its own thread (:func:`sampling_threads`), so chain ``i`` gives the
+    same draws whatever the number of threads.
     """
-    # every chain is its own call of one jitted program, committed to the device of its
-    # group (chain_groups): the calls dispatch asynchronously, so a device runs its
-    # chains one after another while the devices run at the same time, and chain i runs
-    # the same compiled code whatever the number of devices. (A pmap or sharded program
-    # over the CPU devices grew the process's memory by about 20 MB a second while it
-    # ran; separate calls do not. Chains vmapped in one program were 4 times slower on
-    # the 2-core CPU: each NUTS step of the batch runs to the longest tree.)
+    # (A pmap or sharded program over JAX CPU devices grew the process's memory by about
+    # 20 MB a second while it ran, and one jitted call per CPU device compiles once per
+    # device. Chains vmapped in one program were 4 times slower on the 2-core CPU: each
+    # NUTS step of the batch runs to the longest tree.)
     jchain = jax.jit(partial(_nuts_chain, prog=prog))
-    groups = chain_groups(prog.chains, prog.devices)
-    device_of = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
+    compiled: dict = {}
 
     def run(key, data, init_params, inverse_mass_matrix):
         keys = jax.random.split(key, prog.chains)
-        devices = jax.local_devices()
-        outs = []
-        for i in range(prog.chains):
-            args = jax.device_put((keys[i], jax.tree.map(lambda a: a[i], init_params),
-                                   data, inverse_mass_matrix), devices[device_of[i]])
-            outs.append(jchain(*args))
-        outs = jax.device_get(outs)
+        calls = [(keys[i], jax.tree.map(lambda a: a[i], init_params), data,
+                  inverse_mass_matrix) for i in range(prog.chains)]
+        leaves, tree = jax.tree.flatten(calls[0])
+        sig = (tree, tuple((jnp.shape(x), str(jnp.result_type(x))) for x in leaves))
+        if sig not in compiled:  # compile before the threads start: once, not per thread
+            compiled[sig] = jchain.lower(*calls[0]).compile()
+        exe = compiled[sig]
+
+        def one(args):
+            return jax.device_get(exe(*args))
+
+        if prog.threads > 1:
+            with ThreadPoolExecutor(prog.threads) as pool:
+                outs = list(pool.map(one, calls))
+        else:
+            outs = [one(c) for c in calls]
         return jax.tree.map(lambda *xs: np.stack(xs), *outs)
 
     return run
@@ -269,10 +263,9 @@ def sample_nuts(
 
     The chains start at ``start.init_params``; the metric is the Laplace covariance,
     adapted in the warmup only where the approximation failed (``adapt_metric=None``) or
-    when ``adapt_metric`` is True. The chains are spread over the devices
-    (:func:`sampling_devices`, :func:`chain_groups`): each device runs its chains one
-    after another, and the devices run at the same time. Chain ``i`` has the same key
-    and start whatever the number of devices. The sampler is compiled once per
+    when ``adapt_metric`` is True. Up to one chain per core runs at a time
+    (:func:`sampling_threads`); chain ``i`` has the same key and start, and gives the same
+    draws, whatever the number of cores. The sampler is compiled once per
     model, padded data shape and settings (:func:`nuts_program`) and reused by later
     fits; ``progress`` is accepted for compatibility (the compiled run shows no bar).
 
@@ -295,8 +288,8 @@ def sample_nuts(
     target_accept = check_float("target_accept", target_accept, 0.5, 1.0, high_open=True)
     spec = prep.spec
     data = pad_runs(prep.data)
-    devices = sampling_devices(chains)
-    chain_method = "parallel" if devices > 1 else "sequential"
+    threads = sampling_threads(chains)
+    chain_method = "parallel" if threads > 1 else "sequential"
     adapt = (not start.converged) if adapt_metric is None else bool(adapt_metric)
     cov = np.asarray(start.cov, np.float32)  # the identity where the Laplace fit failed
     imm = jnp.asarray(cov if dense_mass else np.diag(cov))
@@ -306,7 +299,7 @@ def sample_nuts(
     run = nuts_program(NutsProgram(spec, chains, draws=draws, warmup=warmup,
                                    target_accept=float(target_accept),
                                    dense_mass=bool(dense_mass), adapt_metric=adapt,
-                                   devices=devices))
+                                   threads=threads))
     latent, stats = jax.device_get(run(key, data, init, imm))
     latent = {k: np.asarray(v) for k, v in latent.items()}
     stats = {k: np.asarray(v) for k, v in stats.items()}
@@ -389,6 +382,6 @@ def sample_svi(
 
 __all__ = [
     "EXTRA_FIELDS", "MAX_TREE_DEPTH", "STAT_FIELDS", "SVI_BATCH", "SVI_SCALE_RUNS",
-    "NutsProgram", "Sampled", "chain_groups", "deterministic_sites", "nuts_program", "sample_nuts",
-    "sample_svi", "sampling_devices", "set_cpu_devices",
+    "NutsProgram", "Sampled", "deterministic_sites", "nuts_program", "sample_nuts",
+    "sample_svi", "sampling_threads", "set_cpu_devices",
 ]

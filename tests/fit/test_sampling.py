@@ -13,7 +13,7 @@ from llmnas_transfer.fit import sampling
 from llmnas_transfer.fit.laplace import laplace_start
 from llmnas_transfer.fit.model import prior_medians, runs_model
 from llmnas_transfer.fit.preparation import pad_runs, prepare, run_bucket
-from llmnas_transfer.fit.sampling import STAT_FIELDS, chain_groups, nuts_program, sample_nuts
+from llmnas_transfer.fit.sampling import STAT_FIELDS, nuts_program, sample_nuts
 from llmnas_transfer.io.runs import toy_runs
 
 
@@ -72,22 +72,23 @@ def test_reused_sampler_gives_the_same_draws(prep, start):
     assert not np.array_equal(other.samples["kappa"], first.samples["kappa"])
 
 
-def test_chains_give_the_same_draws_on_any_number_of_devices(prep, monkeypatch):
-    """Chain i keeps its key and start: 3 chains on 2 devices (groups [0, 1] and [2])
-    and on one device give bit-identical draws and statistics."""
-    assert jax.local_device_count() >= 2, "tests/conftest.py sets jax_num_cpu_devices=2"
-    assert [g.tolist() for g in chain_groups(3, 2)] == [[0, 1], [2]]
+def test_chains_give_the_same_draws_on_any_number_of_threads(prep, monkeypatch):
+    """Chain i keeps its key and start: 3 chains run 3 at a time (each from its own
+    thread) and one after another give bit-identical draws and statistics, from one
+    compiled program."""
     st = laplace_start(jax.random.key(0), prep, 3)
     kw = {"chains": 3, "draws": 12, "warmup": 12}
-    monkeypatch.setattr(sampling, "sampling_devices", lambda chains: 2)
-    two = sample_nuts(jax.random.key(7), prep, st, **kw)
-    monkeypatch.setattr(sampling, "sampling_devices", lambda chains: 1)
-    one = sample_nuts(jax.random.key(7), prep, st, **kw)
-    assert (two.attrs["chain_method"], one.attrs["chain_method"]) == ("parallel", "sequential")
-    for k, v in two.samples.items():
-        np.testing.assert_array_equal(v, one.samples[k], err_msg=k)
-    for k, v in two.stats.items():
-        np.testing.assert_array_equal(v, one.stats[k], err_msg=k)
+    monkeypatch.setattr(sampling, "sampling_threads", lambda chains: 3)
+    before = nuts_program.cache_info()
+    par = sample_nuts(jax.random.key(7), prep, st, **kw)
+    monkeypatch.setattr(sampling, "sampling_threads", lambda chains: 1)
+    seq = sample_nuts(jax.random.key(7), prep, st, **kw)
+    assert nuts_program.cache_info().misses == before.misses + 2  # one program each
+    assert (par.attrs["chain_method"], seq.attrs["chain_method"]) == ("parallel", "sequential")
+    for k, v in par.samples.items():
+        np.testing.assert_array_equal(v, seq.samples[k], err_msg=k)
+    for k, v in par.stats.items():
+        np.testing.assert_array_equal(v, seq.stats[k], err_msg=k)
 
 
 def test_sampler_statistics(prep, start):
