@@ -250,7 +250,7 @@ def add_nuts_options(p: argparse.ArgumentParser, *, svi: bool = False) -> None:
     """``--chains``, ``--draws``, ``--warmup`` and ``--target-accept`` (shared by ``fit``
     and ``backtest``); with ``svi`` the draws and warmup also serve ``--method svi``."""
     p.add_argument("--chains", type=int_arg(1, 64), default=4,
-                   help="NUTS chains, run in parallel on as many CPU devices (1-64)")
+                   help="NUTS chains, up to one per core at a time (1-64)")
     p.add_argument("--draws", type=int_arg(1, 10**6), default=1000,
                    help="posterior draws per chain"
                         + (" (SVI: draws from the fitted guide)" if svi else ""))

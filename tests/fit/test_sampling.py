@@ -74,8 +74,8 @@ def test_reused_sampler_gives_the_same_draws(prep, start):
 
 def test_chains_give_the_same_draws_on_any_number_of_threads(prep, monkeypatch):
     """Chain i keeps its key and start: 3 chains run 3 at a time (each from its own
-    thread) and one after another give bit-identical draws and statistics, from one
-    compiled program."""
+    thread) and one after another give bit-identical draws and statistics; each way
+    compiles one program for all its chains."""
     st = laplace_start(jax.random.key(0), prep, 3)
     kw = {"chains": 3, "draws": 12, "warmup": 12}
     monkeypatch.setattr(sampling, "sampling_threads", lambda chains: 3)
