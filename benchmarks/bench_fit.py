@@ -14,7 +14,11 @@ Questions answered (numbers go to ``--out DIR/bench_fit.json``):
    persistent compilation cache), a fit in a new process with a warm persistent cache,
    and a second fit in the same process (the compiled programs reused), with the
    compile time (first minus second fit of one process) and the diagnostics (max r_hat,
-   divergences, minimum bulk ESS per draw). Targets: cold <= 30 s, second fit <= 10 s.
+   divergences, minimum bulk ESS per draw). In the same process, against the default as
+   the baseline, two other settings, each fitted twice (the second fit is timed, the
+   first compiles): a shorter warmup (300) and the diagonal Laplace metric
+   (``dense_mass=False``); key ``variants``, with their time and ESS per second as
+   ratios to the default's. Targets: cold <= 30 s, second fit <= 10 s.
 5. The cost of one gradient of the model's potential (``--gradient-only``, key
    ``gradient``): microseconds per value-and-gradient, in a compiled loop of 1000, on
    ``examples/runs_counts.csv`` and ``examples/runs_bursty.csv``, with the scans over
@@ -106,9 +110,11 @@ def main(argv=None) -> int:
         print(f"wrote {path}")
         return 0
     if args.speed_only:
+        from _common import header
+
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        res = {"fit_speed": _fit_speed(args)}
+        res = {"env": header("bench_fit --speed-only"), "fit_speed": _fit_speed(args)}
         path = out / "bench_fit_speed.json"
         path.write_text(json.dumps(res, indent=2) + "\n")
         print(f"wrote {path}")
@@ -254,21 +260,20 @@ import json, os, sys, time
 t0 = time.perf_counter()
 from llmnas_transfer.cache import enable_compilation_cache
 enable_compilation_cache()
-from llmnas_transfer.fit.sampling import set_cpu_devices
-set_cpu_devices(4)
 from llmnas_transfer.fit.fitfile import fit_info
 from llmnas_transfer.fit.inference import fit_runs
 from llmnas_transfer.summarize.posterior import diagnostics
 out = {"import_s": round(time.perf_counter() - t0, 2), "fits": []}
-for i in range(int(sys.argv[2])):
+for kw in json.loads(sys.argv[2]):
     load = [round(x, 2) for x in os.getloadavg()]
     t = time.perf_counter()
-    dt = fit_runs(sys.argv[1], seed=0)
+    dt = fit_runs(sys.argv[1], seed=0, **kw)
     wall = time.perf_counter() - t
     info, d = fit_info(dt), diagnostics(dt)
     ss = dt["sample_stats"].dataset
     n = int(ss.sizes["chain"] * ss.sizes["draw"])
     out["fits"].append({
+        "settings": kw, "warmup": info.warmup,
         "wall_s": round(wall, 2), "seconds_sampling": info.seconds_sampling,
         "seconds_total": info.seconds_total, "chain_method": info.chain_method,
         "max_r_hat": round(float(d.stats["max_r_hat"]), 4),
@@ -339,6 +344,10 @@ def _gradient_speed(args) -> dict:
     return res
 
 
+#: settings compared with the default in the fit-speed run (question 4)
+_VARIANTS = {"warmup_300": {"warmup": 300}, "diagonal_metric": {"dense_mass": False}}
+
+
 def _fit_speed(args) -> dict:
     """Fit-speed runs (question 4), each in a new process: the CLI on an empty
     persistent cache (cold) and on the cache it left (warm), and two fits in one process
@@ -369,16 +378,30 @@ def _fit_speed(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:  # two fits in one process, empty cache
         env = {**os.environ, "XDG_CACHE_HOME": tmp}
         env.pop("LLMNAS_TRANSFER_CACHE", None)
-        r = subprocess.run([sys.executable, "-c", _TWO_FITS, runs, "2"], env=env,
+        # the default settings twice, then each variant twice (its first fit compiles)
+        fits = json.dumps([{}, {}, *[v for v in _VARIANTS.values() for _ in (0, 1)]])
+        r = subprocess.run([sys.executable, "-c", _TWO_FITS, runs, fits], env=env,
                            capture_output=True, text=True, cwd=root)
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
     if not line:
         res["same_process_error"] = r.stderr[-2000:]
         return res
     two = json.loads(line[-1][len("RESULT "):])
-    first, second = two["fits"]
+    first, second, *others = two["fits"]
     res["same_process"] = two
     res["first_fit_s"], res["second_fit_s"] = first["wall_s"], second["wall_s"]
+
+    def ess_per_s(f):
+        return f["min_ess_bulk"] / f["wall_s"]
+
+    res["variants"] = {
+        name: {"settings": kw, "wall_s": f["wall_s"], "max_r_hat": f["max_r_hat"],
+               "divergences": f["divergences"],
+               "min_ess_bulk_per_draw": f["min_ess_bulk_per_draw"],
+               "mean_leapfrog_steps": f["mean_leapfrog_steps"],
+               "time_ratio_to_default": round(f["wall_s"] / second["wall_s"], 3),
+               "ess_per_s_ratio_to_default": round(ess_per_s(f) / ess_per_s(second), 3)}
+        for (name, kw), f in zip(_VARIANTS.items(), others[1::2], strict=True)}
     res["compile_s_estimate"] = round(first["wall_s"] - second["wall_s"], 2)
     res["sampling_s"] = second["seconds_sampling"]
     res["meets_targets"] = bool(res.get("cli_cold_s", 1e9) <= 30

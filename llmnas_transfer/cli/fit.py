@@ -91,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="side file (CSV/JSONL) with columns name,modality,resolution,"
                         "num_classes for new datasets (default: none)")
     p.add_argument("--dense-mass", action=argparse.BooleanOptionalAction, default=True,
-                   help="NUTS dense or diagonal (--no-dense-mass) mass matrix")
+                   help="NUTS metric: the Laplace covariance (default) or only its "
+                        "variances (--no-dense-mass)")
     p.add_argument("--svi-steps", type=int_arg(1, 10**7), default=2000,
                    help="SVI optimisation steps")
     p.add_argument("--svi-learning-rate",

@@ -86,17 +86,17 @@ def fit_runs(
     ----------
     runs : validated :class:`~llmnas_transfer.io.runs.ObservedRuns` or a file path.
     method : ``"nuts"`` (default) or ``"svi"`` (full-rank Gaussian guide, optax Adam).
-    chains, draws, warmup : NUTS settings; the chains are spread over the JAX devices
-        (``jax_num_cpu_devices``; on the CPU at most one per core), each device running
-        its chains one after another. For SVI, ``draws`` is the number of draws taken
-        from the fitted guide.
+    chains, draws, warmup : NUTS settings; up to one chain per core runs at a time
+        (:func:`~llmnas_transfer.fit.sampling.sampling_threads`). For SVI, ``draws``
+        is the number of draws taken from the fitted guide.
     seed : integer seed; the same seed gives the same numbers.
     reference : ``"dataset:task"`` the gaps are relative to.
     forecast : number of iterations to forecast past the data.
     datasets, tasks : extra levels to predict (unobserved settings).
     dataset_attrs : ``{name: {"modality":..., "resolution":..., "num_classes":...}}`` for
         datasets that are not in the registry.
-    target_accept, dense_mass : NUTS step-size target and mass-matrix structure.
+    target_accept, dense_mass : NUTS step-size target and mass-matrix structure (the
+        Laplace covariance, or with ``dense_mass=False`` its variances).
     adapt_metric : adapt the mass matrix during warmup. ``None`` (default): NUTS starts
         from the Laplace approximation at the posterior mode
         (:func:`~llmnas_transfer.fit.laplace.laplace_start`) and keeps its covariance as
