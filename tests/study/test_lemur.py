@@ -122,9 +122,18 @@ def test_recovery_on_synthetic_data(synthetic_fit):
     assert np.all(np.abs(s["mean"].to_numpy() - truth) < 4 * s["sd"].to_numpy())
     d = lemur.convergence_summary(synthetic_fit)
     assert d["max_r_hat"] < 1.01, d  # seeds 0-5: 1.0033-1.0070 (see SYNTHETIC_DRAWS)
-    assert d["divergences"] == 0
+    # seeds 0-5 gave no divergence on one CPU; seed 3 gave 1 of 2000 draws on another (AMD
+    # EPYC: other machine code, so other trajectories). Up to 0.2% of the draws (4) is that
+    # spread; more would mean a geometry the sampler cannot follow
+    assert d["divergences"] <= 0.002 * d["draws"], d
     assert d["min_ess_bulk"] > 300, d  # seeds 0-5: 491-684
-    assert az.diagnose(synthetic_fit.tree, show_diagnostics=False) is False
+    # ArviZ's other checks (E-BFMI, its ESS and r_hat limits) all pass; its divergence
+    # check flags any divergence, so the count is checked above instead
+    _, checks = az.diagnose(synthetic_fit.tree, show_diagnostics=False,
+                            return_diagnostics=True)
+    assert not checks["bfmi"]["failed_chains"], checks["bfmi"]
+    assert not checks["ess"]["bad_params"], checks["ess"]
+    assert not checks["rhat"]["bad_params"], checks["rhat"]
 
 
 def test_gaps_contain_truth_and_match_metrics_convention(synthetic_fit):
