@@ -255,7 +255,7 @@ def main(argv=None) -> int:
 
 
 #: run in a new process: two fits of one file at the CLI's defaults, timed, as JSON
-_TWO_FITS = r"""
+_FITS_IN_ONE_PROCESS = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
 from llmnas_transfer.cache import enable_compilation_cache
@@ -350,8 +350,9 @@ _VARIANTS = {"warmup_300": {"warmup": 300}, "diagonal_metric": {"dense_mass": Fa
 
 def _fit_speed(args) -> dict:
     """Fit-speed runs (question 4), each in a new process: the CLI on an empty
-    persistent cache (cold) and on the cache it left (warm), and two fits in one process
-    (``fit_runs``, the second one reusing the compiled programs)."""
+    persistent cache (cold) and on the cache it left (warm), and fits in one process
+    (``fit_runs``: the default twice, the second reusing the compiled programs, then each
+    of :data:`_VARIANTS` twice)."""
     import subprocess
     import tempfile
 
@@ -375,20 +376,20 @@ def _fit_speed(args) -> dict:
             if r.returncode not in (0, 1):
                 res[name.replace("_s", "_error")] = r.stderr[-2000:]
             print(f"{name}: {res[name]} s (load {load})", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:  # two fits in one process, empty cache
+    with tempfile.TemporaryDirectory() as tmp:  # fits in one process, empty cache
         env = {**os.environ, "XDG_CACHE_HOME": tmp}
         env.pop("LLMNAS_TRANSFER_CACHE", None)
         # the default settings twice, then each variant twice (its first fit compiles)
         fits = json.dumps([{}, {}, *[v for v in _VARIANTS.values() for _ in (0, 1)]])
-        r = subprocess.run([sys.executable, "-c", _TWO_FITS, runs, fits], env=env,
+        r = subprocess.run([sys.executable, "-c", _FITS_IN_ONE_PROCESS, runs, fits], env=env,
                            capture_output=True, text=True, cwd=root)
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
     if not line:
         res["same_process_error"] = r.stderr[-2000:]
         return res
-    two = json.loads(line[-1][len("RESULT "):])
-    first, second, *others = two["fits"]
-    res["same_process"] = two
+    same = json.loads(line[-1][len("RESULT "):])
+    first, second, *others = same["fits"]
+    res["same_process"] = same
     res["first_fit_s"], res["second_fit_s"] = first["wall_s"], second["wall_s"]
 
     def ess_per_s(f):
