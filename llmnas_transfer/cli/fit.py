@@ -1,8 +1,8 @@
 """Command-line fits of observed runs: the ``fit``, ``gaps``, ``trajectory``, ``check`` and
 ``compare`` commands.
 
-Heavy modules (JAX, NumPyro, ArviZ) are imported inside the handlers: ``fit`` must set the
-number of JAX CPU devices (one per chain) before JAX starts.
+Heavy modules (JAX, NumPyro, ArviZ) are imported inside the handlers, so that help and
+the checks of a command's arguments answer before any of them loads.
 
 Example
 -------

@@ -30,11 +30,7 @@ from llmnas_transfer.errors import UserInputError
 def _lemur(args: argparse.Namespace) -> int:
     if args.write_priors is not None and args.quick:
         raise UserInputError("--write-priors needs the full fit; drop --quick")
-    from llmnas_transfer.fit.sampling import set_cpu_devices
     from llmnas_transfer.study import lemur
-
-    # JAX devices, one per chain, before JAX's backend starts: the chains run in parallel
-    set_cpu_devices(args.chains or lemur.RUN_SETTINGS[bool(args.quick)]["num_chains"])
 
     chains = args.chains or lemur.RUN_SETTINGS[bool(args.quick)]["num_chains"]
     write = False if args.write_priors is None else (args.write_priors or True)

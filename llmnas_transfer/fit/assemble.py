@@ -47,7 +47,7 @@ _NEEDED = ("kappa", "state_noise", "init_sd", "validity_slope", "accuracy_slope"
            "asymptote", "feedback_validity", "feedback_accuracy", *BURST_SITES)
 
 
-class _DrawsAdapter:
+class DrawsAdapter:
     """Lets :func:`arviz.from_numpyro` convert draws given as arrays (NUTS and SVI).
 
     ``stats`` are the sampler's per-draw statistics named as NumPyro's MCMC
@@ -264,7 +264,7 @@ def assemble_tree(
     # multivariate-normal sites: their event dim is not a plate
     extra_dims.update({"difficulty_observed": ["observed_dataset"],
                        "accuracy_level_observed": ["observed_dataset"]})
-    posterior = _DrawsAdapter(samples, runs_model, (data,),
+    posterior = DrawsAdapter(samples, runs_model, (data,),
                               {"spec": spec, "n_valid": data.n_valid},
                               stats=sampled.stats, max_tree_depth=MAX_TREE_DEPTH)
 
@@ -325,4 +325,4 @@ def assemble_tree(
     return dt
 
 
-__all__ = ["assemble_tree", "run_forecasts"]
+__all__ = ["DrawsAdapter", "assemble_tree", "run_forecasts"]

@@ -1183,9 +1183,10 @@ def scalar_priors() -> dict[str, dist.Distribution]:
     """Priors of the scalar sites of :func:`runs_model`, kept in one place: the model
     samples them, and the mode search and the SVI guide start at their medians.
 
-    Built on first use, so importing the model does not start JAX's backend (the number
-    of CPU devices can still be set after the import), and built eagerly even when first
-    asked for inside a trace, so the cached distributions hold constants, never tracers.
+    Built on first use, so importing the model does not start JAX's backend (JAX's
+    settings, such as the number of CPU devices, can still be set after the import),
+    and built eagerly even when first asked for inside a trace, so the cached
+    distributions hold constants, never tracers.
 
     Example
     -------

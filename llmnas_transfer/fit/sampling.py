@@ -13,6 +13,8 @@ every site as ``(chain, draw, ...)`` arrays, deterministic sites included
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache, partial
 from typing import NamedTuple
@@ -41,6 +43,7 @@ from llmnas_transfer.fit.model import (
     runs_model,
 )
 from llmnas_transfer.fit.preparation import Prepared, pad_runs
+from llmnas_transfer.progress import progress_bar
 from llmnas_transfer.validate import check_float, check_int
 
 #: NUTS statistics kept per draw (ArviZ's ``sample_stats``), named as NumPyro's MCMC
@@ -75,24 +78,6 @@ class Sampled(NamedTuple):
     deterministic: dict | None = None
     losses: np.ndarray | None = None
     stats: dict | None = None
-
-
-def set_cpu_devices(n: int) -> int:
-    """Ask JAX for ``n`` CPU devices (NumPyro's parallel chains of the LEMUR fit,
-    :func:`llmnas_transfer.study.lemur.fit_lemur`); must run before the first JAX op.
-
-    Returns the number of devices available afterwards.
-
-    Example
-    -------
-    >>> set_cpu_devices(1) >= 1
-    True
-    """
-    try:
-        jax.config.update("jax_num_cpu_devices", int(n))
-    except RuntimeError:
-        pass  # the backend is already running: use what it has
-    return jax.local_device_count()
 
 
 def sampling_threads(chains: int) -> int:
@@ -217,33 +202,192 @@ def nuts_program(prog: NutsProgram):
     # 20 MB a second while it ran, and one jitted call per CPU device compiles once per
     # device. Chains vmapped in one program were 4 times slower on the 2-core CPU: each
     # NUTS step of the batch runs to the longest tree.)
-    jchain = jax.jit(partial(_nuts_chain, prog=prog))
-    compiled: dict = {}
+    chains = _ChainRunner(jax.jit(partial(_nuts_chain, prog=prog)), prog.threads)
 
     def run(key, data, init_params, inverse_mass_matrix):
         keys = jax.random.split(key, prog.chains)
-        calls = [(keys[i], jax.tree.map(lambda a: a[i], init_params), data,
-                  inverse_mass_matrix) for i in range(prog.chains)]
+        return chains([(keys[i], jax.tree.map(lambda a: a[i], init_params), data,
+                        inverse_mass_matrix) for i in range(prog.chains)])
+
+    return run
+
+
+class _ChainRunner:
+    """Calls one jitted chain function once per chain, ``threads`` at a time, and stacks
+    the results along a new leading chain axis.
+
+    The program is compiled once per argument structure and shapes, before the threads
+    start (not once per thread); every chain is a call of that one executable on the
+    default device, so chain ``i`` gives the same numbers whatever the number of threads
+    or devices."""
+
+    def __init__(self, jitted, threads: int):
+        self.jitted, self.threads, self.compiled = jitted, int(threads), {}
+
+    def __call__(self, calls: list[tuple]):
         leaves, tree = jax.tree.flatten(calls[0])
         sig = (tree, tuple((jnp.shape(x), str(jnp.result_type(x))) for x in leaves))
-        if sig not in compiled:  # compile before the threads start: once, not per thread
-            compiled[sig] = jchain.lower(*calls[0]).compile()
-        exe = compiled[sig]
+        if sig not in self.compiled:
+            self.compiled[sig] = self.jitted.lower(*calls[0]).compile()
+        exe = self.compiled[sig]
 
         def one(args):
             return jax.device_get(exe(*args))
 
-        if prog.threads > 1:
-            with ThreadPoolExecutor(prog.threads) as pool:
+        if self.threads > 1:
+            with ThreadPoolExecutor(self.threads) as pool:
                 outs = list(pool.map(one, calls))
         else:
             outs = [one(c) for c in calls]
         return jax.tree.map(lambda *xs: np.stack(xs), *outs)
 
+
+register_program_cache(nuts_program.cache_clear)
+
+
+class ModelNutsProgram(NamedTuple):
+    """What :func:`model_nuts_program` compiles for (every field is static): a NumPyro
+    model, its non-array keyword arguments as sorted ``(name, value)`` pairs, and the
+    sampler's sizes and settings."""
+
+    model: Callable
+    kwargs: tuple
+    chains: int
+    warmup: int
+    draws: int
+    target_accept: float
+    threads: int
+    report_every: int = 0
+
+
+#: half-width of the uniform start of :func:`model_nuts_program` on the unconstrained
+#: scale (NumPyro's ``init_to_uniform``)
+INIT_RADIUS = 2.0
+
+
+def _uniform_start(key, model: Callable, args: tuple, kwargs: dict) -> dict:
+    """Every latent site drawn uniformly in ``(-INIT_RADIUS, INIT_RADIUS)`` on its
+    unconstrained scale (one compiled trace of the model, no eager checks)."""
+    from numpyro.distributions.transforms import biject_to
+    from numpyro.handlers import seed, trace
+
+    k_trace, k_init = jax.random.split(key)
+    tr = trace(seed(model, k_trace)).get_trace(*args, **kwargs)
+    latent = sorted(n for n, site in tr.items()
+                    if site["type"] == "sample" and not site["is_observed"])
+    keys = jax.random.split(k_init, max(len(latent), 1))
+    out = {}
+    for k, name in zip(keys, latent, strict=False):
+        shape = jnp.shape(biject_to(tr[name]["fn"].support).inv(tr[name]["value"]))
+        out[name] = jax.random.uniform(k, shape, minval=-INIT_RADIUS, maxval=INIT_RADIUS)
+    return out
+
+
+class _ChainProgress:
+    """The host side of the chains' progress reports: iterations done, summed over the
+    chains and threads, passed on to a :func:`~llmnas_transfer.progress.progress_bar`
+    update function."""
+
+    def __init__(self):
+        self.lock, self.done, self.total, self.update = threading.Lock(), 0, 0, None
+
+    def start(self, update, total: int) -> None:
+        self.done, self.total, self.update = 0, int(total), update
+
+    def tick(self, n) -> None:
+        with self.lock:
+            self.done += int(n)
+            if self.update is not None:
+                self.update(min(self.done, self.total), self.total)
+
+
+_PROGRESS = _ChainProgress()
+
+
+def _model_chain(key, args: tuple, prog: ModelNutsProgram):
+    """One NUTS chain of ``prog.model`` from a uniform start, with NumPyro's windowed
+    adaptation of the step size and a diagonal metric in the warmup (warmup and draws in
+    one scan): the constrained draws of the latent and deterministic sites and the
+    per-draw statistics (:data:`STAT_FIELDS`)."""
+    from numpyro.infer.hmc import hmc
+    from numpyro.infer.util import constrain_fn, potential_energy
+
+    kwargs = dict(prog.kwargs)
+    k_init, k_run = jax.random.split(key)
+    z0 = _uniform_start(k_init, prog.model, args, kwargs)
+
+    def potential_gen(*a, **kw):
+        return partial(potential_energy, prog.model, a, kw)
+
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
+    state = init_kernel(z0, prog.warmup, adapt_mass_matrix=True,
+                        target_accept_prob=prog.target_accept, model_args=args,
+                        model_kwargs=kwargs, rng_key=k_run)
+
+    def step(s, i):
+        s = sample_kernel(s, model_args=args, model_kwargs=kwargs)
+        if prog.report_every:  # tell the host's progress bar
+            jax.lax.cond((i + 1) % prog.report_every == 0,
+                         lambda: jax.debug.callback(_PROGRESS.tick, prog.report_every),
+                         lambda: None)
+        return s, (s.z, {"potential_energy": s.potential_energy, "energy": s.energy,
+                         "num_steps": s.num_steps, "accept_prob": s.accept_prob,
+                         "diverging": s.diverging, "step_size": s.adapt_state.step_size})
+
+    _, (zs, stats) = jax.lax.scan(step, state, jnp.arange(prog.warmup + prog.draws))
+    zs, stats = jax.tree.map(lambda a: a[prog.warmup:], (zs, stats))
+    draws = jax.vmap(lambda z: constrain_fn(prog.model, args, kwargs, z,
+                                            return_deterministic=True))(zs)
+    return draws, stats
+
+
+@lru_cache(maxsize=8)
+def model_nuts_program(prog: ModelNutsProgram):
+    """NUTS for any NumPyro model, compiled once per process and model arguments' shapes:
+    the chains run as in :func:`nuts_program` (one executable, up to ``prog.threads`` at
+    a time, chain ``i`` with the ``i``-th key of ``jax.random.split(key, chains)``), so
+    the draws depend only on the key, whatever the number of cores or JAX devices.
+
+    Returns ``run(key, args, progress=False)``: ``args`` the model's positional
+    arguments (arrays, NamedTuples of arrays or ``None``); ``progress`` a
+    :func:`~llmnas_transfer.progress.progress_bar` argument, shown when
+    ``prog.report_every`` > 0 (the chains report every that many iterations; such a
+    program is not kept in JAX's persistent cache). It gives the draws of every latent and
+    deterministic site and the sampler's statistics (:data:`STAT_FIELDS`), each
+    ``(chain, draw, ...)`` NumPy arrays. Each chain starts uniformly in
+    ``(-2, 2)`` on the unconstrained scale and adapts the step size and a diagonal
+    metric in its warmup (NumPyro's ``NUTS`` defaults).
+
+    Example
+    -------
+    >>> import numpyro, numpyro.distributions as dist
+    >>> def model(y):
+    ...     mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    ...     numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> run = model_nuts_program(ModelNutsProgram(model, (), chains=2, warmup=100,
+    ...                                           draws=50, target_accept=0.8, threads=2))
+    >>> draws, stats = run(jax.random.key(0), (jnp.array([1.0, 2.0, 3.0]),))
+    >>> draws["mu"].shape, stats["diverging"].shape
+    ((2, 50), (2, 50))
+    """
+    chains = _ChainRunner(jax.jit(partial(_model_chain, prog=prog)), prog.threads)
+
+    def run(key, args: tuple, progress=False):
+        keys = jax.random.split(key, prog.chains)
+        total = prog.chains * (prog.warmup + prog.draws)
+        update = progress_bar(progress if prog.report_every else False, total,
+                              label="NUTS", unit="iterations")
+        _PROGRESS.start(update, total)
+        try:
+            return chains([(keys[i], tuple(args)) for i in range(prog.chains)])
+        finally:
+            _PROGRESS.start(None, 0)
+            update(None, 0)
+
     return run
 
 
-register_program_cache(nuts_program.cache_clear)
+register_program_cache(model_nuts_program.cache_clear)
 
 
 def sample_nuts(
@@ -381,7 +525,7 @@ def sample_svi(
 
 
 __all__ = [
-    "EXTRA_FIELDS", "MAX_TREE_DEPTH", "STAT_FIELDS", "SVI_BATCH", "SVI_SCALE_RUNS",
-    "NutsProgram", "Sampled", "deterministic_sites", "nuts_program", "sample_nuts",
-    "sample_svi", "sampling_threads", "set_cpu_devices",
+    "EXTRA_FIELDS", "INIT_RADIUS", "MAX_TREE_DEPTH", "STAT_FIELDS", "SVI_BATCH",
+    "SVI_SCALE_RUNS", "ModelNutsProgram", "NutsProgram", "Sampled", "deterministic_sites",
+    "model_nuts_program", "nuts_program", "sample_nuts", "sample_svi", "sampling_threads",
 ]

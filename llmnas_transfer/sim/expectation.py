@@ -48,7 +48,7 @@ from llmnas_transfer.sim.types import Array
 
 _GH_X, _GH_W = np.polynomial.hermite.hermgauss(40)
 # NumPy, not jnp: creating a JAX array at import would start JAX's backend, after which
-# the number of CPU devices (one per chain) can no longer be set
+# the number of CPU devices (a sweep's shards) can no longer be set
 _NODES = (_GH_X * np.sqrt(2.0)).astype(np.float32)  # standard-normal nodes
 _WEIGHTS = (_GH_W / np.sqrt(np.pi)).astype(np.float32)
 

@@ -61,10 +61,17 @@ import numpyro
 import numpyro.distributions as dist
 import pandas as pd
 import scipy.stats
-from numpyro.infer import MCMC, NUTS, Predictive
+from numpyro.infer import Predictive
 
 from llmnas_transfer.errors import UserInputError
+from llmnas_transfer.fit.assemble import DrawsAdapter
 from llmnas_transfer.fit.model import accuracy_stats, logit_accuracy_loglik
+from llmnas_transfer.fit.sampling import (
+    MAX_TREE_DEPTH,
+    ModelNutsProgram,
+    model_nuts_program,
+    sampling_threads,
+)
 from llmnas_transfer.io.atomic import atomic_write
 from llmnas_transfer.io.bundled import (
     LEMUR_MAP,
@@ -332,6 +339,10 @@ def _model_kwargs(data: LemurData):
 
 
 # ---------------------------------------------------------------------------- fit
+#: NUTS iterations between the chains' progress reports when a bar is shown
+PROGRESS_EVERY = 50
+
+
 class LemurFit(NamedTuple):
     """A fitted LEMUR model: the ArviZ DataTree, the data it saw, the raw samples and the
     per-group parameterisation they were drawn in (:func:`centring`)."""
@@ -361,10 +372,13 @@ def fit_lemur(
     df : a :func:`~llmnas_transfer.io.bundled.load_lemur` table, prepared
         :class:`LemurData`, or ``None`` for every classification architecture.
     seed : integer seed or PRNG key; the same seed gives the same draws.
-    num_warmup, num_samples, num_chains : NUTS settings. Chains run in parallel when
-        JAX has that many devices, sequentially otherwise.
+    num_warmup, num_samples, num_chains : NUTS settings. Up to one chain per core runs
+        at a time (:func:`~llmnas_transfer.fit.sampling.model_nuts_program`); chain ``i``
+        gives the same draws whatever the number of cores or JAX devices.
     exclude : boolean mask over the architecture rows to leave out of the likelihood
         (held-out rows); the groups stay.
+    progress : ``True`` for a bar of the NUTS iterations on stderr, or a callback
+        ``f(done, total)``.
 
     Returns
     -------
@@ -387,15 +401,16 @@ def fit_lemur(
     target_accept = check_float("target_accept", target_accept, 0.5, 1.0, high_open=True)
     train = data if exclude is None else data.subset(~np.asarray(exclude, bool))
     stats = group_stats(train)
-    method = "parallel" if jax.local_device_count() >= num_chains else "sequential"
-    mcmc = MCMC(NUTS(lemur_model, target_accept_prob=float(target_accept)),
-                num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method=method, progress_bar=bool(progress))
     centred = centring(stats)
     gd, gs, _ = _model_args(train)
-    mcmc.run(as_key(seed), gd, gs, None, stats, jnp.asarray(centred), **_model_kwargs(train),
-             extra_fields=("potential_energy", "energy", "num_steps", "accept_prob",
-                           "diverging"))
+    kwargs = _model_kwargs(train)
+    run = model_nuts_program(ModelNutsProgram(
+        lemur_model, tuple(sorted(kwargs.items())), num_chains, warmup=num_warmup,
+        draws=num_samples, target_accept=float(target_accept),
+        threads=sampling_threads(num_chains),
+        report_every=PROGRESS_EVERY if progress else 0))
+    args = (gd, gs, None, stats, jnp.asarray(centred))
+    samples, sample_stats = run(as_key(seed), args, progress=progress)
     coords = {"dataset": list(data.datasets), "group": list(data.group_label)}
     dims = {"level": ["dataset"], "log_spread": ["dataset"],
             "cell_sd": [], "spread_cell_sd": [], "cell_raw": ["group"], "spread_raw": ["group"],
@@ -403,14 +418,16 @@ def fit_lemur(
     if len(data.sources) > 1:
         coords["source_contrast"] = list(data.sources[1:])
         dims |= {"source_effect": ["source_contrast"], "spread_source": ["source_contrast"]}
-    tree = az.from_numpyro(mcmc, coords=coords, dims=dims)
+    tree = az.from_numpyro(DrawsAdapter(samples, lemur_model, args, kwargs,
+                                        stats=sample_stats, max_tree_depth=MAX_TREE_DEPTH),
+                           coords=coords, dims=dims)
     if "observed_data" in tree.children:  # holds only the empty factor site
         tree = tree.drop_nodes("observed_data")
     tree.attrs.update({"model": "llmnas_transfer.study.lemur.lemur_model",
                        "statistic": data.statistic,
                        "num_train_architectures": int(len(train.accuracy)),
                        "centred_groups": ",".join(np.asarray(data.group_label)[centred])})
-    return LemurFit(tree, data, mcmc.get_samples(group_by_chain=True), centred)
+    return LemurFit(tree, data, samples, centred)
 
 
 def convergence_summary(fit: LemurFit) -> dict:
@@ -993,10 +1010,12 @@ def _run_settings(quick: bool, num_chains: int | None) -> dict:
     return cfg
 
 
-def _analyse(cfg: dict, *, quick: bool, seed: int, say) -> tuple[LemurReport, dict, dict]:
+def _analyse(cfg: dict, *, quick: bool, seed: int, say,
+             progress: bool = False) -> tuple[LemurReport, dict, dict]:
     """Every computation of :func:`run_lemur`, in its order (``files`` left empty); also
     the held-out fit's convergence summary and the simulated accuracies."""
     fit_kw = {k: cfg[k] for k in ("num_warmup", "num_samples", "num_chains")}
+    fit_kw["progress"] = progress
     data = arrange_lemur_data()
     say(f"fitting {len(data.accuracy)} architectures in {data.num_groups} groups")
     fit = fit_lemur(data, seed=seed, **fit_kw)
@@ -1080,7 +1099,8 @@ def run_lemur(
     cfg = _run_settings(quick, num_chains)
     out = prepare_output_folder(out_dir)
     say = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
-    rep, held_out_diagnostics, simulated = _analyse(cfg, quick=quick, seed=seed, say=say)
+    rep, held_out_diagnostics, simulated = _analyse(cfg, quick=quick, seed=seed, say=say,
+                                                    progress=progress)
     files = _write_tables(out, rep, held_out_diagnostics) + _write_figures(out, rep, simulated)
     if write_priors:
         target = None if write_priors is True else Path(write_priors)
