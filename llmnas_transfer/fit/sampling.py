@@ -8,6 +8,8 @@ which later fits in the process reuse and later processes find in JAX's persiste
 guide with optax Adam and draws from it. Both return a :class:`Sampled`: the draws of
 every site as ``(chain, draw, ...)`` arrays, deterministic sites included
 (:func:`deterministic_sites`), and the settings to record with the fit.
+:func:`model_nuts_program` runs NUTS the same way for any other NumPyro model (the
+LEMUR fit, :func:`llmnas_transfer.study.lemur.fit_lemur`).
 """
 
 from __future__ import annotations
@@ -81,8 +83,8 @@ class Sampled(NamedTuple):
 
 
 def sampling_threads(chains: int) -> int:
-    """How many chains :func:`sample_nuts` runs at the same time: one per chain, up to the
-    cores.
+    """How many chains :func:`sample_nuts` (and :func:`model_nuts_program`) run at the
+    same time: one per chain, up to the cores.
 
     Every chain is a call of one compiled program on the default device, made from its
     own thread, so the chains run in parallel with one compilation. (One JAX CPU device
