@@ -265,8 +265,8 @@ def assemble_tree(
     extra_dims.update({"difficulty_observed": ["observed_dataset"],
                        "accuracy_level_observed": ["observed_dataset"]})
     posterior = DrawsAdapter(samples, runs_model, (data,),
-                              {"spec": spec, "n_valid": data.n_valid},
-                              stats=sampled.stats, max_tree_depth=MAX_TREE_DEPTH)
+                             {"spec": spec, "n_valid": data.n_valid},
+                             stats=sampled.stats, max_tree_depth=MAX_TREE_DEPTH)
 
     prior = _prior_predictive(k_prior, data, spec, int(prior_draws))
     # per-run computations (posterior predictive, pointwise log-likelihood, forecasts)

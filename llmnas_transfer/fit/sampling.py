@@ -30,6 +30,7 @@ from numpyro.infer import (
     Predictive,
     Trace_ELBO,
     init_to_median,
+    init_to_uniform,
     init_to_value,
 )
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal
@@ -154,31 +155,50 @@ def _nuts_chain(key, z0: dict, data: RunsData, inverse_mass_matrix, prog: NutsPr
     """One NUTS chain (warmup and draws in one scan, so the sampler's step is compiled
     once): the constrained draws and the per-draw statistics (:data:`STAT_FIELDS`)."""
     from numpyro.infer.hmc import hmc
-    from numpyro.infer.util import constrain_fn, potential_energy
+    from numpyro.infer.util import constrain_fn
 
     kwargs = _model_kwargs(data, prog.spec)
-
-    def potential_gen(d, **kw):
-        return partial(potential_energy, runs_model, (d,), kw)
-
-    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
+    init_kernel, sample_kernel = hmc(potential_fn_gen=_potential_gen(runs_model), algo="NUTS")
     block = tuple(sorted(z0))
     state = init_kernel(z0, prog.warmup, inverse_mass_matrix={block: inverse_mass_matrix},
                         adapt_mass_matrix=prog.adapt_metric,
                         dense_mass=[block] if prog.dense_mass else [],
                         target_accept_prob=prog.target_accept, model_args=(data,),
                         model_kwargs=kwargs, rng_key=key)
+    zs, stats = _draws(sample_kernel, state, (data,), kwargs, prog.warmup, prog.draws)
+    latent = jax.vmap(lambda z: constrain_fn(runs_model, (data,), kwargs, z))(zs)
+    return latent, stats
 
-    def step(s, _):
-        s = sample_kernel(s, model_args=(data,), model_kwargs=kwargs)
+
+def _potential_gen(model: Callable) -> Callable:
+    """NumPyro's ``potential_fn_gen`` for :func:`numpyro.infer.hmc.hmc`: the potential of
+    ``model`` at given model arguments."""
+    from numpyro.infer.util import potential_energy
+
+    return lambda *args, **kwargs: partial(potential_energy, model, args, kwargs)
+
+
+def _draws(sample_kernel, state, args: tuple, kwargs: dict, warmup: int, draws: int,
+           report_every: int = 0):
+    """Warmup and draws of one chain in one scan (the sampler's step compiled once): the
+    unconstrained draws after the warmup and their statistics (:data:`STAT_FIELDS`).
+    With ``report_every`` > 0 the chain reports every that many iterations to the host's
+    progress bar (:class:`_ChainProgress`)."""
+
+    def step(s, i):
+        s = sample_kernel(s, model_args=args, model_kwargs=kwargs)
+        if report_every:
+            jax.lax.cond((i + 1) % report_every == 0,
+                         lambda: jax.debug.callback(_PROGRESS.tick, report_every),
+                         lambda: None)
         return s, (s.z, {"potential_energy": s.potential_energy, "energy": s.energy,
                          "num_steps": s.num_steps, "accept_prob": s.accept_prob,
                          "diverging": s.diverging, "step_size": s.adapt_state.step_size})
 
-    _, (zs, stats) = jax.lax.scan(step, state, None, length=prog.warmup + prog.draws)
-    zs, stats = jax.tree.map(lambda a: a[prog.warmup:], (zs, stats))
-    latent = jax.vmap(lambda z: constrain_fn(runs_model, (data,), kwargs, z))(zs)
-    return latent, stats
+    n = warmup + draws
+    _, (zs, stats) = jax.lax.scan(step, state, jnp.arange(n) if report_every else None,
+                                  length=n)
+    return jax.tree.map(lambda a: a[warmup:], (zs, stats))
 
 
 @lru_cache(maxsize=32)
@@ -262,27 +282,18 @@ class ModelNutsProgram(NamedTuple):
     report_every: int = 0
 
 
-#: half-width of the uniform start of :func:`model_nuts_program` on the unconstrained
-#: scale (NumPyro's ``init_to_uniform``)
-INIT_RADIUS = 2.0
-
-
 def _uniform_start(key, model: Callable, args: tuple, kwargs: dict) -> dict:
-    """Every latent site drawn uniformly in ``(-INIT_RADIUS, INIT_RADIUS)`` on its
-    unconstrained scale (one compiled trace of the model, no eager checks)."""
+    """Every latent site on its unconstrained scale, drawn by NumPyro's
+    ``init_to_uniform`` (uniform in (-2, 2) there), in one compiled trace of the model
+    (``numpyro.infer.util.initialize_model`` first checks the potential op by op)."""
     from numpyro.distributions.transforms import biject_to
-    from numpyro.handlers import seed, trace
+    from numpyro.handlers import seed, substitute, trace
 
-    k_trace, k_init = jax.random.split(key)
-    tr = trace(seed(model, k_trace)).get_trace(*args, **kwargs)
-    latent = sorted(n for n, site in tr.items()
-                    if site["type"] == "sample" and not site["is_observed"])
-    keys = jax.random.split(k_init, max(len(latent), 1))
-    out = {}
-    for k, name in zip(keys, latent, strict=False):
-        shape = jnp.shape(biject_to(tr[name]["fn"].support).inv(tr[name]["value"]))
-        out[name] = jax.random.uniform(k, shape, minval=-INIT_RADIUS, maxval=INIT_RADIUS)
-    return out
+    tr = trace(substitute(seed(model, key), substitute_fn=init_to_uniform)).get_trace(
+        *args, **kwargs)
+    return {name: biject_to(site["fn"].support).inv(site["value"])
+            for name, site in tr.items()
+            if site["type"] == "sample" and not site["is_observed"]}
 
 
 class _ChainProgress:
@@ -307,37 +318,21 @@ _PROGRESS = _ChainProgress()
 
 
 def _model_chain(key, args: tuple, prog: ModelNutsProgram):
-    """One NUTS chain of ``prog.model`` from a uniform start, with NumPyro's windowed
-    adaptation of the step size and a diagonal metric in the warmup (warmup and draws in
-    one scan): the constrained draws of the latent and deterministic sites and the
-    per-draw statistics (:data:`STAT_FIELDS`)."""
+    """One NUTS chain of ``prog.model`` from NumPyro's uniform start, adapting the step
+    size and a diagonal metric in the warmup (NumPyro's ``NUTS`` defaults): the
+    constrained draws of the latent and deterministic sites and the per-draw statistics
+    (:data:`STAT_FIELDS`)."""
     from numpyro.infer.hmc import hmc
-    from numpyro.infer.util import constrain_fn, potential_energy
+    from numpyro.infer.util import constrain_fn
 
     kwargs = dict(prog.kwargs)
     k_init, k_run = jax.random.split(key)
-    z0 = _uniform_start(k_init, prog.model, args, kwargs)
-
-    def potential_gen(*a, **kw):
-        return partial(potential_energy, prog.model, a, kw)
-
-    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
-    state = init_kernel(z0, prog.warmup, adapt_mass_matrix=True,
-                        target_accept_prob=prog.target_accept, model_args=args,
-                        model_kwargs=kwargs, rng_key=k_run)
-
-    def step(s, i):
-        s = sample_kernel(s, model_args=args, model_kwargs=kwargs)
-        if prog.report_every:  # tell the host's progress bar
-            jax.lax.cond((i + 1) % prog.report_every == 0,
-                         lambda: jax.debug.callback(_PROGRESS.tick, prog.report_every),
-                         lambda: None)
-        return s, (s.z, {"potential_energy": s.potential_energy, "energy": s.energy,
-                         "num_steps": s.num_steps, "accept_prob": s.accept_prob,
-                         "diverging": s.diverging, "step_size": s.adapt_state.step_size})
-
-    _, (zs, stats) = jax.lax.scan(step, state, jnp.arange(prog.warmup + prog.draws))
-    zs, stats = jax.tree.map(lambda a: a[prog.warmup:], (zs, stats))
+    init_kernel, sample_kernel = hmc(potential_fn_gen=_potential_gen(prog.model), algo="NUTS")
+    state = init_kernel(_uniform_start(k_init, prog.model, args, kwargs), prog.warmup,
+                        adapt_mass_matrix=True, target_accept_prob=prog.target_accept,
+                        model_args=args, model_kwargs=kwargs, rng_key=k_run)
+    zs, stats = _draws(sample_kernel, state, args, kwargs, prog.warmup, prog.draws,
+                       prog.report_every)
     draws = jax.vmap(lambda z: constrain_fn(prog.model, args, kwargs, z,
                                             return_deterministic=True))(zs)
     return draws, stats
@@ -527,7 +522,7 @@ def sample_svi(
 
 
 __all__ = [
-    "EXTRA_FIELDS", "INIT_RADIUS", "MAX_TREE_DEPTH", "STAT_FIELDS", "SVI_BATCH",
+    "EXTRA_FIELDS", "MAX_TREE_DEPTH", "STAT_FIELDS", "SVI_BATCH",
     "SVI_SCALE_RUNS", "ModelNutsProgram", "NutsProgram", "Sampled", "deterministic_sites",
     "model_nuts_program", "nuts_program", "sample_nuts", "sample_svi", "sampling_threads",
 ]
