@@ -92,7 +92,8 @@ def progress_bar(progress: bool | Callable[[int, int], None], total: int, *, lab
 
 class Stages:
     """A rich display with one line per stage of a workflow (no-op when disabled or when
-    stderr is not a terminal).
+    stderr is not a terminal): the stage, a bar of stages done and the time elapsed; a
+    stage's own bar (:meth:`stage`) also shows the time left.
 
     Example
     -------
@@ -113,20 +114,26 @@ class Stages:
                 SpinnerColumn,
                 TextColumn,
                 TimeElapsedColumn,
+                TimeRemainingColumn,
             )
 
+            class SubEta(TimeRemainingColumn):  # time left of a stage's own bar only
+                def render(self, task):
+                    return super().render(task) if task.fields.get("sub") else ""
+
             self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                MofNCompleteColumn(), TimeElapsedColumn(),
+                                MofNCompleteColumn(), TimeElapsedColumn(), SubEta(),
                                 console=Console(stderr=True), transient=True)
             stack.enter_context(self.bar)
             self.main = self.bar.add_task(label, total=total)
 
-    def stage(self, text: str) -> Callable[[int, int], None]:
-        """Start a stage; returns a callback ``f(done, total)`` for its own sub-bar."""
+    def stage(self, text: str, unit: str | None = None) -> Callable[[int, int], None]:
+        """Start a stage; returns a callback ``f(done, total)`` for its own sub-bar,
+        labelled ``unit`` (default: the stage's text)."""
         if self.bar is None:
             return lambda done, total: None
         self.bar.update(self.main, description=text)
-        sub = self.bar.add_task(f"  {text}", total=None, visible=False)
+        sub = self.bar.add_task(f"  {unit or text}", total=None, visible=False, sub=True)
 
         def cb(done: int, total: int) -> None:
             self.bar.update(sub, completed=done, total=total, visible=total > 1)

@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="format of the summary printed on stdout")
     add_seed_option(p)
-    add_progress_option(p, text="hide the per-origin progress lines")
+    add_progress_option(p, text="hide the sampler's bar and the per-origin progress lines")
 
 
 def _backtest(args) -> int:
@@ -92,7 +92,7 @@ def _backtest(args) -> int:
     bt = backtest(runs, origin=args.origin, horizon=args.horizon, step=args.step,
                   chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed,
                   bursts=args.bursts, trend=args.trend, target_accept=args.target_accept,
-                  ci=args.ci, on_origin=on_origin)
+                  ci=args.ci, on_origin=on_origin, progress=progress)
     for note in bt.notes:
         print(f"note: {note}", file=sys.stderr)
     if out is not None:

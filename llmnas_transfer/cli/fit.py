@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "fraction and accuracy move the state; 'shared' is one drift for "
                         "every setting (default: setting)")
     add_bursts_option(p)
-    add_progress_option(p, text="hide the sampler's progress bar")
+    add_progress_option(p, text="hide the stages and the sampler's bar")
 
     g = add_command(subparsers, "gaps", _gaps, out="FILE", out_required=False,
                     out_help="write to this file instead of stdout (default: stdout)",

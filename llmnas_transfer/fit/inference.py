@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 
 import jax
 import xarray as xr
@@ -49,6 +50,7 @@ from llmnas_transfer.fit.model import GRID_SIZE
 from llmnas_transfer.fit.preparation import prepare
 from llmnas_transfer.fit.sampling import sample_nuts, sample_svi
 from llmnas_transfer.io.runs import ObservedRuns, read_runs
+from llmnas_transfer.progress import Stages
 from llmnas_transfer.sim.gaps import DEFAULT_REFERENCE
 from llmnas_transfer.sim.keys import as_key
 from llmnas_transfer.validate import check_choice, check_float, check_int
@@ -76,7 +78,7 @@ def fit_runs(
     prior_draws: int = 500,
     grid_size: int = GRID_SIZE,
     max_pointwise: float = 2e7,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
     trend: str = "setting",
     bursts: str = "auto",
 ) -> xr.DataTree:
@@ -111,7 +113,11 @@ def fit_runs(
     max_pointwise : bound on draws x (run, iteration) cells for the per-run groups
         (posterior predictive, log-likelihood, forecasts); with more data those use
         evenly thinned draws (their ``draw`` coordinate says which).
-    progress : show SVI's progress bar (NUTS runs as one compiled program, without one).
+    progress : ``True``: on a terminal, NUTS shows its stages (Laplace start, sampling,
+        predictive draws and forecasts) with the time elapsed, and a bar of the sampling
+        iterations with the time left; SVI shows its optimisation bar. A callback
+        ``f(done, total)`` receives the NUTS iterations done (all chains). The draws do
+        not depend on it.
     trend : ``"setting"`` (default: each setting has its own refinement rate and
         asymptote, partially pooled, and the feedback of each iteration moves the state)
         or ``"shared"`` (one drift for every setting, no feedback); see
@@ -150,20 +156,30 @@ def fit_runs(
                    dataset_attrs=dataset_attrs, num_forecast=forecast, grid_size=grid_size,
                    trend=trend, bursts=bursts)
     k_fit, k_prior, k_ppc, k_fc = jax.random.split(as_key(seed), 4)
-    t1 = time.perf_counter()
-    if method == "nuts":
-        k_init, k_fit = jax.random.split(k_fit)
-        start = laplace_start(k_init, prep, chains)
-        sampled = sample_nuts(k_fit, prep, start, chains=chains, draws=draws, warmup=warmup,
-                              target_accept=target_accept, dense_mass=dense_mass,
-                              adapt_metric=adapt_metric, progress=progress)
-    else:
-        sampled = sample_svi(k_fit, prep, steps=svi_steps, learning_rate=svi_learning_rate,
-                             draws=draws, batch=svi_batch, progress=progress)
-    t_sampling = time.perf_counter() - t1
-    dt = assemble_tree(prep, sampled, runs, keys=(k_prior, k_ppc, k_fc),
-                       prior_draws=prior_draws, max_pointwise=max_pointwise,
-                       attrs={"seed": seed, "target_accept": target_accept})
+    with ExitStack() as stack:
+        # SVI's own bar (NumPyro's) is not a stage display's sub-bar
+        stages = Stages(progress is True and method == "nuts", 3, stack, label="fit")
+        t1 = time.perf_counter()
+        if method == "nuts":
+            k_init, k_fit = jax.random.split(k_fit)
+            stages.stage("Laplace start")
+            start = laplace_start(k_init, prep, chains)
+            stages.advance()
+            bar = stages.stage(f"NUTS, {chains} chains x ({warmup} + {draws})", "iterations")
+            sampled = sample_nuts(k_fit, prep, start, chains=chains, draws=draws,
+                                  warmup=warmup, target_accept=target_accept,
+                                  dense_mass=dense_mass, adapt_metric=adapt_metric,
+                                  progress=progress if callable(progress) else bar)
+            stages.advance()
+        else:
+            sampled = sample_svi(k_fit, prep, steps=svi_steps, learning_rate=svi_learning_rate,
+                                 draws=draws, batch=svi_batch, progress=progress is True)
+        t_sampling = time.perf_counter() - t1
+        stages.stage("predictive draws, checks and forecasts")
+        dt = assemble_tree(prep, sampled, runs, keys=(k_prior, k_ppc, k_fc),
+                           prior_draws=prior_draws, max_pointwise=max_pointwise,
+                           attrs={"seed": seed, "target_accept": target_accept})
+        stages.advance()
     dt.attrs["seconds_sampling"] = round(t_sampling, 3)
     dt.attrs["seconds_total"] = round(time.perf_counter() - t0, 3)
     return dt

@@ -135,7 +135,7 @@ def deterministic_sites(samples: dict, spec: ModelSpec) -> dict:
 
 class NutsProgram(NamedTuple):
     """What :func:`nuts_program` compiles for: the model and the sampler's sizes and settings
-    (every field is a static argument of the compiled program)."""
+    (every field is a static argument of the compiled programs)."""
 
     spec: ModelSpec
     chains: int
@@ -147,27 +147,41 @@ class NutsProgram(NamedTuple):
     threads: int
 
 
-def _model_kwargs(data: RunsData, spec: ModelSpec) -> dict:
-    return {"spec": spec, "n_valid": data.n_valid, "deterministic": False}
+#: NUTS iterations of one compiled segment: a chain runs its warmup and draws as calls of
+#: one program of about this many iterations (:func:`segment_length`), and progress is
+#: reported between the calls
+SEGMENT = 100
 
 
-def _nuts_chain(key, z0: dict, data: RunsData, inverse_mass_matrix, prog: NutsProgram):
-    """One NUTS chain (warmup and draws in one scan, so the sampler's step is compiled
-    once): the constrained draws and the per-draw statistics (:data:`STAT_FIELDS`)."""
-    from numpyro.infer.hmc import hmc
-    from numpyro.infer.util import constrain_fn
+def segment_length(iterations: int) -> int:
+    """Iterations of each compiled NUTS segment for a chain of ``iterations`` (warmup plus
+    draws): segments of at most :data:`SEGMENT` iterations, as even as can be. The last
+    segment may run past the end by fewer iterations than there are segments; those
+    iterations are discarded.
 
-    kwargs = _model_kwargs(data, prog.spec)
-    init_kernel, sample_kernel = hmc(potential_fn_gen=_potential_gen(runs_model), algo="NUTS")
-    block = tuple(sorted(z0))
-    state = init_kernel(z0, prog.warmup, inverse_mass_matrix={block: inverse_mass_matrix},
-                        adapt_mass_matrix=prog.adapt_metric,
-                        dense_mass=[block] if prog.dense_mass else [],
-                        target_accept_prob=prog.target_accept, model_args=(data,),
-                        model_kwargs=kwargs, rng_key=key)
-    zs, stats = _draws(sample_kernel, state, (data,), kwargs, prog.warmup, prog.draws)
-    latent = jax.vmap(lambda z: constrain_fn(runs_model, (data,), kwargs, z))(zs)
-    return latent, stats
+    Example
+    -------
+    >>> segment_length(2000), segment_length(1050), segment_length(60)
+    (100, 96, 60)
+    """
+    n = check_int("iterations", iterations, 1)
+    return -(-n // -(-n // SEGMENT))
+
+
+class _ChainSpec(NamedTuple):
+    """What the chains' programs are built from (static): the model, its keyword
+    arguments as sorted pairs, the warmup and draws, the step-size target, whether the
+    warmup adapts the metric and whether it is dense, and whether the draws keep the
+    model's deterministic sites."""
+
+    model: Callable
+    kwargs: tuple
+    warmup: int
+    draws: int
+    target_accept: float
+    adapt_metric: bool
+    dense_mass: bool
+    deterministic: bool
 
 
 def _potential_gen(model: Callable) -> Callable:
@@ -178,90 +192,165 @@ def _potential_gen(model: Callable) -> Callable:
     return lambda *args, **kwargs: partial(potential_energy, model, args, kwargs)
 
 
-def _draws(sample_kernel, state, args: tuple, kwargs: dict, warmup: int, draws: int,
-           report_every: int = 0):
-    """Warmup and draws of one chain in one scan (the sampler's step compiled once): the
-    unconstrained draws after the warmup and their statistics (:data:`STAT_FIELDS`).
-    With ``report_every`` > 0 the chain reports every that many iterations to the host's
-    progress bar (:class:`_ChainProgress`)."""
+def _nuts_kernel(c: _ChainSpec, args: tuple, z, key, inverse_mass_matrix):
+    """NumPyro's functional NUTS bound to the model arguments ``args`` of the program
+    being traced: the initial state at ``z`` and the sample kernel.
 
-    def step(s, i):
+    NumPyro's ``init_kernel`` sets the ``sample_kernel``'s warmup schedule and adapter,
+    which hold the model's potential at ``args``: :func:`_segment` starts a chain inside
+    a branch of ``lax.cond``, then binds a kernel again outside it and discards that
+    state (XLA drops its work)."""
+    from numpyro.infer.hmc import hmc
+
+    init_kernel, sample_kernel = hmc(potential_fn_gen=_potential_gen(c.model), algo="NUTS")
+    block = tuple(sorted(z))
+    metric = {}
+    if inverse_mass_matrix is not None:
+        metric = {"inverse_mass_matrix": inverse_mass_matrix,
+                  "dense_mass": [block] if c.dense_mass else []}
+    state = init_kernel(z, c.warmup, adapt_mass_matrix=c.adapt_metric,
+                        target_accept_prob=c.target_accept, model_args=args,
+                        model_kwargs=dict(c.kwargs), rng_key=key, **metric)
+    return state, sample_kernel
+
+
+def _segment(start_args: tuple, state, first, args: tuple, c: _ChainSpec, length: int,
+             start: Callable):
+    """``length`` NUTS iterations of one chain in one scan: from ``state``, or with
+    ``first`` from the chain's initial state (``start(start_args, args)`` gives its
+    unconstrained start, key and metric). Returns the new state, the draws on the model's
+    scale (with its deterministic sites when ``c.deterministic``) and their statistics
+    (:data:`STAT_FIELDS`), one row per iteration."""
+    from numpyro.infer.util import constrain_fn
+
+    state = jax.lax.cond(first, lambda: _nuts_kernel(c, args, *start(start_args, args))[0],
+                         lambda: state)
+    _, sample_kernel = _nuts_kernel(c, args, state.z, state.rng_key,
+                                    state.adapt_state.inverse_mass_matrix)
+    kwargs = dict(c.kwargs)
+
+    def step(s, _):
         s = sample_kernel(s, model_args=args, model_kwargs=kwargs)
-        if report_every:
-            jax.lax.cond((i + 1) % report_every == 0,
-                         lambda: jax.debug.callback(_PROGRESS.tick, report_every),
-                         lambda: None)
-        return s, (s.z, {"potential_energy": s.potential_energy, "energy": s.energy,
-                         "num_steps": s.num_steps, "accept_prob": s.accept_prob,
-                         "diverging": s.diverging, "step_size": s.adapt_state.step_size})
+        draw = constrain_fn(c.model, args, kwargs, s.z, return_deterministic=c.deterministic)
+        return s, (draw, {"potential_energy": s.potential_energy, "energy": s.energy,
+                          "num_steps": s.num_steps, "accept_prob": s.accept_prob,
+                          "diverging": s.diverging, "step_size": s.adapt_state.step_size})
 
-    n = warmup + draws
-    _, (zs, stats) = jax.lax.scan(step, state, jnp.arange(n) if report_every else None,
-                                  length=n)
-    return jax.tree.map(lambda a: a[warmup:], (zs, stats))
+    return jax.lax.scan(step, state, None, length=length)
+
+
+class _ChainRunner:
+    """Runs NUTS chains as calls of one compiled program per argument shapes: a segment of
+    :func:`segment_length` iterations, called until the warmup and draws are done (the
+    first call of a chain starts it: ``start(start_args, args)`` gives its
+    unconstrained start, key and metric). The program is compiled before the threads
+    start; ``threads`` chains run at a time, each from its own thread, and every chain is
+    a call of the same executable on the default device, so chain ``i`` gives the same
+    numbers whatever the number of threads or devices, and whether progress is shown.
+    Results are stacked along a new leading chain axis."""
+
+    def __init__(self, start: Callable, c: _ChainSpec, threads: int):
+        self.c, self.threads, self.start = c, int(threads), start
+        n = c.warmup + c.draws
+        self.length = segment_length(n)
+        self.segments = -(-n // self.length)
+        self.jitted = jax.jit(partial(_segment, c=c, length=self.length, start=start))
+        self.compiled: dict = {}
+
+    def _program(self, start_args: tuple, args: tuple):
+        leaves, tree = jax.tree.flatten((start_args, args))
+        sig = (tree, tuple((jnp.shape(x), str(jnp.result_type(x))) for x in leaves))
+        if sig not in self.compiled:
+            state = jax.eval_shape(
+                lambda sa, a: _nuts_kernel(self.c, a, *self.start(sa, a))[0], start_args, args)
+            exe = self.jitted.lower(start_args, state, True, args).compile()
+            self.compiled[sig] = (exe, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                                                    state))
+        return self.compiled[sig]
+
+    def __call__(self, starts: list[tuple], args: tuple, progress=False):
+        """Run one chain per element of ``starts`` (its ``start_args``) on the model
+        arguments ``args``; ``progress`` is a
+        :func:`~llmnas_transfer.progress.progress_bar` argument (iterations of all
+        chains). Returns the draws and the statistics, ``(chain, draw, ...)``."""
+        segment, blank = self._program(starts[0], args)
+        c = self.c
+        total = len(starts) * (c.warmup + c.draws)
+        update = progress_bar(progress, total, label="NUTS", unit="iterations")
+        lock, done = threading.Lock(), [0]
+
+        def one(start_args):
+            state, parts, left = blank, [], c.warmup + c.draws
+            for i in range(self.segments):
+                state, part = segment(start_args, state, i == 0, args)
+                parts.append(jax.device_get(part))
+                with lock:
+                    done[0] += min(self.length, left)
+                    update(done[0], total)
+                left -= self.length
+            return jax.tree.map(
+                lambda *xs: np.concatenate(xs)[c.warmup:c.warmup + c.draws], *parts)
+
+        try:
+            if self.threads > 1:
+                with ThreadPoolExecutor(self.threads) as pool:
+                    outs = list(pool.map(one, starts))
+            else:
+                outs = [one(s) for s in starts]
+        finally:
+            update(None, 0)
+        return jax.tree.map(lambda *xs: np.stack(xs), *outs)
+
+
+def _observed_runs_model(data: RunsData, *, spec: ModelSpec) -> None:
+    """:func:`~llmnas_transfer.fit.model.runs_model` conditioned on the runs' own valid
+    counts, without its deterministic sites (NUTS samples this)."""
+    runs_model(data, spec=spec, n_valid=data.n_valid, deterministic=False)
+
+
+def _laplace_start(start_args: tuple, args: tuple):
+    """Where a chain of the runs model starts (``start_args``: its key, its Laplace start
+    and the Laplace metric): the unconstrained start, the key and the metric."""
+    key, z0, inverse_mass_matrix = start_args
+    return z0, key, {tuple(sorted(z0)): inverse_mass_matrix}
 
 
 @lru_cache(maxsize=32)
 def nuts_program(prog: NutsProgram):
     """The compiled NUTS run for a model and sampler settings, built once per process.
 
-    Returns ``run(key, data, init_params, inverse_mass_matrix)``: ``data`` a
-    :class:`~llmnas_transfer.fit.model.RunsData` (any runs of the same shapes: pad them
-    with :func:`~llmnas_transfer.fit.preparation.pad_runs`), ``init_params`` the
+    Returns ``run(key, data, init_params, inverse_mass_matrix, progress=False)``:
+    ``data`` a :class:`~llmnas_transfer.fit.model.RunsData` (any runs of the same shapes:
+    pad them with :func:`~llmnas_transfer.fit.preparation.pad_runs`), ``init_params`` the
     unconstrained start of every chain (a leading chain axis), ``inverse_mass_matrix``
     the initial metric over the sorted latent sites (dense ``(n, n)`` or diagonal
-    ``(n,)``). It gives the constrained draws of the latent sites and the sampler's
-    statistics (:data:`STAT_FIELDS`), each ``(chain, draw, ...)``.
+    ``(n,)``), ``progress`` a :func:`~llmnas_transfer.progress.progress_bar` argument.
+    It gives the constrained draws of the latent sites and the sampler's statistics
+    (:data:`STAT_FIELDS`), each ``(chain, draw, ...)``.
 
-    The data are arguments, never constants of the program: fits of data of the same
-    shapes share it in a process, and across processes JAX's persistent compilation
-    cache (:mod:`llmnas_transfer.cache`) finds it. Every chain is one call of the same
-    program, compiled once per data shape; ``prog.threads`` chains run at the same time,
-    each called from its own thread (:func:`sampling_threads`), so chain ``i`` gives the
-    same draws whatever the number of threads.
+    The data are arguments, never constants of the programs: fits of data of the same
+    shapes share them in a process, and across processes JAX's persistent compilation
+    cache (:mod:`llmnas_transfer.cache`) finds them. A chain is a call of the start
+    program, then calls of one segment program (:func:`segment_length` iterations each,
+    the progress reported between them), then one that constrains the draws;
+    ``prog.threads`` chains run at a time, each from its own thread
+    (:func:`sampling_threads`), so chain ``i`` gives the same draws whatever the number
+    of threads.
     """
     # (A pmap or sharded program over JAX CPU devices grew the process's memory by about
     # 20 MB a second while it ran, and one jitted call per CPU device compiles once per
     # device. Chains vmapped in one program were 4 times slower on the 2-core CPU: each
     # NUTS step of the batch runs to the longest tree.)
-    chains = _ChainRunner(jax.jit(partial(_nuts_chain, prog=prog)), prog.threads)
+    c = _ChainSpec(_observed_runs_model, (("spec", prog.spec),), prog.warmup, prog.draws,
+                   prog.target_accept, prog.adapt_metric, prog.dense_mass, False)
+    chains = _ChainRunner(_laplace_start, c, prog.threads)
 
-    def run(key, data, init_params, inverse_mass_matrix):
+    def run(key, data, init_params, inverse_mass_matrix, progress=False):
         keys = jax.random.split(key, prog.chains)
-        return chains([(keys[i], jax.tree.map(lambda a: a[i], init_params), data,
-                        inverse_mass_matrix) for i in range(prog.chains)])
+        return chains([(keys[i], jax.tree.map(lambda a: a[i], init_params),
+                        inverse_mass_matrix) for i in range(prog.chains)], (data,), progress)
 
     return run
-
-
-class _ChainRunner:
-    """Calls one jitted chain function once per chain, ``threads`` at a time, and stacks
-    the results along a new leading chain axis.
-
-    The program is compiled once per argument structure and shapes, before the threads
-    start (not once per thread); every chain is a call of that one executable on the
-    default device, so chain ``i`` gives the same numbers whatever the number of threads
-    or devices."""
-
-    def __init__(self, jitted, threads: int):
-        self.jitted, self.threads, self.compiled = jitted, int(threads), {}
-
-    def __call__(self, calls: list[tuple]):
-        leaves, tree = jax.tree.flatten(calls[0])
-        sig = (tree, tuple((jnp.shape(x), str(jnp.result_type(x))) for x in leaves))
-        if sig not in self.compiled:
-            self.compiled[sig] = self.jitted.lower(*calls[0]).compile()
-        exe = self.compiled[sig]
-
-        def one(args):
-            return jax.device_get(exe(*args))
-
-        if self.threads > 1:
-            with ThreadPoolExecutor(self.threads) as pool:
-                outs = list(pool.map(one, calls))
-        else:
-            outs = [one(c) for c in calls]
-        return jax.tree.map(lambda *xs: np.stack(xs), *outs)
 
 
 register_program_cache(nuts_program.cache_clear)
@@ -279,7 +368,6 @@ class ModelNutsProgram(NamedTuple):
     draws: int
     target_accept: float
     threads: int
-    report_every: int = 0
 
 
 def _uniform_start(key, model: Callable, args: tuple, kwargs: dict) -> dict:
@@ -296,64 +384,29 @@ def _uniform_start(key, model: Callable, args: tuple, kwargs: dict) -> dict:
             if site["type"] == "sample" and not site["is_observed"]}
 
 
-class _ChainProgress:
-    """The host side of the chains' progress reports: iterations done, summed over the
-    chains and threads, passed on to a :func:`~llmnas_transfer.progress.progress_bar`
-    update function."""
-
-    def __init__(self):
-        self.lock, self.done, self.total, self.update = threading.Lock(), 0, 0, None
-
-    def start(self, update, total: int) -> None:
-        self.done, self.total, self.update = 0, int(total), update
-
-    def tick(self, n) -> None:
-        with self.lock:
-            self.done += int(n)
-            if self.update is not None:
-                self.update(min(self.done, self.total), self.total)
-
-
-_PROGRESS = _ChainProgress()
-
-
-def _model_chain(key, args: tuple, prog: ModelNutsProgram):
-    """One NUTS chain of ``prog.model`` from NumPyro's uniform start, adapting the step
-    size and a diagonal metric in the warmup (NumPyro's ``NUTS`` defaults): the
-    constrained draws of the latent and deterministic sites and the per-draw statistics
-    (:data:`STAT_FIELDS`)."""
-    from numpyro.infer.hmc import hmc
-    from numpyro.infer.util import constrain_fn
-
-    kwargs = dict(prog.kwargs)
-    k_init, k_run = jax.random.split(key)
-    init_kernel, sample_kernel = hmc(potential_fn_gen=_potential_gen(prog.model), algo="NUTS")
-    state = init_kernel(_uniform_start(k_init, prog.model, args, kwargs), prog.warmup,
-                        adapt_mass_matrix=True, target_accept_prob=prog.target_accept,
-                        model_args=args, model_kwargs=kwargs, rng_key=k_run)
-    zs, stats = _draws(sample_kernel, state, args, kwargs, prog.warmup, prog.draws,
-                       prog.report_every)
-    draws = jax.vmap(lambda z: constrain_fn(prog.model, args, kwargs, z,
-                                            return_deterministic=True))(zs)
-    return draws, stats
+def _model_start(c: _ChainSpec, start_args: tuple, args: tuple):
+    """Where a chain of ``c.model`` starts (``start_args``: its key): NumPyro's uniform
+    start, the key and the default metric (diagonal, adapted in the warmup)."""
+    k_init, k_run = jax.random.split(start_args[0])
+    return _uniform_start(k_init, c.model, args, dict(c.kwargs)), k_run, None
 
 
 @lru_cache(maxsize=8)
 def model_nuts_program(prog: ModelNutsProgram):
     """NUTS for any NumPyro model, compiled once per process and model arguments' shapes:
-    the chains run as in :func:`nuts_program` (one executable, up to ``prog.threads`` at
-    a time, chain ``i`` with the ``i``-th key of ``jax.random.split(key, chains)``), so
-    the draws depend only on the key, whatever the number of cores or JAX devices.
+    the chains run as in :func:`nuts_program` (the same three programs, up to
+    ``prog.threads`` chains at a time, chain ``i`` with the ``i``-th key of
+    ``jax.random.split(key, chains)``), so the draws depend only on the key, whatever the
+    number of cores or JAX devices and whether progress is shown.
 
     Returns ``run(key, args, progress=False)``: ``args`` the model's positional
     arguments (arrays, NamedTuples of arrays or ``None``); ``progress`` a
-    :func:`~llmnas_transfer.progress.progress_bar` argument, shown when
-    ``prog.report_every`` > 0 (the chains report every that many iterations; such a
-    program is not kept in JAX's persistent cache). It gives the draws of every latent and
-    deterministic site and the sampler's statistics (:data:`STAT_FIELDS`), each
-    ``(chain, draw, ...)`` NumPy arrays. Each chain starts uniformly in
-    ``(-2, 2)`` on the unconstrained scale and adapts the step size and a diagonal
-    metric in its warmup (NumPyro's ``NUTS`` defaults).
+    :func:`~llmnas_transfer.progress.progress_bar` argument (the bar counts the NUTS
+    iterations of all chains). It gives the draws of every latent and deterministic site
+    and the sampler's statistics (:data:`STAT_FIELDS`), each ``(chain, draw, ...)`` NumPy
+    arrays. Each chain starts uniformly in ``(-2, 2)`` on the unconstrained scale and
+    adapts the step size and a diagonal metric in its warmup (NumPyro's ``NUTS``
+    defaults).
 
     Example
     -------
@@ -367,19 +420,13 @@ def model_nuts_program(prog: ModelNutsProgram):
     >>> draws["mu"].shape, stats["diverging"].shape
     ((2, 50), (2, 50))
     """
-    chains = _ChainRunner(jax.jit(partial(_model_chain, prog=prog)), prog.threads)
+    c = _ChainSpec(prog.model, prog.kwargs, prog.warmup, prog.draws, prog.target_accept,
+                   True, False, True)
+    chains = _ChainRunner(partial(_model_start, c), c, prog.threads)
 
     def run(key, args: tuple, progress=False):
         keys = jax.random.split(key, prog.chains)
-        total = prog.chains * (prog.warmup + prog.draws)
-        update = progress_bar(progress if prog.report_every else False, total,
-                              label="NUTS", unit="iterations")
-        _PROGRESS.start(update, total)
-        try:
-            return chains([(keys[i], tuple(args)) for i in range(prog.chains)])
-        finally:
-            _PROGRESS.start(None, 0)
-            update(None, 0)
+        return chains([(keys[i],) for i in range(prog.chains)], tuple(args), progress)
 
     return run
 
@@ -398,7 +445,7 @@ def sample_nuts(
     target_accept: float = 0.9,
     dense_mass: bool = True,
     adapt_metric: bool | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
 ) -> Sampled:
     """Run NUTS on prepared runs from a Laplace start (NumPyro's functional NUTS kernel).
 
@@ -408,7 +455,8 @@ def sample_nuts(
     (:func:`sampling_threads`); chain ``i`` has the same key and start, and gives the same
     draws, whatever the number of cores. The sampler is compiled once per
     model, padded data shape and settings (:func:`nuts_program`) and reused by later
-    fits; ``progress`` is accepted for compatibility (the compiled run shows no bar).
+    fits. ``progress``: ``True`` for a bar of the NUTS iterations (all chains) with the
+    time left, on stderr, or a callback ``f(done, total)``; the draws do not depend on it.
 
     Example
     -------
@@ -422,7 +470,6 @@ def sample_nuts(
     >>> s.attrs["metric"], s.samples["kappa"].shape  # doctest: +SKIP
     ('laplace', (1, 20))
     """
-    del progress
     chains = check_int("chains", chains, 1, 64)
     draws = check_int("draws", draws, 1, 10**6)
     warmup = check_int("warmup", warmup, 1, 10**6)
@@ -441,7 +488,7 @@ def sample_nuts(
                                    target_accept=float(target_accept),
                                    dense_mass=bool(dense_mass), adapt_metric=adapt,
                                    threads=threads))
-    latent, stats = jax.device_get(run(key, data, init, imm))
+    latent, stats = run(key, data, init, imm, progress)
     latent = {k: np.asarray(v) for k, v in latent.items()}
     stats = {k: np.asarray(v) for k, v in stats.items()}
     det = deterministic_sites(latent, spec)

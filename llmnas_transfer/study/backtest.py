@@ -247,6 +247,7 @@ def backtest(
     ci: float = 0.94,
     baseline_draws: int = 4000,
     on_origin: Callable[[int, int, OriginFit], None] | None = None,
+    progress: bool | Callable[[int, int], None] = False,
 ) -> Backtest:
     """Rolling-origin evaluation of the model's forecasts and the naive baselines.
 
@@ -264,6 +265,8 @@ def backtest(
     ci : central interval whose coverage is reported besides 50% and 90% (``in_ci``).
     baseline_draws : predictive draws of each baseline per target.
     on_origin : called as ``on_origin(i, n, fit)`` after each origin's fit.
+    progress : ``True`` for a bar of each origin's NUTS iterations with the time left,
+        on stderr, or a callback ``f(done, total)``; the draws do not depend on it.
 
     Returns
     -------
@@ -302,7 +305,7 @@ def backtest(
         masked = mask_after(prep, k)
         start = laplace_start(k_init, masked, chains)
         sampled = sample_nuts(k_fit, masked, start, chains=chains, draws=draws,
-                              warmup=warmup, target_accept=target_accept)
+                              warmup=warmup, target_accept=target_accept, progress=progress)
         H = min(horizon, T - k)
         counts = run_forecasts(k_fc, sampled.samples, truncate(prep, k, H), ng[:, :k + H])
         latent = set(sampled.samples) - set(sampled.deterministic or {})

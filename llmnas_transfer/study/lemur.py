@@ -339,10 +339,6 @@ def _model_kwargs(data: LemurData):
 
 
 # ---------------------------------------------------------------------------- fit
-#: NUTS iterations between the chains' progress reports when a bar is shown
-PROGRESS_EVERY = 50
-
-
 class LemurFit(NamedTuple):
     """A fitted LEMUR model: the ArviZ DataTree, the data it saw, the raw samples and the
     per-group parameterisation they were drawn in (:func:`centring`)."""
@@ -407,8 +403,7 @@ def fit_lemur(
     run = model_nuts_program(ModelNutsProgram(
         lemur_model, tuple(sorted(kwargs.items())), num_chains, warmup=num_warmup,
         draws=num_samples, target_accept=float(target_accept),
-        threads=sampling_threads(num_chains),
-        report_every=PROGRESS_EVERY if progress else 0))
+        threads=sampling_threads(num_chains)))
     args = (gd, gs, None, stats, jnp.asarray(centred))
     samples, sample_stats = run(as_key(seed), args, progress=progress)
     coords = {"dataset": list(data.datasets), "group": list(data.group_label)}

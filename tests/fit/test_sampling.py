@@ -127,8 +127,10 @@ def test_short_fit_has_the_sampler_statistics(tmp_path):
     from llmnas_transfer.fit.fitfile import load_fit, save_fit
     from llmnas_transfer.fit.inference import fit_runs
 
+    seen = []
     dt = fit_runs(toy_runs(num_iterations=2), chains=2, draws=20, warmup=20, seed=0,
-                  prior_draws=5)
+                  prior_draws=5, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (80, 80)  # every NUTS iteration of both chains reported
     ss = dt["sample_stats"].dataset
     for name in ("lp", "energy", "n_steps", "tree_depth", "acceptance_rate", "diverging",
                  "step_size", "reached_max_tree_depth"):
@@ -166,9 +168,9 @@ def _normal_model(y):
     numpyro.sample("y", dist.Normal(mu, sd), obs=y)
 
 
-def _model_prog(threads: int, chains: int = 3, report_every: int = 0, draws: int = 40):
+def _model_prog(threads: int, chains: int = 3, draws: int = 40):
     return ModelNutsProgram(_normal_model, (), chains, warmup=60, draws=draws,
-                            target_accept=0.8, threads=threads, report_every=report_every)
+                            target_accept=0.8, threads=threads)
 
 
 Y = jnp.asarray(np.random.default_rng(0).normal(1.5, 0.7, size=50), jnp.float32)
@@ -196,16 +198,24 @@ def test_any_model_same_draws_on_any_number_of_threads_or_devices(tmp_path):
     np.testing.assert_array_equal(np.load(out), par[0]["mu"])
 
 
-def test_any_model_draws_and_progress():
+def test_any_model_draws_and_progress(monkeypatch):
     """Latent and deterministic sites and the statistics come as (chain, draw); the
-    progress callback sees every iteration of every chain."""
+    progress callback sees every segment of every chain; segments of another length
+    (here 7 iterations: 15 segments, the last one 5 past the end) give the same draws."""
+    plain = model_nuts_program(_model_prog(2, chains=2))(jax.random.key(1), (Y,))
+    monkeypatch.setattr(sampling, "SEGMENT", 7)
+    model_nuts_program.cache_clear()
     seen = []
-    draws, stats = model_nuts_program(_model_prog(2, chains=2, report_every=20))(
+    draws, stats = model_nuts_program(_model_prog(2, chains=2))(
         jax.random.key(1), (Y,), progress=lambda done, total: seen.append((done, total)))
+    model_nuts_program.cache_clear()
     assert set(draws) == {"mu", "sd", "mu_twice"} and draws["mu"].shape == (2, 40)
     np.testing.assert_allclose(draws["mu_twice"], 2 * draws["mu"], rtol=1e-6)
     assert set(stats) == set(STAT_FIELDS) and stats["num_steps"].shape == (2, 40)
-    assert seen and seen[-1] == (200, 200) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert len(seen) == 2 * 15 and seen[-1] == (200, 200)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves((draws, stats)), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_any_model_recovers_a_normal_mean():
