@@ -1,8 +1,9 @@
 """Sample the posterior of prepared runs: NUTS (NumPyro's NUTS kernel) or SVI (a Gaussian guide).
 
 :func:`sample_nuts` runs NUTS from a :class:`~llmnas_transfer.fit.laplace.LaplaceStart`
-(up to one chain per core at a time, see :func:`sampling_threads`) as one
-compiled program per model, padded data shape and sampler settings (:func:`nuts_program`),
+(up to one chain per core at a time, see :func:`sampling_threads`) as calls of one
+compiled program per model, padded data shape and sampler settings (:func:`nuts_program`:
+segments of :func:`segment_length` iterations, the progress reported between them),
 which later fits in the process reuse and later processes find in JAX's persistent cache;
 :func:`sample_svi` fits a full-rank (or, above 200 latent dimensions, low-rank) Gaussian
 guide with optax Adam and draws from it. Both return a :class:`Sampled`: the draws of
@@ -87,7 +88,7 @@ def sampling_threads(chains: int) -> int:
     """How many chains :func:`sample_nuts` (and :func:`model_nuts_program`) run at the
     same time: one per chain, up to the cores.
 
-    Every chain is a call of one compiled program on the default device, made from its
+    Every chain is made of calls of one compiled program on the default device, from its
     own thread, so the chains run in parallel with one compilation. (One JAX CPU device
     per chain compiled the sampler once per device: 4 times for 4 chains.)
 
@@ -135,7 +136,7 @@ def deterministic_sites(samples: dict, spec: ModelSpec) -> dict:
 
 class NutsProgram(NamedTuple):
     """What :func:`nuts_program` compiles for: the model and the sampler's sizes and settings
-    (every field is a static argument of the compiled programs)."""
+    (every field is a static argument of the compiled program)."""
 
     spec: ModelSpec
     chains: int
@@ -328,14 +329,13 @@ def nuts_program(prog: NutsProgram):
     It gives the constrained draws of the latent sites and the sampler's statistics
     (:data:`STAT_FIELDS`), each ``(chain, draw, ...)``.
 
-    The data are arguments, never constants of the programs: fits of data of the same
-    shapes share them in a process, and across processes JAX's persistent compilation
-    cache (:mod:`llmnas_transfer.cache`) finds them. A chain is a call of the start
-    program, then calls of one segment program (:func:`segment_length` iterations each,
-    the progress reported between them), then one that constrains the draws;
-    ``prog.threads`` chains run at a time, each from its own thread
-    (:func:`sampling_threads`), so chain ``i`` gives the same draws whatever the number
-    of threads.
+    The data are arguments, never constants of the program: fits of data of the same
+    shapes share it in a process, and across processes JAX's persistent compilation
+    cache (:mod:`llmnas_transfer.cache`) finds it. A chain is calls of that program, a
+    segment of :func:`segment_length` iterations each (the first call starts the chain;
+    the progress is reported between calls); ``prog.threads`` chains run at a time, each
+    from its own thread (:func:`sampling_threads`), so chain ``i`` gives the same draws
+    whatever the number of threads.
     """
     # (A pmap or sharded program over JAX CPU devices grew the process's memory by about
     # 20 MB a second while it ran, and one jitted call per CPU device compiles once per
