@@ -215,6 +215,12 @@ def _nuts_kernel(c: _ChainSpec, args: tuple, z, key, inverse_mass_matrix):
     return state, sample_kernel
 
 
+def _initial_state(c: _ChainSpec, start: Callable, start_args: tuple, args: tuple):
+    """A chain's initial NUTS state: ``start(start_args, args)`` gives its unconstrained
+    start, key and metric."""
+    return _nuts_kernel(c, args, *start(start_args, args))[0]
+
+
 def _segment(start_args: tuple, state, first, args: tuple, c: _ChainSpec, length: int,
              start: Callable):
     """``length`` NUTS iterations of one chain in one scan: from ``state``, or with
@@ -224,7 +230,7 @@ def _segment(start_args: tuple, state, first, args: tuple, c: _ChainSpec, length
     (:data:`STAT_FIELDS`), one row per iteration."""
     from numpyro.infer.util import constrain_fn
 
-    state = jax.lax.cond(first, lambda: _nuts_kernel(c, args, *start(start_args, args))[0],
+    state = jax.lax.cond(first, lambda: _initial_state(c, start, start_args, args),
                          lambda: state)
     _, sample_kernel = _nuts_kernel(c, args, state.z, state.rng_key,
                                     state.adapt_state.inverse_mass_matrix)
@@ -262,8 +268,8 @@ class _ChainRunner:
         leaves, tree = jax.tree.flatten((start_args, args))
         sig = (tree, tuple((jnp.shape(x), str(jnp.result_type(x))) for x in leaves))
         if sig not in self.compiled:
-            state = jax.eval_shape(
-                lambda sa, a: _nuts_kernel(self.c, a, *self.start(sa, a))[0], start_args, args)
+            state = jax.eval_shape(partial(_initial_state, self.c, self.start),
+                                   start_args, args)
             exe = self.jitted.lower(start_args, state, True, args).compile()
             self.compiled[sig] = (exe, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
                                                     state))
