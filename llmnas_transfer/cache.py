@@ -36,8 +36,10 @@ from pathlib import Path
 _PROGRAM_CACHES: list[Callable[[], None]] = []
 
 ENV_VAR = "LLMNAS_TRANSFER_CACHE"
-#: programs that compile faster than this are not worth a disk entry (seconds)
-MIN_COMPILE_SECONDS = 0.5
+#: programs that compile faster than this get no disk entry (seconds). 0 keeps them all:
+#: a fit's hundreds of small programs (NumPyro's eager model trace, random draws, the
+#: start's reshaping) otherwise recompile in every process, about 12 s a CLI fit
+MIN_COMPILE_SECONDS = 0.0
 #: size bound of the cache folder (bytes); setting one turns on JAX's file lock
 MAX_BYTES = 4 * 2**30
 

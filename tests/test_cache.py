@@ -59,6 +59,24 @@ def test_unusable_folder_or_off_leaves_the_cache_alone(monkeypatch, tmp_path,
     assert jax.config.jax_compilation_cache_dir == before
 
 
+def test_small_programs_get_a_disk_entry(tmp_path):
+    """A program that compiles in milliseconds is kept too (``MIN_COMPILE_SECONDS`` is 0):
+    a fit's many small programs otherwise recompile in every process. A fresh process,
+    since JAX sets its cache up once, at the first compilation."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import jax, jax.numpy as jnp\n"
+            "from llmnas_transfer import cache\n"
+            "assert cache.enable_compilation_cache() is not None\n"
+            "jax.jit(lambda x: jnp.sin(x) + 1.0)(jnp.ones(3)).block_until_ready()\n")
+    env = {**os.environ, cache.ENV_VAR: str(tmp_path / "c"), "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    entries = [p.name for p in (tmp_path / "c").iterdir() if p.name.endswith("-cache")]
+    assert any(name.startswith("jit__lambda") for name in entries), entries
+
+
 def _mappings() -> int:
     with open("/proc/self/maps", "rb") as f:
         return sum(1 for _ in f)
