@@ -25,6 +25,11 @@ Questions answered (numbers go to ``--out DIR/bench_fit.json``):
    iterations written out (``llmnas_transfer.sim.dynamics.scan_unroll``, the default)
    and, as the baseline in the same run, rolled (one step per loop step); the ratio and
    the compile time of each.
+6. What keeping every program in the persistent cache saves (``--cache-only``, key
+   ``cache_threshold``): the CLI fit of ``--speed-file`` with ``--warmup 100 --draws
+   100``, each threshold (``llmnas_transfer.cache.MIN_COMPILE_SECONDS``: 0, the
+   default, and as the baseline 0.5) with its own empty cache folder, called once cold
+   and then twice warm, the thresholds alternating; the ratio of the warm times.
 
 Compilation is timed separately: the fit is first run for 2 warmup + 2 draws
 (``first_call_s``: compiling the model's functions and the sampler), then for real
@@ -40,6 +45,7 @@ Usage::
     python benchmarks/bench_fit.py --skip-pymc --skip-svi
     python benchmarks/bench_fit.py --speed-only --out results/  # only question 4
     python benchmarks/bench_fit.py --gradient-only --out results/  # only question 5
+    python benchmarks/bench_fit.py --cache-only --out results/  # only question 6
 """
 
 from __future__ import annotations
@@ -96,6 +102,9 @@ def main(argv=None) -> int:
     ap.add_argument("--gradient-only", action="store_true",
                     help="only the gradient cost, scans written out against rolled "
                          "(question 5)")
+    ap.add_argument("--cache-only", action="store_true",
+                    help="only the CLI fit with every program cached against programs "
+                         "under 0.5 s of compiling left out (question 6)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="timed loops per case of --gradient-only (the median is kept)")
     args = ap.parse_args(argv)
@@ -106,6 +115,16 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         res = _gradient_speed(args)
         path = out / "bench_fit_gradient.json"
+        path.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {path}")
+        return 0
+    if args.cache_only:
+        from _common import header
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        res = {"env": header("bench_fit --cache-only"), "cache_threshold": _cache_ab(args)}
+        path = out / "bench_fit_cache.json"
         path.write_text(json.dumps(res, indent=2) + "\n")
         print(f"wrote {path}")
         return 0
@@ -346,6 +365,48 @@ def _gradient_speed(args) -> dict:
 
 #: settings compared with the default in the fit-speed run (question 4)
 _VARIANTS = {"warmup_300": {"warmup": 300}, "diagonal_metric": {"dense_mass": False}}
+
+
+def _cache_ab(args) -> dict:
+    """Question 6: CLI fits with cache thresholds 0 (default) and 0.5 (baseline), each
+    with its own cache folder: one cold call, then warm calls, alternating."""
+    import subprocess
+    import tempfile
+
+    from llmnas_transfer.cache import MIN_COMPILE_SECONDS
+
+    root = Path(__file__).resolve().parents[1]
+    runs = str(root / args.speed_file)
+    thresholds = (MIN_COMPILE_SECONDS, 0.5)
+    res: dict = {"runs_file": args.speed_file,
+                 "settings": "CLI fit --warmup 100 --draws 100, seed 0",
+                 "thresholds": list(thresholds), "calls": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for call in ("cold", "warm", "warm"):
+            for th in thresholds:
+                code = ("import sys; import llmnas_transfer.cache as c; "
+                        f"c.MIN_COMPILE_SECONDS = {th!r}; "
+                        "from llmnas_transfer.cli import main; sys.exit(main())")
+                env = {**os.environ, "LLMNAS_TRANSFER_CACHE": str(Path(tmp) / f"c{th}")}
+                load = _load()
+                t = time.perf_counter()
+                r = subprocess.run([sys.executable, "-c", code, "fit", runs, "--out",
+                                    str(Path(tmp) / f"f{th}.nc"), "--no-progress",
+                                    "--warmup", "100", "--draws", "100"],
+                                   env=env, capture_output=True, text=True)
+                row = {"threshold": th, "call": call,
+                       "wall_s": round(time.perf_counter() - t, 2),
+                       "load_avg": [load, _load()], "returncode": r.returncode}
+                if r.returncode not in (0, 1):
+                    row["error"] = r.stderr[-2000:]
+                res["calls"].append(row)
+                print(json.dumps(row), flush=True)
+    warm = {th: [c["wall_s"] for c in res["calls"]
+                 if c["threshold"] == th and c["call"] == "warm"] for th in thresholds}
+    res["warm_mean_s"] = {str(th): round(sum(v) / len(v), 2) for th, v in warm.items()}
+    res["warm_ratio_default_to_baseline"] = round(
+        sum(warm[thresholds[0]]) / sum(warm[thresholds[1]]), 3)
+    return res
 
 
 def _fit_speed(args) -> dict:
