@@ -110,34 +110,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.grid_check:
         return _grid_check(args)
-    if args.gradient_only:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        res = _gradient_speed(args)
-        path = out / "bench_fit_gradient.json"
-        path.write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {path}")
-        return 0
-    if args.cache_only:
-        from _common import header
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        res = {"env": header("bench_fit --cache-only"), "cache_threshold": _cache_ab(args)}
-        path = out / "bench_fit_cache.json"
-        path.write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {path}")
-        return 0
-    if args.speed_only:
-        from _common import header
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        res = {"env": header("bench_fit --speed-only"), "fit_speed": _fit_speed(args)}
-        path = out / "bench_fit_speed.json"
-        path.write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {path}")
-        return 0
+    for flag, file, make in (
+            ("gradient_only", "bench_fit_gradient.json", _gradient_speed),
+            ("cache_only", "bench_fit_cache.json", _cache_record),
+            ("speed_only", "bench_fit_speed.json", _speed_record)):
+        if getattr(args, flag):
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / file
+            path.write_text(json.dumps(make(args), indent=2) + "\n")
+            print(f"wrote {path}")
+            return 0
     import jax
 
     jax.config.update("jax_num_cpu_devices", max(args.chains, 1))
@@ -365,6 +348,18 @@ def _gradient_speed(args) -> dict:
 
 #: settings compared with the default in the fit-speed run (question 4)
 _VARIANTS = {"warmup_300": {"warmup": 300}, "diagonal_metric": {"dense_mass": False}}
+
+
+def _cache_record(args) -> dict:
+    from _common import header
+
+    return {"env": header("bench_fit --cache-only"), "cache_threshold": _cache_ab(args)}
+
+
+def _speed_record(args) -> dict:
+    from _common import header
+
+    return {"env": header("bench_fit --speed-only"), "fit_speed": _fit_speed(args)}
 
 
 def _cache_ab(args) -> dict:
